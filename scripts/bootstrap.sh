@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a Debian 12 host, idempotently:
+# Debian packages, the project venv (.venv) from requirements.txt, the pinned collections.
+# The Docker engine itself is scripts/engine.sh's job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=.state
+mkdir -p "$STATE"
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc git make curl ca-certificates
+  debootstrap docker.io zstd rsync shellcheck prometheus iproute2 iptables)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # docker.io's postinst may try to start the service; policy-rc.d keeps apt from starting daemons
+  # on hosts without systemd, scripts/engine.sh starts the engine the way the host supports.
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The project venv: rebuilt when requirements.txt changes.
+req_hash=$(sha256sum requirements.txt | cut -c1-16)
+if [ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]; then
+  echo "bootstrap: creating .venv from requirements.txt"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip==25.3
+  .venv/bin/pip install --quiet -r requirements.txt
+  echo "$req_hash" > .venv/.requirements-hash
+fi
+
+.venv/bin/python scripts/install_collections.py
+echo "bootstrap: ok"
