@@ -6,6 +6,8 @@
 #   engine.sh status  say whether an engine answers and who started it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 STATE="$PWD/.state/engine"
 MARK="$STATE/started-by-project"
 PIDFILE="$STATE/dockerd.pid"
@@ -26,9 +28,7 @@ install_compose_plugin() {
   tmp=$(mktemp -d)
   # Same mirror as the host's own sources, a private source list and state: the host's apt
   # configuration is not touched.
-  uri=$(grep -hoE '^URIs: *\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')
-  [ -n "$uri" ] || uri=$(grep -hoE '^deb +\S+' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}')
-  [ -n "$uri" ] || uri=http://deb.debian.org/debian
+  uri=$(apt_mirror_uri)
   mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $COMPOSE_DEB_SUITE main" > "$tmp/sources.list"
   local aptopts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=- \
