@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step of them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
+export ANSIBLE_NOCOLOR := 1
+PLAYBOOK := ansible-playbook
+
+.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity pytest clean bench
+
+## demo: bootstrap, lab up with sample data, summary
+demo: lab-seed
+	$(PLAYBOOK) playbooks/lab_status.yml
+
+## test: every quality gate, then the whole test suite against the running lab
+test: lab-seed lint sanity pytest
+
+bootstrap:
+	scripts/bootstrap.sh
+
+engine: bootstrap
+	scripts/engine.sh up
+
+images: engine
+	scripts/images.sh
+
+lab-up: images
+	$(PLAYBOOK) playbooks/stack.yml
+
+lab-seed: lab-up
+	$(PLAYBOOK) playbooks/lab_seed.yml
+
+## lab-down: stop and remove the lab's containers (data stays under .state/lab/)
+lab-down:
+	@if [ -x .venv/bin/ansible-playbook ] && scripts/engine.sh status >/dev/null 2>&1; then \
+	  $(PLAYBOOK) playbooks/stack.yml -e stack_state=absent; \
+	else echo "lab-down: no engine or no venv: nothing is running"; fi
+
+lint: bootstrap
+	scripts/lint.sh
+
+sanity: bootstrap
+	scripts/sanity.sh
+
+pytest: bootstrap
+	python -m pytest
+
+## clean: lab down, and the Docker engine stopped if (and only if) this project started it
+clean: lab-down
+	scripts/engine.sh down

@@ -1,0 +1,105 @@
+"""Fixtures shared by the whole suite: the repository, the running lab and its secrets.
+
+Tests marked `lab` need the lab that `make test` brings up before pytest runs (`make lab-seed`).
+When it is not running they fail with that advice: a missing lab is never a skipped test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+LAB_STATE = REPO / ".state" / "lab"
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """Environment for running ansible-playbook / ansible against this repository."""
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
+        ANSIBLE_NOCOLOR="1",
+        PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+    )
+    env.update(extra)
+    return env
+
+
+def run_playbook(playbook: str, *args: str, inventory: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), *args]
+    if inventory:
+        cmd[1:1] = ["-i", str(REPO / "inventories" / inventory)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{playbook} failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The running lab: container names, published ports and its generated secrets."""
+
+    containers: dict[str, str]
+    ports: dict[str, int]
+    secrets_dir: Path
+    stack_root: Path
+
+    def secret(self, name: str) -> str:
+        return (self.secrets_dir / name).read_text().strip()
+
+    def exec(self, service: str, *argv: str, user: str | None = None, env: dict[str, str] | None = None,
+             stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """`docker exec` in a lab container; secrets go through the environment, never argv."""
+        cmd = ["docker", "exec", "-i"]
+        if user:
+            cmd += ["-u", user]
+        for key in env or {}:
+            cmd += ["-e", key]  # value taken from our environment, so it is not on a command line
+        cmd += [self.containers[service], *argv]
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=300,
+                              env={**os.environ, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+        return proc
+
+    def mariadb(self, sql: str, database: str = "") -> list[list[str]]:
+        out = self.exec("mariadb", "mariadb", "-N", "-B", *([database] if database else []), stdin=sql.encode()).stdout
+        return [line.split("\t") for line in out.decode().splitlines()]
+
+    def psql(self, sql: str, database: str = "postgres") -> list[list[str]]:
+        out = self.exec("postgres", "psql", "-X", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", database,
+                        user="postgres", stdin=sql.encode()).stdout
+        return [line.split("\t") for line in out.decode().splitlines()]
+
+    def redis(self, *args: str) -> str:
+        return self.exec("redis", "redis-cli", *args, env={"REDISCLI_AUTH": self.secret("redis_password")}).stdout.decode()
+
+
+LAB_CONTAINERS = {
+    "mariadb": "llmops-appdb-mariadb-1",
+    "postgres": "llmops-appdb-postgres-1",
+    "redis": "llmops-appdb-redis-1",
+    "qdrant": "llmops-ai-qdrant-1",
+}
+LAB_PORTS = {"mariadb": 13306, "postgres": 15432, "redis": 16379, "qdrant": 16333}
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    """The lab brought up by `make lab-seed`; fails (never skips) when it is not running."""
+    proc = subprocess.run(["docker", "ps", "--format", "{{json .}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"no Docker engine answers ({proc.stderr.strip()}): run `make lab-seed` first")
+    running = {json.loads(line)["Names"] for line in proc.stdout.splitlines()}
+    missing = sorted(set(LAB_CONTAINERS.values()) - running)
+    if missing:
+        pytest.fail(f"lab containers not running: {', '.join(missing)}: run `make lab-seed` first")
+    return Lab(containers=LAB_CONTAINERS, ports=LAB_PORTS, secrets_dir=LAB_STATE / "secrets",
+               stack_root=LAB_STATE / "stack")
