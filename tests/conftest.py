@@ -12,9 +12,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import ansible.module_utils
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests import the shared code the way modules do: `from ansible.module_utils.llmops_x import ...`
+# (ansible.cfg's module_utils path does the same for ansible-playbook).
+if str(REPO / "module_utils") not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 VENV_BIN = REPO / ".venv" / "bin"
 LAB_STATE = REPO / ".state" / "lab"
 
@@ -103,3 +108,25 @@ def lab() -> Lab:
         pytest.fail(f"lab containers not running: {', '.join(missing)}: run `make lab-seed` first")
     return Lab(containers=LAB_CONTAINERS, ports=LAB_PORTS, secrets_dir=LAB_STATE / "secrets",
                stack_root=LAB_STATE / "stack")
+
+
+def run_module(module: str, args: dict, *, check_mode: bool = False, inventory: str = "lab",
+               host: str = "lab", extra_vars: dict | None = None) -> dict:
+    """Run one of our modules through `ansible` (as a play would) and return its result dict.
+
+    Arguments may use Jinja (e.g. "{{ redis_password }}") to take secrets from the inventory, so
+    that they are not on this test's command line either.
+    """
+    cmd = [str(VENV_BIN / "ansible"), host, "-i", str(REPO / "inventories" / inventory), "-m", module,
+           "-a", json.dumps(args)]
+    if check_mode:
+        cmd.append("--check")
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        doc, _ = json.JSONDecoder().raw_decode(proc.stdout, proc.stdout.index("{"))  # profile_tasks prints after it
+        return doc["plays"][0]["tasks"][0]["hosts"][host]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(f"cannot read the result of {module}: {proc.stdout[-3000:]} {proc.stderr[-3000:]}") from exc

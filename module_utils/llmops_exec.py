@@ -1,0 +1,86 @@
+"""Where a data store's tools run: inside its container (``docker exec``) or on the host.
+
+The default is the store's own container: the tool's version then always matches the server's
+(the official images ship ``mariadb-backup``, ``pg_dump``, ``redis-cli``...). Secrets travel as
+environment variables *by name* (``docker exec -e NAME`` takes the value from our environment),
+so they never appear on a command line, in ``ps`` or in ``docker inspect``.
+
+Stdlib only and free of Ansible imports; modules import it as
+``from ansible.module_utils.llmops_exec import ExecTarget``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ansible.module_utils.llmops_pipeline import STDERR_TAIL_BYTES, redact_text
+
+
+class ExecError(Exception):
+    """A tool exited non-zero (or could not start); the message holds the redacted stderr tail."""
+
+    def __init__(self, message, rc=None, stderr_tail=""):
+        super().__init__(message)
+        self.rc = rc
+        self.stderr_tail = stderr_tail
+
+
+class ExecTarget:
+    """Runs tools in ``container`` (as ``user``) or, with ``container=None``, on the host."""
+
+    def __init__(self, container=None, user=None, docker="docker", workdir=None):
+        self.container = container or None
+        self.user = user or None
+        self.docker = docker
+        self.workdir = workdir
+
+    def __repr__(self):
+        return "ExecTarget(container=%r, user=%r)" % (self.container, self.user)
+
+    def describe(self):
+        return "container %s" % self.container if self.container else "the host"
+
+    def argv(self, tool_argv, env_names=(), interactive=False):
+        """The argv that runs ``tool_argv`` at this target, passing the named variables through."""
+        tool_argv = [str(a) for a in tool_argv]
+        if not self.container:
+            return tool_argv
+        argv = [self.docker, "exec"]
+        if interactive:
+            argv.append("-i")
+        if self.user:
+            argv += ["-u", self.user]
+        if self.workdir:
+            argv += ["-w", self.workdir]
+        for name in sorted(env_names):
+            argv += ["-e", name]
+        return argv + [self.container] + tool_argv
+
+    def env(self, env):
+        """The environment for running ``argv(...)``: ours plus ``env`` (names only reach the tool)."""
+        merged = dict(os.environ)
+        merged.update({k: str(v) for k, v in (env or {}).items()})
+        return merged
+
+    def run(self, tool_argv, env=None, stdin=None, timeout=600, check=True, redact=()):
+        """Run a tool to completion; return its stdout (bytes). Raise ExecError when it fails."""
+        argv = self.argv(tool_argv, env_names=(env or {}).keys(), interactive=stdin is not None)
+        secrets = [str(v) for v in (env or {}).values() if v] + list(redact)
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                                  env=self.env(env), check=False)
+        except FileNotFoundError as exc:
+            raise ExecError("cannot run %s: %s not found on PATH" % (tool_argv[0], argv[0])) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ExecError("%s in %s did not finish within %s s" % (tool_argv[0], self.describe(), timeout)) from exc
+        if check and proc.returncode != 0:
+            tail = redact_text(proc.stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip(), secrets)
+            raise ExecError("%s in %s exited with code %d: %s" % (tool_argv[0], self.describe(), proc.returncode,
+                                                                  tail or "(no error output)"),
+                            rc=proc.returncode, stderr_tail=tail)
+        return proc.stdout
+
+    def text(self, tool_argv, **kwargs):
+        """``run`` decoded as UTF-8."""
+        return self.run(tool_argv, **kwargs).decode("utf-8", "replace")
