@@ -1,0 +1,566 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_set
+short_description: Open, record, finalize, verify, list and prune llmops backup sets
+description:
+  - Owns the life cycle of a backup set, one folder per run under O(root) holding a C(backup_manifest.json),
+    a C(SHA256SUMS) file that C(sha256sum -c) accepts and one artefact per component.
+  - O(command=begin) creates C(<root>/.<name>_YYYYmmdd_HHMMSS.partial/) (mode 0700, UTC time) and returns its
+    path; the backup modules write their artefacts into it.
+  - O(command=component) records one component's manifest entry (usually the result of a backup module).
+  - O(command=finalize) merges the entries into the manifest, hashes every file, writes C(SHA256SUMS), renames
+    the folder to C(<root>/<name>_YYYYmmdd_HHMMSS) and, only when every component succeeded, points
+    C(<root>/latest) at it. A failed set is still finalized (its good artefacts may matter) with
+    C(status=failed) in its manifest, and never becomes C(latest).
+  - O(command=verify) re-hashes a set against C(SHA256SUMS) and its manifest and fails on any difference.
+  - O(command=list) lists the finalized sets; O(command=retention) deletes the sets the retention policy does
+    not keep; O(command=cleanup) removes abandoned C(.partial) folders.
+  - Run exclusion - one backup run per O(root) at a time - belongs to the caller, because a lock cannot
+    outlive one module call. Cron runs the playbook under C(flock -n <root>/.lock), the same lock file the
+    Python API's C(SetLock) uses. As a second line of defence O(command=begin) refuses to start while another
+    C(.partial) folder of O(root) had a heartbeat (begin or component) less than O(stale_after) seconds ago.
+author:
+  - llmops contributors (@llmops)
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Nothing is created, renamed or deleted in check mode; the module reports what it would do.
+      - O(command=retention) and O(command=cleanup) return the sets or folders they would delete.
+      - O(command=component) and O(command=finalize) accept the path of a set that O(command=begin) only pretended
+        to create in check mode.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  command:
+    description:
+      - What to do, see the description.
+    type: str
+    required: true
+    choices: [begin, component, finalize, verify, list, retention, cleanup]
+  root:
+    description:
+      - The folder that holds the backup sets. O(command=begin) creates it with mode 0700 when missing.
+    type: path
+    required: true
+  name:
+    description:
+      - Name of the set, the prefix of its folder name. Letters, digits, C(_), C(.) and C(-).
+      - Used by O(command=begin).
+    type: str
+    default: llmops
+  path:
+    description:
+      - For O(command=component) and O(command=finalize), the C(.partial) folder that O(command=begin) returned.
+      - For O(command=verify), the set to verify; defaults to C(<root>/latest).
+    type: path
+  component:
+    description:
+      - Name of the component for O(command=component), for example V(mariadb) or V(postgres_app).
+    type: str
+  data:
+    description:
+      - The manifest entry of the component for O(command=component).
+      - V(status) (V(success) or V(failed)) is required. Usual keys are V(type) (V(mariadb), V(postgres),
+        V(redis), V(qdrant), V(files)...), V(backup_type) (V(full) or V(incremental)), V(parent) (the id
+        of the set an incremental builds on), V(binlog) (the archived binary log range), V(files) (a list of
+        dicts with V(path) relative to the set or absolute inside it, V(sha256) and V(size)), V(error).
+      - A V(sha256) given for a file is compared with the file at finalize; a difference fails the set.
+    type: dict
+    default: {}
+  status:
+    description:
+      - For O(command=finalize), V(auto) derives the set's status from its components (success only when every
+        component succeeded and every O(expected_components) was recorded); V(failed) forces a failed set,
+        for example from a C(rescue) block.
+    type: str
+    choices: [auto, failed]
+    default: auto
+  expected_components:
+    description:
+      - For O(command=finalize), components that must have been recorded for the set to succeed.
+    type: list
+    elements: str
+    default: []
+  stale_after:
+    description:
+      - Seconds after its last heartbeat when a C(.partial) folder counts as abandoned.
+      - O(command=begin) refuses to start while a younger one exists; O(command=cleanup) removes older ones.
+    type: int
+    default: 7200
+  force:
+    description:
+      - For O(command=begin), start even when another run's C(.partial) folder looks alive.
+    type: bool
+    default: false
+  complete_only:
+    description:
+      - For O(command=list), list only complete sets with C(status=success).
+    type: bool
+    default: false
+  dry_run:
+    description:
+      - For O(command=retention) and O(command=cleanup), only report what would be deleted (as check mode does).
+    type: bool
+    default: false
+  policy:
+    description:
+      - Retention policy for O(command=retention). Omitted keys take the defaults shown.
+    type: dict
+    default: {}
+    suboptions:
+      daily_days:
+        description: Keep every successful full set younger than this many days.
+        type: int
+        default: 30
+      weekly:
+        description: Keep one full set (the one made on O(policy.weekly_day) if any) of each of this many newest weeks.
+        type: int
+        default: 4
+      weekly_day:
+        description: The weekly day, 0 = Monday .. 6 = Sunday.
+        type: int
+        default: 6
+      monthly:
+        description: Keep one full set (made on the 1st, or the month's first) of each of this many newest months.
+        type: int
+        default: 12
+      incremental_days:
+        description: Keep successful incremental sets younger than this many days.
+        type: int
+        default: 7
+      binlog_days:
+        description: Keep sets holding archived binary logs younger than this many days.
+        type: int
+        default: 14
+      failed_days:
+        description: Keep failed sets younger than this many days for inspection.
+        type: int
+        default: 7
+      timezone:
+        description: Time zone (IANA name) in which days, weeks and months are counted.
+        type: str
+        default: UTC
+notes:
+  - The newest successful set, and every set that a kept incremental set depends on, are never deleted.
+  - Set ids and folder names use UTC; two runs of one O(name) must start in different seconds.
+seealso:
+  - name: sha256sum
+    description: C(cd <set> && sha256sum -c SHA256SUMS) checks a set without this module.
+    link: https://www.gnu.org/software/coreutils/manual/html_node/sha2-utilities.html
+"""
+
+EXAMPLES = r"""
+- name: Open a backup set
+  backup_set:
+    command: begin
+    root: /backup
+    name: llmops
+  register: bset
+
+- name: Record the PostgreSQL component (the result of a backup module)
+  backup_set:
+    command: component
+    root: /backup
+    path: "{{ bset.path }}"
+    component: postgres
+    data:
+      type: postgres
+      status: success
+      backup_type: full
+      files:
+        - path: postgres/app.dump.zst
+          sha256: "{{ pg.sha256 }}"
+          size: "{{ pg.bytes_out }}"
+
+- name: Finalize the set
+  backup_set:
+    command: finalize
+    root: /backup
+    path: "{{ bset.path }}"
+    expected_components: [mariadb, postgres, redis, qdrant]
+  register: final
+
+- name: Verify the latest set
+  backup_set:
+    command: verify
+    root: /backup
+
+- name: Show what retention would delete
+  backup_set:
+    command: retention
+    root: /backup
+    dry_run: true
+    policy:
+      daily_days: 30
+      weekly: 4
+      monthly: 12
+      timezone: Asia/Seoul
+
+- name: Remove abandoned partial sets older than a day
+  backup_set:
+    command: cleanup
+    root: /backup
+    stale_after: 86400
+"""
+
+RETURN = r"""
+set_id:
+  description: The set id, C(<name>_YYYYmmdd_HHMMSS).
+  returned: when O(command) is begin, component, finalize or verify
+  type: str
+  sample: llmops_20260131_020000
+path:
+  description: The C(.partial) folder (begin, component) or the finalized set (finalize, verify).
+  returned: when O(command) is begin, component, finalize or verify
+  type: str
+  sample: /backup/.llmops_20260131_020000.partial
+status:
+  description: The set's status, V(success) or V(failed).
+  returned: when O(command) is finalize or verify
+  type: str
+  sample: success
+problems:
+  description: Why a finalized set failed (missing or failed components, files that differ).
+  returned: when O(command=finalize)
+  type: list
+  elements: str
+  sample: ["component redis: failed: redis-cli exited with code 1"]
+latest:
+  description: Whether C(<root>/latest) now points at this set (finalize), or the id it points at (list).
+  returned: when O(command) is finalize or list
+  type: raw
+  sample: true
+manifest:
+  description: The manifest written by finalize (C(backup_manifest.json)).
+  returned: when O(command=finalize)
+  type: dict
+  sample: {schema_version: 1, id: llmops_20260131_020000, status: success, components: {}, files: []}
+verify:
+  description:
+    - The verification result, with C(ok), C(checked) (files), C(bytes), C(missing), C(extra), C(mismatched) and
+      C(errors).
+  returned: when O(command=verify)
+  type: dict
+  sample: {ok: true, checked: 5, bytes: 123456, missing: [], extra: [], mismatched: [], errors: []}
+sets:
+  description:
+    - The finalized sets, oldest first, with id, path, status, started, ended, bytes, components, complete
+      and latest.
+  returned: when O(command=list)
+  type: list
+  elements: dict
+  sample: [{id: llmops_20260131_020000, status: success, complete: true, latest: true}]
+keep:
+  description: Set id to the reasons it is kept.
+  returned: when O(command=retention)
+  type: dict
+  sample: {llmops_20260131_020000: ["newest successful set", "daily < 30 d"]}
+delete:
+  description: The set ids the policy does not keep.
+  returned: when O(command=retention)
+  type: list
+  elements: str
+  sample: [llmops_20251201_020000]
+deleted:
+  description: What was actually deleted (set ids for retention, folders for cleanup); empty in check mode.
+  returned: when O(command) is retention or cleanup
+  type: list
+  elements: str
+  sample: [llmops_20251201_020000]
+would_delete:
+  description: The C(.partial) folders older than O(stale_after) (deleted unless check mode or O(dry_run)).
+  returned: when O(command=cleanup)
+  type: list
+  elements: str
+  sample: [/backup/.llmops_20260130_020000.partial]
+warnings_list:
+  description: Retention warnings, such as an incremental whose parent set is gone.
+  returned: when O(command=retention)
+  type: list
+  elements: str
+  sample: []
+"""
+
+import os
+import shutil
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import (
+    COMPONENTS_DIR,
+    OWNER,
+    BackupSetError,
+    begin_set,
+    check_name,
+    cleanup_partials,
+    finalize_set,
+    hash_set_files,
+    heartbeat,
+    isoformat,
+    list_partials,
+    list_sets,
+    parse_partial,
+    parse_time,
+    partial_age,
+    partial_path,
+    read_json,
+    resolve_set,
+    set_id_for,
+    utc,
+    verify_set,
+    write_json,
+    write_manifest,
+)
+from ansible.module_utils.llmops_retention import normalize_policy, plan_retention
+
+COMPONENT_STATUSES = ('success', 'failed')
+
+
+def _component_files(partial, data):
+    """Return the component's files with paths relative to the set; raise BackupSetError if outside."""
+    files = []
+    for entry in data.get('files') or []:
+        if not isinstance(entry, dict) or not entry.get('path'):
+            raise BackupSetError("each item of data.files needs a 'path', got %r" % (entry,))
+        entry = dict(entry)
+        path = str(entry['path'])
+        full = path if os.path.isabs(path) else os.path.join(partial, path)
+        full = os.path.normpath(full)
+        if not full.startswith(partial.rstrip('/') + os.sep):
+            raise BackupSetError('file %s is not inside the set %s' % (path, partial))
+        entry['path'] = os.path.relpath(full, partial)
+        if entry.get('size') is not None:
+            entry['size'] = int(entry['size'])
+        files.append(entry)
+    return files
+
+
+def do_begin(module, root):
+    name = module.params['name']
+    check_name(name)
+    now = utc()
+    live = []
+    for other in list_partials(root):
+        age = partial_age(other, now)
+        if age < module.params['stale_after']:
+            live.append('%s (last heartbeat %d s ago)' % (other, age))
+    if live and not module.params['force']:
+        module.fail_json(msg='another backup run looks active in %s: %s. Wait for it, or if it died run '
+                             'command=cleanup (removes partials older than stale_after=%d s) or use force=true'
+                             % (root, '; '.join(live), module.params['stale_after']))
+    set_id = set_id_for(name, now)
+    if module.check_mode:
+        module.exit_json(changed=True, set_id=set_id, path=partial_path(root, set_id), started=isoformat(now),
+                         active_partials=live)
+    path = begin_set(root, name, now, owner={'ppid': os.getppid()})
+    module.exit_json(changed=True, set_id=set_id, path=path, started=isoformat(now), active_partials=live)
+
+
+def _require(module, *names):
+    missing = [n for n in names if not module.params[n]]
+    if missing:
+        module.fail_json(msg='command=%s needs %s' % (module.params['command'], ', '.join(missing)))
+
+
+def _open_partial(module, root):
+    """Return (partial, set_id), or exit in check mode when begin only pretended to create it."""
+    _require(module, 'path')
+    partial = os.path.abspath(module.params['path'])
+    if module.check_mode and not os.path.exists(partial):
+        module.exit_json(changed=True, path=partial, set_id=os.path.basename(partial)[1:-len('.partial')],
+                         msg='check mode: the set was not created, nothing recorded')
+    parent, set_id = parse_partial(partial)
+    if parent != root:
+        module.fail_json(msg='%s is not under root %s' % (partial, root))
+    return partial, set_id
+
+
+def do_component(module, root):
+    _require(module, 'component', 'data')
+    component = check_name(module.params['component'], 'component name')
+    partial, set_id = _open_partial(module, root)
+    data = dict(module.params['data'])
+    if data.get('status') not in COMPONENT_STATUSES:
+        module.fail_json(msg="data.status of component %s must be 'success' or 'failed', got %r"
+                             % (component, data.get('status')))
+    backup_type = data.setdefault('backup_type', 'full')
+    if backup_type not in ('full', 'incremental'):
+        module.fail_json(msg="data.backup_type must be 'full' or 'incremental', got %r" % (backup_type,))
+    if backup_type == 'incremental' and not data.get('parent'):
+        module.fail_json(msg='an incremental component needs data.parent, the id of the set it builds on')
+    data['files'] = _component_files(partial, data)
+    data.setdefault('recorded', isoformat(utc()))
+    if not module.check_mode:
+        write_json(os.path.join(partial, COMPONENTS_DIR, component + '.json'), data)
+        heartbeat(partial)
+    module.exit_json(changed=True, set_id=set_id, path=partial, component=component, entry=data)
+
+
+def _check_files(partial, name, comp, hashes, problems):
+    for entry in comp.get('files') or []:
+        rel = entry['path']
+        if rel not in hashes:
+            problems.append('component %s: file %s is missing' % (name, rel))
+        elif entry.get('sha256') and entry['sha256'].lower() != hashes[rel]['sha256']:
+            problems.append('component %s: %s on disk has sha256 %s, the backup computed %s'
+                            % (name, rel, hashes[rel]['sha256'], entry['sha256']))
+        elif entry.get('size') is not None and int(entry['size']) != hashes[rel]['size']:
+            problems.append('component %s: %s on disk has %d bytes, the backup wrote %s'
+                            % (name, rel, hashes[rel]['size'], entry['size']))
+        else:
+            entry['sha256'] = hashes[rel]['sha256']
+            entry['size'] = hashes[rel]['size']
+
+
+def do_finalize(module, root):
+    partial, set_id = _open_partial(module, root)
+    owner_path = os.path.join(partial, OWNER)
+    owner = read_json(owner_path) if os.path.exists(owner_path) else {}
+    comp_dir = os.path.join(partial, COMPONENTS_DIR)
+    components = {}
+    if os.path.isdir(comp_dir):
+        for entry in sorted(os.listdir(comp_dir)):
+            if entry.endswith('.json'):
+                components[entry[:-5]] = read_json(os.path.join(comp_dir, entry))
+    problems = []
+    if module.params['status'] == 'failed':
+        problems.append('finalize was called with status=failed')
+    if not components:
+        problems.append('no component was recorded')
+    for name in module.params['expected_components']:
+        if name not in components:
+            problems.append('component %s was expected but not recorded' % name)
+    for name, comp in sorted(components.items()):
+        if comp.get('status') != 'success':
+            problems.append('component %s: %s' % (name, comp.get('error') or 'status %s' % comp.get('status')))
+    ended = utc()
+    started = owner.get('started') or isoformat(ended)
+    manifest = {
+        'id': set_id,
+        'name': owner.get('name') or set_id.rsplit('_', 2)[0],
+        'host': owner.get('host') or socket.gethostname(),
+        'started': started,
+        'ended': isoformat(ended),
+        'duration_s': round((ended - parse_time(started)).total_seconds(), 3),
+        'components': components,
+    }
+    if module.check_mode:
+        module.exit_json(changed=True, set_id=set_id, path=os.path.join(root, set_id),
+                         status='failed' if problems else 'success', problems=problems, latest=not problems,
+                         manifest=manifest)
+    # Bookkeeping files are not part of the finished set.
+    shutil.rmtree(comp_dir, ignore_errors=True)
+    if os.path.exists(owner_path):
+        os.unlink(owner_path)
+    files = hash_set_files(partial)
+    hashes = dict((f['path'], f) for f in files)
+    for name, comp in sorted(components.items()):
+        _check_files(partial, name, comp, hashes, problems)
+    manifest['status'] = 'failed' if problems else 'success'
+    manifest['problems'] = problems
+    written = write_manifest(partial, manifest, files=files)
+    final = finalize_set(partial, root, written['status'])
+    module.exit_json(changed=True, set_id=set_id, path=final, status=written['status'],
+                     problems=written['problems'], latest=written['status'] == 'success', manifest=written)
+
+
+def do_verify(module, root):
+    path = resolve_set(root, module.params['path'])
+    result = verify_set(path)
+    set_id = os.path.basename(path)
+    if not result['ok']:
+        details = []
+        for key in ('missing', 'extra', 'mismatched', 'errors'):
+            if result[key]:
+                details.append('%s: %s' % (key, ', '.join(result[key][:10])))
+        module.fail_json(msg='backup set %s failed verification (%s); do not restore from it'
+                             % (path, '; '.join(details)), set_id=set_id, path=path, status=result['status'],
+                         verify=result)
+    module.exit_json(changed=False, set_id=set_id, path=path, status=result['status'], verify=result)
+
+
+def do_list(module, root):
+    sets = list_sets(root, complete_only=module.params['complete_only'])
+    latest = next((s['id'] for s in list_sets(root) if s['latest']), None)
+    module.exit_json(changed=False, sets=sets, latest=latest)
+
+
+def do_retention(module, root):
+    try:
+        policy = normalize_policy(module.params['policy'])
+    except ValueError as exc:
+        module.fail_json(msg='bad retention policy: %s' % exc)
+    sets = list_sets(root)
+    plan = plan_retention(sets, policy)
+    latest = next((s['id'] for s in sets if s['latest']), None)
+    if latest in plan['delete']:  # defence in depth: plan_retention keeps the newest successful set
+        module.fail_json(msg='retention would delete %s, which latest points at; refusing' % latest, plan=plan)
+    deleted = []
+    if not (module.check_mode or module.params['dry_run']):
+        for set_id in plan['delete']:
+            shutil.rmtree(os.path.join(root, set_id))
+            deleted.append(set_id)
+    module.exit_json(changed=bool(plan['delete']), keep=plan['keep'], delete=plan['delete'], deleted=deleted,
+                     warnings_list=plan['warnings'], policy=policy)
+
+
+def do_cleanup(module, root):
+    dry = module.check_mode or module.params['dry_run']
+    would = cleanup_partials(root, module.params['stale_after'], dry_run=True)
+    deleted = [] if dry else cleanup_partials(root, module.params['stale_after'])
+    module.exit_json(changed=bool(would), would_delete=would, deleted=deleted)
+
+
+def main():
+    policy_options = dict(
+        daily_days=dict(type='int', default=30),
+        weekly=dict(type='int', default=4),
+        weekly_day=dict(type='int', default=6),
+        monthly=dict(type='int', default=12),
+        incremental_days=dict(type='int', default=7),
+        binlog_days=dict(type='int', default=14),
+        failed_days=dict(type='int', default=7),
+        timezone=dict(type='str', default='UTC'),
+    )
+    module = AnsibleModule(
+        argument_spec=dict(
+            command=dict(type='str', required=True,
+                       choices=['begin', 'component', 'finalize', 'verify', 'list', 'retention', 'cleanup']),
+            root=dict(type='path', required=True),
+            name=dict(type='str', default='llmops'),
+            path=dict(type='path'),
+            component=dict(type='str'),
+            data=dict(type='dict', default={}),
+            status=dict(type='str', choices=['auto', 'failed'], default='auto'),
+            expected_components=dict(type='list', elements='str', default=[]),
+            stale_after=dict(type='int', default=7200),
+            force=dict(type='bool', default=False),
+            complete_only=dict(type='bool', default=False),
+            dry_run=dict(type='bool', default=False),
+            policy=dict(type='dict', default={}, options=policy_options),
+        ),
+        supports_check_mode=True,
+    )
+    root = os.path.abspath(module.params['root'])
+    handlers = dict(begin=do_begin, component=do_component, finalize=do_finalize, verify=do_verify,
+                    list=do_list, retention=do_retention, cleanup=do_cleanup)
+    try:
+        handlers[module.params['command']](module, root)
+    except BackupSetError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='%s failed on %s: %s' % (module.params['command'], root, exc))
+
+
+if __name__ == '__main__':
+    main()
