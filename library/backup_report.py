@@ -1,0 +1,135 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_report
+short_description: Summarise a finalized backup set, write Prometheus metrics and decide the alerts
+description:
+  - Takes the manifest that M(backup_set) returned at finalize and returns the summary table (component,
+    type, size, duration, verified), the backup storage's total and free space, and the alerts to send
+    (failed set, newest successful set older than O(max_age_hours), storage under O(warn_free_pct) or
+    O(crit_free_pct) free).
+  - Keeps the last success of every component in C(<root>/.backup_state.json), so that a component that
+    failed tonight still shows when it last succeeded.
+  - Writes the metrics for the node_exporter textfile collector to O(metrics_path) atomically (temporary
+    file and rename), so a scrape never reads half a file.
+author:
+  - llmops contributors
+attributes:
+  check_mode:
+    support: full
+    description: Computes the summary and the alerts but writes neither the state file nor the metrics.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  root:
+    description: The backup root (where the sets and the state file are).
+    type: path
+    required: true
+  manifest:
+    description: The set's manifest, as returned by M(backup_set) with C(command=finalize).
+    type: dict
+    required: true
+  metrics_path:
+    description: The C(.prom) file to write; no metrics when omitted.
+    type: path
+  max_age_hours:
+    description: Alert (warning) when the newest successful set is older than this.
+    type: float
+    default: 26
+  warn_free_pct:
+    description: Alert (warning) when the backup storage has less free space than this percentage.
+    type: float
+    default: 20
+  crit_free_pct:
+    description: Alert (critical) when the backup storage has less free space than this percentage.
+    type: float
+    default: 10
+"""
+
+EXAMPLES = r"""
+- name: Report on the set
+  backup_report:
+    root: /backup
+    manifest: "{{ final.manifest }}"
+    metrics_path: /var/lib/node_exporter/textfile_collector/llmops_backup.prom
+  register: report
+"""
+
+RETURN = r"""
+rows:
+  description: One row per component.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{component: mariadb, type: full, size: 1.4 MiB, bytes: 1426499, duration_s: 1.0, verified: true,
+            status: success, error: ""}]
+table:
+  description: The summary as fixed-width text lines.
+  returned: always
+  type: list
+  elements: str
+storage:
+  description: Total, used and free bytes of the backup file system, and the free percentage.
+  returned: always
+  type: dict
+  sample: {total: 1000000, used: 100000, free: 900000, free_pct: 90.0}
+alerts:
+  description: The alerts to send, each with C(severity) (critical or warning) and C(summary).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{severity: warning, summary: backup storage has 15.0 % free (under 20 %)}]
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import read_json, write_file_atomic
+from ansible.module_utils.llmops_report import STATE_FILE, alerts, metrics, storage, summary_rows, table, update_state
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            manifest=dict(type="dict", required=True),
+            metrics_path=dict(type="path"),
+            max_age_hours=dict(type="float", default=26),
+            warn_free_pct=dict(type="float", default=20),
+            crit_free_pct=dict(type="float", default=10),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    manifest = p["manifest"]
+    try:
+        disk = storage(p["root"])
+        if module.check_mode:
+            try:
+                state = read_json(os.path.join(p["root"], STATE_FILE))
+            except (OSError, ValueError):
+                state = {}
+        else:
+            state = update_state(p["root"], manifest)
+            if p["metrics_path"]:
+                os.makedirs(os.path.dirname(p["metrics_path"]), exist_ok=True)
+                write_file_atomic(p["metrics_path"], metrics(state, disk).encode("utf-8"), mode=0o644)
+    except OSError as exc:
+        module.fail_json(msg="cannot write the backup state or metrics: %s" % exc)
+    rows = summary_rows(manifest)
+    module.exit_json(changed=not module.check_mode, rows=rows, table=table(rows), storage=disk,
+                     alerts=alerts(manifest, state, disk, p["max_age_hours"], p["warn_free_pct"], p["crit_free_pct"]),
+                     state=json.loads(json.dumps(state)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mariadb_backup
+short_description: Back up MariaDB with mariadb-backup (full or incremental) and archive its binary logs
+description:
+  - Streams C(mariadb-backup --backup --stream=mbstream) through zstd into C(<dest>/mariadb.mbstream.zst),
+    computing its sha256 in the same pass, and returns the manifest entry of the component for
+    M(backup_set) (O(backup_type=full), V(incremental) or V(auto)).
+  - An incremental builds on the newest complete set under O(backup_root) whose C(mariadb) component
+    succeeded (C(--incremental-lsn) = that backup's C(to_lsn)); the chain (parent set id, from/to LSN) is
+    recorded, as are the binary log file, position and GTID of the backup.
+  - The entry holds a data fingerprint (row count and C(CHECKSUM TABLE) of every table, counts of views,
+    routines and triggers) that a restore is verified against.
+  - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
+    not yet archived into O(binlog_dir)), so that point-in-time restore is possible between backups. It
+    reports whether C(binlog_format) is ROW.
+  - By default the tools run inside the server's container (C(docker exec)), so their version always
+    matches the server. The password, when needed, travels in the E(MYSQL_PWD) environment variable, never
+    on a command line.
+author:
+  - llmops contributors
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Connects, reads the server's version and binary log settings and plans the backup type, but writes
+        nothing; RV(changed) says that a backup would be made.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  backup_type:
+    description:
+      - V(full), V(incremental) (fails when there is no base), V(auto) (an incremental when a base exists whose
+        full is younger than O(full_interval_hours), otherwise a full), or V(binlog) (archive binary logs).
+    type: str
+    choices: [auto, full, incremental, binlog]
+    default: auto
+  dest:
+    description:
+      - Folder of this component inside the set being written (created with mode 0700). Required unless
+        O(backup_type=binlog).
+    type: path
+  backup_root:
+    description:
+      - The folder holding the backup sets, where the base of an incremental is looked up.
+    type: path
+    required: true
+  binlog_dir:
+    description:
+      - Where O(backup_type=binlog) archives the logs. Defaults to C(<backup_root>/binlogs).
+    type: path
+  full_interval_hours:
+    description:
+      - With O(backup_type=auto), take a new full when the chain's full is this old.
+    type: int
+    default: 24
+  container:
+    description:
+      - The MariaDB container to run the tools in. An empty string runs them on this host.
+    type: str
+    default: llmops-appdb-mariadb-1
+  login_user:
+    description: The MariaDB user.
+    type: str
+    default: root
+  login_password:
+    description:
+      - Its password. Not needed inside a container where C(root@localhost) authenticates by unix socket.
+    type: str
+  login_host:
+    description: Connect over TCP to this host instead of the local socket.
+    type: str
+  login_port:
+    description: The TCP port with O(login_host).
+    type: int
+    default: 3306
+  login_unix_socket:
+    description: The unix socket to use instead of the client's default.
+    type: str
+  parallel:
+    description: Number of threads C(mariadb-backup) copies files with (C(--parallel)).
+    type: int
+    default: 2
+  zstd_level:
+    description: zstd compression level.
+    type: int
+    default: 3
+  zstd_threads:
+    description: zstd worker threads (V(0) = one per core).
+    type: int
+    default: 0
+  timeout:
+    description: Seconds after which the backup is stopped and fails (V(0) = no limit).
+    type: int
+    default: 0
+seealso:
+  - module: backup_set
+  - name: mariadb-backup options
+    description: C(--stream), C(--incremental-lsn), C(--extra-lsndir).
+    link: https://mariadb.com/kb/en/mariadb-backup-options/
+"""
+
+EXAMPLES = r"""
+- name: Back up MariaDB (incremental when possible)
+  mariadb_backup:
+    backup_type: auto
+    dest: "{{ bset.path }}/mariadb"
+    backup_root: /backup
+  register: mariadb_result
+
+- name: Archive the closed binary logs
+  mariadb_backup:
+    backup_type: binlog
+    backup_root: /backup
+"""
+
+RETURN = r"""
+component:
+  description: The manifest entry for M(backup_set) (O(backup_type) other than V(binlog), not in check mode).
+  returned: success
+  type: dict
+  sample:
+    status: success
+    type: mariadb
+    backup_type: incremental
+    parent: llmops_20260131_020000
+    chain: [llmops_20260131_020000]
+    from_lsn: "48311"
+    to_lsn: "52100"
+    binlog: {file: mysql-bin.000012, position: 385, gtid: "0-1-17"}
+    files: [{path: /backup/.llmops_20260131_080000.partial/mariadb/mariadb.mbstream.zst, sha256: "...", size: 123}]
+    fingerprint: {llmops_app: {tables: {users: {rows: 500, checksum: "123"}}, views: 1, routines: 2, triggers: 1}}
+backup_type:
+  description: The backup type taken (or that would be taken in check mode).
+  returned: success
+  type: str
+  sample: full
+server:
+  description: Version and binary log settings of the server.
+  returned: success
+  type: dict
+  sample: {version: 10.11.6-MariaDB, log_bin: true, binlog_format: ROW}
+binlog:
+  description: For O(backup_type=binlog), the archived logs and whether the format is ROW.
+  returned: when O(backup_type=binlog)
+  type: dict
+  sample: {row_format: true, archived: [{name: mysql-bin.000012, sha256: "...", size: 1024}]}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_exec import ExecError, ExecTarget
+from ansible.module_utils.llmops_mariadb import (
+    MariaDBError,
+    archive_binlogs,
+    backup,
+    find_base,
+    plan_backup_type,
+    server_info,
+)
+from ansible.module_utils.llmops_pipeline import PipelineError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_type=dict(type="str", default="auto", choices=["auto", "full", "incremental", "binlog"]),
+            dest=dict(type="path"),
+            backup_root=dict(type="path", required=True),
+            binlog_dir=dict(type="path"),
+            full_interval_hours=dict(type="int", default=24),
+            container=dict(type="str", default="llmops-appdb-mariadb-1"),
+            login_user=dict(type="str", default="root"),
+            login_password=dict(type="str", no_log=True),
+            login_host=dict(type="str"),
+            login_port=dict(type="int", default=3306),
+            login_unix_socket=dict(type="str"),
+            parallel=dict(type="int", default=2),
+            zstd_level=dict(type="int", default=3),
+            zstd_threads=dict(type="int", default=0),
+            timeout=dict(type="int", default=0),
+        ),
+        required_if=[("backup_type", "auto", ["dest"]), ("backup_type", "full", ["dest"]),
+                     ("backup_type", "incremental", ["dest"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    target = ExecTarget(p["container"] or None)
+    conn = {"user": p["login_user"], "host": p["login_host"], "port": p["login_port"],
+            "socket": p["login_unix_socket"]}
+    password = p["login_password"]
+    try:
+        info = server_info(target, conn, password)
+        if p["backup_type"] == "binlog":
+            binlog_dir = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")
+            if module.check_mode:
+                module.exit_json(changed=True, backup_type="binlog", server=info,
+                                 msg="would flush and archive the closed binary logs into %s" % binlog_dir)
+            result = archive_binlogs(target, conn, binlog_dir, password=password, zstd_level=p["zstd_level"],
+                                     timeout=p["timeout"] or None)
+            if not result["row_format"]:
+                module.warn("binlog_format is %s, not ROW: point-in-time restores may not replay exactly"
+                            % result["binlog_format"])
+            module.exit_json(changed=bool(result["archived"]), backup_type="binlog", server=info, binlog=result)
+
+        base_set, base_entry = find_base(p["backup_root"])
+        backup_type = plan_backup_type(p["backup_type"], base_entry, full_interval_hours=p["full_interval_hours"])
+        if module.check_mode:
+            module.exit_json(changed=True, backup_type=backup_type, server=info, base=base_set,
+                             msg="would take a %s backup into %s" % (backup_type, p["dest"]))
+        os.makedirs(p["dest"], mode=0o700, exist_ok=True)
+        entry = backup(target, conn, p["dest"], backup_type=backup_type, base_set=base_set, base_entry=base_entry,
+                       password=password, parallel=p["parallel"], zstd_level=p["zstd_level"],
+                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None)
+        if info["binlog_format"] != "ROW" or not info["log_bin"]:
+            module.warn("binary log off or not in ROW format: point-in-time restore will not be possible")
+        module.exit_json(changed=True, backup_type=backup_type, server=info, component=entry)
+    except (MariaDBError, ExecError, PipelineError) as exc:
+        module.fail_json(msg="MariaDB backup failed: %s" % exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""MariaDB backups: ``mariadb-backup`` full and incremental streams, binary log archiving, and the
+data fingerprint a restore is verified against.
+
+Tools run through ``ExecTarget`` (by default inside the server's own container, where
+``mariadb-backup`` always matches the server's version) and their output goes through the shared
+``run_pipeline`` (tool | zstd | sha256 | file). A password, when one is needed, travels in the
+``MYSQL_PWD`` environment variable (passed to ``docker exec`` by name), never on a command line.
+
+Incremental chains: a full records its ``to_lsn``; an incremental is taken with
+``--incremental-lsn=<to_lsn of its parent>`` and records ``parent`` (the set id it builds on),
+``from_lsn``/``to_lsn`` and ``chain`` (set ids from the full to itself), so a restore can apply
+them in order and retention can keep what a kept incremental depends on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    isoformat,
+    list_sets,
+    load_manifest,
+    parse_time,
+    utc,
+    write_file_atomic,
+)
+from ansible.module_utils.llmops_exec import ExecError
+from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
+
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+ARTEFACT = "mariadb.mbstream.zst"
+PWD_ENV = "MYSQL_PWD"
+
+
+class MariaDBError(Exception):
+    """A MariaDB backup step failed; the message says which and why."""
+
+
+def _env(password):
+    return {PWD_ENV: password} if password else {}
+
+
+def client_argv(conn, *args):
+    """``mariadb`` client argv for ``conn`` (dict: user, host, port, socket)."""
+    argv = ["mariadb", "--batch", "--skip-column-names", "--user=%s" % conn.get("user", "root")]
+    if conn.get("host"):
+        argv += ["--host=%s" % conn["host"], "--port=%d" % int(conn.get("port") or 3306), "--protocol=tcp"]
+    elif conn.get("socket"):
+        argv.append("--socket=%s" % conn["socket"])
+    return argv + list(args)
+
+
+def query(target, conn, sql, password=None, timeout=600):
+    """Run ``sql`` (fed on stdin) and return the rows as lists of strings."""
+    out = target.text(client_argv(conn), env=_env(password), stdin=sql.encode("utf-8"), timeout=timeout)
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def server_info(target, conn, password=None):
+    """Version, binary log settings and the current binlog position of the server."""
+    rows = query(target, conn, "SELECT @@version, @@log_bin, @@binlog_format, @@log_bin_basename, @@datadir, "
+                               "@@server_id, @@gtid_current_pos;", password)
+    version, log_bin, binlog_format, basename, datadir, server_id, gtid = (rows[0] + [""] * 7)[:7]
+    return {
+        "version": version,
+        "log_bin": log_bin == "1",
+        "binlog_format": binlog_format,
+        "log_bin_basename": None if basename in ("", "NULL") else basename,
+        "datadir": datadir,
+        "server_id": int(server_id or 0),
+        "gtid_current_pos": "" if gtid == "NULL" else gtid,
+    }
+
+
+def _quote(name):
+    return "`%s`" % name.replace("`", "``")
+
+
+def fingerprint(target, conn, password=None, databases=None):
+    """Row count and ``CHECKSUM TABLE`` of every base table, plus counts of the other objects.
+
+    Returns ``{db: {"tables": {table: {"rows": n, "checksum": "..."}}, "views": n, "routines": n,
+    "triggers": n}}`` for every non-system schema (or ``databases``). A restore is correct when
+    its fingerprint equals the one recorded at backup time.
+    """
+    excluded = ",".join("'%s'" % s for s in SYSTEM_SCHEMAS)
+    rows = query(target, conn, "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+                               "WHERE table_schema NOT IN (%s) ORDER BY 1, 2;" % excluded, password)
+    result = {}
+    statements = []
+    for schema, table, kind in rows:
+        if databases and schema not in databases:
+            continue
+        entry = result.setdefault(schema, {"tables": {}, "views": 0, "routines": 0, "triggers": 0})
+        if kind == "VIEW":
+            entry["views"] += 1
+            continue
+        full = "%s.%s" % (_quote(schema), _quote(table))
+        statements.append("SELECT 'rows', %s, %s, COUNT(*) FROM %s;" % (
+            _sql_string(schema), _sql_string(table), full))
+        statements.append("CHECKSUM TABLE %s EXTENDED;" % full)
+        entry["tables"][table] = {}
+    schemas_sql = ",".join(_sql_string(s) for s in result) or "''"
+    statements.append("SELECT 'routines', routine_schema, '', COUNT(*) FROM information_schema.routines "
+                      "WHERE routine_schema IN (%s) GROUP BY routine_schema;" % schemas_sql)
+    statements.append("SELECT 'triggers', trigger_schema, '', COUNT(*) FROM information_schema.triggers "
+                      "WHERE trigger_schema IN (%s) GROUP BY trigger_schema;" % schemas_sql)
+    for row in query(target, conn, "\n".join(statements), password):
+        if row[0] == "rows":
+            result[row[1]]["tables"][row[2]]["rows"] = int(row[3])
+        elif row[0] in ("routines", "triggers"):
+            result[row[1]][row[0]] = int(row[3])
+        else:  # CHECKSUM TABLE: "schema.table<TAB>checksum"
+            schema, _, table = row[0].partition(".")
+            result[schema]["tables"][table]["checksum"] = row[1]
+    return result
+
+
+def _sql_string(value):
+    return "'%s'" % value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _key_values(text):
+    """Parse ``xtrabackup_checkpoints`` / ``xtrabackup_info`` (``key = value`` lines)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _binlog_info(text):
+    """Parse the ``binlog_pos`` line of ``xtrabackup_info`` ("filename '...', position '...', GTID ...")."""
+    match = re.search(r"binlog_pos\s*=\s*filename '([^']*)', position '(\d+)'(?:, GTID of the last change '([^']*)')?",
+                      text)
+    if not match:
+        return None
+    return {"file": match.group(1), "position": int(match.group(2)), "gtid": match.group(3) or ""}
+
+
+def find_base(backup_root, component="mariadb"):
+    """The newest complete set whose ``component`` succeeded, as ``(set_id, entry)``, or ``(None, None)``."""
+    for item in reversed(list_sets(backup_root)):
+        if not item.get("complete"):
+            continue
+        try:
+            manifest = load_manifest(item["path"])
+        except BackupSetError:
+            continue
+        entry = manifest.get("components", {}).get(component)
+        if entry and entry.get("status") == "success" and entry.get("to_lsn"):
+            return manifest["id"], entry
+    return None, None
+
+
+def plan_backup_type(requested, base_entry, now=None, full_interval_hours=24):
+    """``full`` or ``incremental`` for ``requested`` (auto/full/incremental) and the base found.
+
+    ``auto`` takes an incremental when a base exists and its chain's full is younger than
+    ``full_interval_hours``; otherwise a full. An ``incremental`` without a base is an error.
+    """
+    if requested == "full":
+        return "full"
+    if base_entry is None:
+        if requested == "incremental":
+            raise MariaDBError("an incremental backup needs a base: no complete MariaDB backup is in the catalogue "
+                               "(run a full one first, or use backup_type=auto)")
+        return "full"
+    if requested == "incremental":
+        return "incremental"
+    full_time = base_entry.get("chain_full_started") or base_entry.get("started")
+    try:
+        age_h = (utc(now) - parse_time(full_time)).total_seconds() / 3600.0
+    except (TypeError, ValueError):
+        return "full"
+    return "incremental" if age_h < full_interval_hours else "full"
+
+
+def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry=None, password=None,
+           parallel=2, zstd_level=3, zstd_threads=0, timeout=None, progress=None):
+    """Stream ``mariadb-backup --backup`` into ``dest_dir/mariadb.mbstream.zst``; return the manifest entry."""
+    started = utc()
+    t0 = time.monotonic()
+    info = server_info(target, conn, password)
+    lsn_dir = "/tmp/llmops-mariadb-lsn-%s" % secrets.token_hex(6)
+    argv = ["mariadb-backup", "--backup", "--stream=mbstream", "--target-dir=%s" % lsn_dir,
+            "--extra-lsndir=%s" % lsn_dir, "--parallel=%d" % parallel, "--user=%s" % conn.get("user", "root")]
+    if conn.get("host"):
+        argv += ["--host=%s" % conn["host"], "--port=%d" % int(conn.get("port") or 3306)]
+    elif conn.get("socket"):
+        argv.append("--socket=%s" % conn["socket"])
+    if backup_type == "incremental":
+        argv.append("--incremental-lsn=%s" % base_entry["to_lsn"])
+    dest = os.path.join(dest_dir, ARTEFACT)
+    env = _env(password)
+    try:
+        result = run_pipeline(target.argv(argv, env_names=env.keys()), dest, env=env, zstd_level=zstd_level,
+                              zstd_threads=zstd_threads, timeout=timeout, progress=progress,
+                              source_name="mariadb-backup")
+        checkpoints = _key_values(target.text(["cat", "%s/xtrabackup_checkpoints" % lsn_dir]))
+        backup_info = target.text(["cat", "%s/xtrabackup_info" % lsn_dir])
+    finally:
+        try:
+            target.run(["rm", "-rf", lsn_dir])
+        except ExecError:
+            pass
+    fp = fingerprint(target, conn, password)
+    entry = {
+        "status": "success",
+        "type": "mariadb",
+        "tool": "mariadb-backup",
+        "tool_version": _key_values(backup_info).get("tool_version"),
+        "server_version": info["version"],
+        "backup_type": backup_type,
+        "started": isoformat(started),
+        "ended": isoformat(utc()),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "bytes": result.bytes_out,
+        "bytes_raw": result.bytes_in,
+        "files": [{"path": dest, "sha256": result.sha256, "size": result.bytes_out}],
+        "from_lsn": checkpoints.get("from_lsn"),
+        "to_lsn": checkpoints.get("to_lsn"),
+        "binlog_format": info["binlog_format"],
+        "binlog": _binlog_info(backup_info),
+        "gtid_current_pos": info["gtid_current_pos"],
+        "fingerprint": fp,
+    }
+    if backup_type == "incremental":
+        entry["parent"] = base_set
+        entry["chain"] = list(base_entry.get("chain") or []) + [base_set]
+        entry["chain_full_started"] = base_entry.get("chain_full_started") or base_entry.get("started")
+    else:
+        entry["chain"] = []
+        entry["chain_full_started"] = entry["started"]
+    return entry
+
+
+def archive_binlogs(target, conn, archive_dir, password=None, zstd_level=3, flush=True, timeout=None):
+    """Archive every closed binary log not yet in ``archive_dir``; return what was archived.
+
+    ``FLUSH BINARY LOGS`` first closes the current log, so everything written until now becomes
+    archivable. Each log is copied from the server's datadir through the pipeline to
+    ``<name>.zst`` with a ``<name>.zst.sha256`` file (``sha256sum -c`` format) beside it. Log names
+    are sequential, so a point-in-time restore replays the archive from the position a backup
+    recorded onwards.
+    """
+    info = server_info(target, conn, password)
+    if not info["log_bin"] or not info["log_bin_basename"]:
+        raise MariaDBError("the binary log is off on this server (log_bin=0): point-in-time restore is impossible; "
+                           "enable log_bin with binlog_format=ROW (compose/mariadb.cnf.j2)")
+    if flush:
+        query(target, conn, "FLUSH BINARY LOGS;", password)
+    logs = [row[0] for row in query(target, conn, "SHOW BINARY LOGS;", password)]
+    closed = logs[:-1]  # the last one is still being written
+    os.makedirs(archive_dir, mode=0o700, exist_ok=True)
+    log_dir = os.path.dirname(info["log_bin_basename"])
+    archived = []
+    for name in closed:
+        dest = os.path.join(archive_dir, name + ".zst")
+        if os.path.exists(dest) and os.path.exists(dest + ".sha256"):
+            continue
+        result = run_pipeline(target.argv(["cat", os.path.join(log_dir, name)]), dest, zstd_level=zstd_level,
+                              timeout=timeout, source_name="cat %s" % name)
+        write_file_atomic(dest + ".sha256", ("%s  %s\n" % (result.sha256, os.path.basename(dest))).encode("utf-8"))
+        archived.append({"name": name, "path": dest, "sha256": result.sha256, "size": result.bytes_out,
+                         "bytes_raw": result.bytes_in})
+    return {
+        "binlog_format": info["binlog_format"],
+        "row_format": info["binlog_format"] == "ROW",
+        "server_logs": logs,
+        "closed": closed,
+        "archived": archived,
+        "archive_dir": archive_dir,
+        "gtid_current_pos": info["gtid_current_pos"],
+    }
+
+
+def verify_archived_binlog(path):
+    """Compare an archived binlog with its ``.sha256`` file; return ``(ok, sha256)``."""
+    digest, _ = hash_file(path)
+    try:
+        with open(path + ".sha256", encoding="utf-8") as handle:
+            expected = handle.read().split()[0]
+    except (OSError, IndexError):
+        return False, digest
+    return digest == expected, digest
+

@@ -1,0 +1,151 @@
+"""What a backup run reports: the summary table, Prometheus textfile metrics and the alerts.
+
+Pure functions over a finalized set's manifest plus a small state file under the backup root
+(``.backup_state.json``: the last success per component, kept across runs so that a component
+that fails tonight still shows when it last succeeded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from ansible.module_utils.llmops_backupset import parse_time, read_json, utc, write_file_atomic
+
+STATE_FILE = ".backup_state.json"
+
+
+def human(size):
+    """1536 -> '1.5 KiB'."""
+    size = float(size or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
+        size /= 1024.0
+    return "%d B" % size
+
+
+def storage(root):
+    """Total, used and free bytes of the file system holding ``root``, and the free percentage."""
+    usage = shutil.disk_usage(root)
+    return {"total": usage.total, "used": usage.used, "free": usage.free,
+            "free_pct": round(100.0 * usage.free / usage.total, 2) if usage.total else 0.0}
+
+
+def summary_rows(manifest):
+    """One row per component: component, type, size, duration, verified, status, error."""
+    rows = []
+    for name in sorted(manifest.get("components", {})):
+        entry = manifest["components"][name]
+        size = sum(int(f.get("size") or 0) for f in entry.get("files", []))
+        rows.append({
+            "component": name,
+            "type": entry.get("backup_type") or entry.get("mode") or "full",
+            "bytes": size,
+            "size": human(size),
+            "duration_s": entry.get("duration_s"),
+            # finalize re-hashed every file against what the component recorded
+            "verified": entry.get("status") == "success",
+            "status": entry.get("status"),
+            "error": entry.get("error", ""),
+        })
+    return rows
+
+
+def table(rows):
+    """The summary as fixed-width text lines."""
+    header = ("component", "type", "size", "duration", "verified", "status")
+    lines = [[r["component"], str(r["type"]), r["size"],
+              "%.1f s" % r["duration_s"] if isinstance(r["duration_s"], (int, float)) else "-",
+              "yes" if r["verified"] else "NO", r["status"]] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join("%%-%ds" % w for w in widths)
+    out = [fmt % header, fmt % tuple("-" * w for w in widths)]
+    out += [fmt % tuple(line) for line in lines]
+    for r in rows:
+        if r["error"]:
+            out.append("%s: %s" % (r["component"], r["error"]))
+    return out
+
+
+def update_state(root, manifest, now=None):
+    """Record this run's successful components in the state file; return the merged state."""
+    path = os.path.join(root, STATE_FILE)
+    try:
+        state = read_json(path)
+    except (OSError, ValueError):
+        state = {}
+    state.setdefault("components", {})
+    ended = manifest.get("ended") or manifest.get("started")
+    for name, entry in manifest.get("components", {}).items():
+        item = state["components"].setdefault(name, {})
+        item["last_status"] = entry.get("status")
+        item["last_run"] = ended
+        if entry.get("status") == "success":
+            item["last_success"] = ended
+            item["duration_s"] = entry.get("duration_s")
+            item["bytes"] = sum(int(f.get("size") or 0) for f in entry.get("files", []))
+    state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
+    if manifest.get("status") == "success":
+        state["last_successful_set"] = state["last_set"]
+    write_file_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
+    return state
+
+
+def metrics(state, disk, now=None):
+    """Prometheus text exposition of the state and the backup storage."""
+    def ts(value):
+        return parse_time(value).timestamp() if value else 0
+
+    lines = []
+
+    def gauge(name, help_text, samples):
+        lines.append("# HELP %s %s" % (name, help_text))
+        lines.append("# TYPE %s gauge" % name)
+        for labels, value in samples:
+            label_text = ",".join('%s="%s"' % (k, v) for k, v in sorted(labels.items()))
+            lines.append("%s%s %s" % (name, "{%s}" % label_text if label_text else "", repr(float(value))))
+
+    comps = sorted(state.get("components", {}).items())
+    gauge("llmops_backup_last_success_timestamp_seconds", "End of the last successful backup of the component.",
+          [({"component": n}, ts(c.get("last_success"))) for n, c in comps])
+    gauge("llmops_backup_last_run_success", "1 when the component's last backup succeeded.",
+          [({"component": n}, 1 if c.get("last_status") == "success" else 0) for n, c in comps])
+    gauge("llmops_backup_duration_seconds", "Duration of the component's last successful backup.",
+          [({"component": n}, c.get("duration_s") or 0) for n, c in comps])
+    gauge("llmops_backup_size_bytes", "Size of the component's last successful backup.",
+          [({"component": n}, c.get("bytes") or 0) for n, c in comps])
+    last_ok = state.get("last_successful_set") or {}
+    gauge("llmops_backup_set_last_success_timestamp_seconds", "End of the newest successful backup set.",
+          [({}, ts(last_ok.get("ended")))])
+    gauge("llmops_backup_set_last_run_success", "1 when the newest backup set succeeded.",
+          [({}, 1 if (state.get("last_set") or {}).get("status") == "success" else 0)])
+    gauge("llmops_backup_storage_total_bytes", "Size of the backup file system.", [({}, disk["total"])])
+    gauge("llmops_backup_storage_free_bytes", "Free bytes on the backup file system.", [({}, disk["free"])])
+    gauge("llmops_backup_storage_used_bytes", "Used bytes on the backup file system.", [({}, disk["used"])])
+    return "\n".join(lines) + "\n"
+
+
+def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_pct=10, now=None):
+    """The alerts this run raises, each ``{"severity": critical|warning, "summary": ...}``."""
+    found = []
+    if manifest.get("status") != "success":
+        failed = [n for n, e in manifest.get("components", {}).items() if e.get("status") != "success"]
+        found.append({"severity": "critical", "summary": "backup set %s FAILED (components: %s): %s" % (
+            manifest.get("id"), ", ".join(sorted(failed)) or "none recorded", "; ".join(manifest.get("problems", [])))})
+    last_ok = (state.get("last_successful_set") or {}).get("ended")
+    if not last_ok:
+        found.append({"severity": "critical", "summary": "no successful backup set exists yet"})
+    else:
+        age_h = (utc(now) - parse_time(last_ok)).total_seconds() / 3600.0
+        if age_h > max_age_hours:
+            found.append({"severity": "warning", "summary": "the newest successful backup set is %.1f h old "
+                                                            "(threshold %s h)" % (age_h, max_age_hours)})
+    if disk["free_pct"] < crit_free_pct:
+        found.append({"severity": "critical", "summary": "backup storage has %.1f %% free (under %s %%): %s of %s" % (
+            disk["free_pct"], crit_free_pct, human(disk["free"]), human(disk["total"]))})
+    elif disk["free_pct"] < warn_free_pct:
+        found.append({"severity": "warning", "summary": "backup storage has %.1f %% free (under %s %%): %s of %s" % (
+            disk["free_pct"], warn_free_pct, human(disk["free"]), human(disk["total"]))})
+    return found
