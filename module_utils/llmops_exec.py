@@ -63,6 +63,18 @@ class ExecTarget:
         merged.update({k: str(v) for k, v in (env or {}).items()})
         return merged
 
+    def image(self):
+        """The image the container runs (to start throw-away containers with the same tools)."""
+        if not self.container:
+            raise ExecError("tools run on the host: there is no container image")
+        return self._docker_text(["inspect", "--format", "{{.Config.Image}}", self.container]).strip()
+
+    def _docker_text(self, args):
+        proc = subprocess.run([self.docker] + args, capture_output=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise ExecError("docker %s failed: %s" % (args[0], proc.stderr.decode("utf-8", "replace").strip()))
+        return proc.stdout.decode("utf-8", "replace")
+
     def run(self, tool_argv, env=None, stdin=None, timeout=600, check=True, redact=()):
         """Run a tool to completion; return its stdout (bytes). Raise ExecError when it fails."""
         argv = self.argv(tool_argv, env_names=(env or {}).keys(), interactive=stdin is not None)
@@ -84,3 +96,36 @@ class ExecTarget:
     def text(self, tool_argv, **kwargs):
         """``run`` decoded as UTF-8."""
         return self.run(tool_argv, **kwargs).decode("utf-8", "replace")
+
+
+class ImageTarget(ExecTarget):
+    """Runs tools in a throw-away container of ``image`` (``docker run --rm``) with host folders mounted.
+
+    Used to prepare and copy back restores with the very image the server runs, so the tools
+    match the server's version without touching the running container. ``mounts`` maps host
+    paths to container paths.
+    """
+
+    def __init__(self, image, mounts=None, user=None, docker="docker"):
+        super().__init__(container=None, user=user, docker=docker)
+        self.image = image
+        self.mounts = dict(mounts or {})
+
+    def __repr__(self):
+        return "ImageTarget(image=%r)" % (self.image,)
+
+    def describe(self):
+        return "a throw-away container of %s" % self.image
+
+    def argv(self, tool_argv, env_names=(), interactive=False):
+        tool_argv = [str(a) for a in tool_argv]
+        argv = [self.docker, "run", "--rm", "--network", "none"]
+        if interactive:
+            argv.append("-i")
+        if self.user:
+            argv += ["-u", self.user]
+        for host, inside in sorted(self.mounts.items()):
+            argv += ["-v", "%s:%s" % (host, inside)]
+        for name in sorted(env_names):
+            argv += ["-e", name]
+        return argv + ["--entrypoint", tool_argv[0], self.image] + tool_argv[1:]

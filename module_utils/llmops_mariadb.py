@@ -14,9 +14,11 @@ them in order and retention can keep what a kept incremental depends on.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import secrets
+import shutil
 import time
 
 from ansible.module_utils.llmops_backupset import (
@@ -28,12 +30,12 @@ from ansible.module_utils.llmops_backupset import (
     utc,
     write_file_atomic,
 )
-from ansible.module_utils.llmops_exec import ExecError
-from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
+from ansible.module_utils.llmops_exec import ExecError, ImageTarget
+from ansible.module_utils.llmops_pipeline import decompress_to, hash_file, run_pipeline
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 ARTEFACT = "mariadb.mbstream.zst"
-PWD_ENV = "MYSQL_PWD"
+PWD_ENV = "MYSQL_PWD"  # noqa: S105 - the variable's name, not a password
 
 
 class MariaDBError(Exception):
@@ -88,7 +90,8 @@ def fingerprint(target, conn, password=None, databases=None):
     its fingerprint equals the one recorded at backup time.
     """
     excluded = ",".join("'%s'" % s for s in SYSTEM_SCHEMAS)
-    rows = query(target, conn, "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+    # S608: every name below is quoted by _quote / _sql_string; nothing comes from a user
+    rows = query(target, conn, "SELECT table_schema, table_name, table_type FROM information_schema.tables "  # noqa: S608
                                "WHERE table_schema NOT IN (%s) ORDER BY 1, 2;" % excluded, password)
     result = {}
     statements = []
@@ -100,14 +103,14 @@ def fingerprint(target, conn, password=None, databases=None):
             entry["views"] += 1
             continue
         full = "%s.%s" % (_quote(schema), _quote(table))
-        statements.append("SELECT 'rows', %s, %s, COUNT(*) FROM %s;" % (
+        statements.append("SELECT 'rows', %s, %s, COUNT(*) FROM %s;" % (  # noqa: S608
             _sql_string(schema), _sql_string(table), full))
         statements.append("CHECKSUM TABLE %s EXTENDED;" % full)
         entry["tables"][table] = {}
     schemas_sql = ",".join(_sql_string(s) for s in result) or "''"
-    statements.append("SELECT 'routines', routine_schema, '', COUNT(*) FROM information_schema.routines "
+    statements.append("SELECT 'routines', routine_schema, '', COUNT(*) FROM information_schema.routines "  # noqa: S608
                       "WHERE routine_schema IN (%s) GROUP BY routine_schema;" % schemas_sql)
-    statements.append("SELECT 'triggers', trigger_schema, '', COUNT(*) FROM information_schema.triggers "
+    statements.append("SELECT 'triggers', trigger_schema, '', COUNT(*) FROM information_schema.triggers "  # noqa: S608
                       "WHERE trigger_schema IN (%s) GROUP BY trigger_schema;" % schemas_sql)
     for row in query(target, conn, "\n".join(statements), password):
         if row[0] == "rows":
@@ -290,3 +293,175 @@ def verify_archived_binlog(path):
         return False, digest
     return digest == expected, digest
 
+
+
+# --------------------------------------------------------------------------------------------
+# restore
+
+
+def restore_chain(backup_root, set_path, component="mariadb"):
+    """The artefacts to apply for the set at ``set_path``, full first: ``[(set_id, path, sha256)]``.
+
+    Raises ``MariaDBError`` when a set of the chain is missing or lacks the component.
+    """
+    manifest = load_manifest(set_path)
+    entry = manifest.get("components", {}).get(component)
+    if not entry or entry.get("status") != "success":
+        raise MariaDBError("set %s has no successful %s component" % (manifest.get("id"), component))
+    chain = []
+    for set_id in list(entry.get("chain") or []) + [manifest["id"]]:
+        path = set_path if set_id == manifest["id"] else os.path.join(backup_root, set_id)
+        try:
+            item = load_manifest(path).get("components", {}).get(component) or {}
+        except BackupSetError as exc:
+            raise MariaDBError("the incremental chain of %s needs set %s, which is missing or unreadable: %s"
+                               % (manifest["id"], set_id, exc)) from exc
+        files = [f for f in item.get("files", []) if f["path"].endswith(ARTEFACT)]
+        if not files:
+            raise MariaDBError("set %s of the chain has no %s artefact" % (set_id, ARTEFACT))
+        chain.append((set_id, os.path.join(path, files[0]["path"]) if not os.path.isabs(files[0]["path"])
+                      else files[0]["path"], files[0]["sha256"]))
+    return chain
+
+
+def stage_restore(image, chain, staging, timeout=None):
+    """Unpack every artefact of ``chain`` into ``staging`` and prepare the full with the incrementals applied.
+
+    Runs ``zstd -d | mbstream -x`` (the sha256 of each artefact is checked while it streams) and
+    ``mariadb-backup --prepare [--incremental-dir]`` in throw-away containers of ``image``.
+    Returns the folder holding the prepared datadir. Nothing of the live server is touched.
+    """
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging, mode=0o700)
+    tools = ImageTarget(image, {staging: "/restore"})
+    for index, (set_id, path, sha256) in enumerate(chain):
+        os.makedirs(os.path.join(staging, str(index)), mode=0o700)
+        decompress_to(path, tools.argv(["mbstream", "-x", "-C", "/restore/%d" % index], interactive=True),
+                      expected_sha256=sha256, timeout=timeout, consumer_name="mbstream -x (%s)" % set_id)
+    tools.run(["mariadb-backup", "--prepare", "--target-dir=/restore/0"], timeout=timeout or 3600)
+    for index in range(1, len(chain)):
+        tools.run(["mariadb-backup", "--prepare", "--target-dir=/restore/0",
+                   "--incremental-dir=/restore/%d" % index], timeout=timeout or 3600)
+    return os.path.join(staging, "0")
+
+
+def swap_datadir(image, prepared, datadir, safety_suffix, owner="999:999", keep_safety_copy=True):
+    """Move the current datadir aside (the safety copy) and copy the prepared backup into an empty one.
+
+    Returns the safety copy's path (or None when there was no datadir, or it was not kept).
+    The server must be stopped.
+    """
+    safety = None
+    if os.path.exists(datadir):
+        safety = datadir.rstrip("/") + safety_suffix
+        if os.path.exists(safety):
+            raise MariaDBError("a safety copy %s already exists: a previous restore was not finished; "
+                               "inspect it and remove it or roll back before restoring again" % safety)
+        os.rename(datadir, safety)
+    os.makedirs(datadir, mode=0o750)
+    tools = ImageTarget(image, {os.path.dirname(prepared): "/restore", datadir: "/var/lib/mysql"})
+    tools.run(["mariadb-backup", "--copy-back", "--target-dir=/restore/%s" % os.path.basename(prepared),
+               "--datadir=/var/lib/mysql"], timeout=None)
+    tools.run(["chown", "-R", owner, "/var/lib/mysql"])
+    if safety and not keep_safety_copy:
+        shutil.rmtree(safety)
+        safety = None
+    return safety
+
+
+def rollback_datadir(datadir, safety):
+    """Put the safety copy back in place of a failed restore's datadir. The server must be stopped."""
+    if not safety or not os.path.exists(safety):
+        raise MariaDBError("no safety copy at %s: nothing to roll back to" % safety)
+    if os.path.exists(datadir):
+        shutil.rmtree(datadir)
+    os.rename(safety, datadir)
+
+
+def binlogs_to_replay(archive_dir, start_file):
+    """The archived binlogs from ``start_file`` on, in order, each checked against its ``.sha256`` file."""
+    if not os.path.isdir(archive_dir):
+        raise MariaDBError("no binary log archive at %s: point-in-time restore is impossible" % archive_dir)
+    names = sorted(n[:-4] for n in os.listdir(archive_dir) if n.endswith(".zst") and n[:-4] >= start_file)
+    if not names or names[0] != start_file:
+        raise MariaDBError("the binary log %s, where the backup ends, is not in the archive %s: point-in-time "
+                           "restore cannot start there" % (start_file, archive_dir))
+    result = []
+    for expected_index, name in enumerate(names):
+        if expected_index and _log_number(name) != _log_number(names[expected_index - 1]) + 1:
+            raise MariaDBError("the binary log archive has a gap before %s: replay would skip transactions" % name)
+        path = os.path.join(archive_dir, name + ".zst")
+        ok, _ = verify_archived_binlog(path)
+        if not ok:
+            raise MariaDBError("archived binary log %s does not match its checksum: it is corrupted" % path)
+        result.append(path)
+    return result
+
+
+def _log_number(name):
+    return int(name.rsplit(".", 1)[-1])
+
+
+def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, password=None, timeout=None):
+    """Replay archived binlogs into the running server from ``start_position`` up to ``stop_datetime``.
+
+    The logs are decompressed into ``staging``, copied into the server's container and decoded with
+    its own ``mariadb-binlog --start-position --stop-datetime`` (UTC); the SQL is kept in staging and
+    applied with the ``mariadb`` client. Returns the time of the last event replayed.
+    """
+    inside = "/tmp/llmops-replay-%s" % secrets.token_hex(4)
+    local = []
+    for path in logs:
+        dest = os.path.join(staging, os.path.basename(path)[:-4])
+        decompress_to(path, ["dd", "of=%s" % dest, "status=none"], timeout=timeout)
+        local.append(dest)
+    sql = os.path.join(staging, "replay.sql")
+    try:
+        target.run(["mkdir", "-p", inside])
+        for path in local:
+            copy = target.argv(["sh", "-c", 'cat > "$0"', "%s/%s" % (inside, os.path.basename(path))],
+                               interactive=True)
+            decompress_to(path, copy, compressed=False, timeout=timeout)
+        argv = ["mariadb-binlog", "--start-position=%d" % int(start_position),
+                "--stop-datetime=%s" % stop_datetime.strftime("%Y-%m-%d %H:%M:%S")]
+        argv += ["%s/%s" % (inside, os.path.basename(p)) for p in local]
+        run_pipeline(target.argv(argv), sql, compress=False, timeout=timeout, source_name="mariadb-binlog")
+    finally:
+        try:
+            target.run(["rm", "-rf", inside])
+        except ExecError:
+            pass
+    reached = None
+    with open(sql, "rb") as handle:
+        for line in handle:
+            match = re.match(rb"^#(\d{6}) +(\d{1,2}:\d\d:\d\d) ", line)
+            if match:
+                reached = match.group(1).decode() + " " + match.group(2).decode()
+    env = _env(password)
+    decompress_to(sql, target.argv(client_argv(conn), env_names=env.keys(), interactive=True), compressed=False,
+                  env=env, timeout=timeout, consumer_name="mariadb (replay)")
+    if reached:
+        reached = datetime.datetime.strptime(reached, "%y%m%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return reached
+
+
+def compare_fingerprints(expected, actual):
+    """Differences between two fingerprints, as readable lines (empty when equal)."""
+    problems = []
+    for db in sorted(set(expected) | set(actual)):
+        if db not in actual:
+            problems.append("database %s is missing" % db)
+            continue
+        if db not in expected:
+            problems.append("database %s was not in the backup" % db)
+            continue
+        exp, act = expected[db], actual[db]
+        for key in ("views", "routines", "triggers"):
+            if exp.get(key) != act.get(key):
+                problems.append("%s: %s %s, expected %s" % (db, key, act.get(key), exp.get(key)))
+        for table in sorted(set(exp.get("tables", {})) | set(act.get("tables", {}))):
+            e, a = exp.get("tables", {}).get(table), act.get("tables", {}).get(table)
+            if e != a:
+                problems.append("%s.%s: %s, expected %s" % (db, table, a, e))
+    return problems

@@ -37,7 +37,8 @@ def ansible_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_playbook(playbook: str, *args: str, inventory: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_playbook(playbook: str, *args: str, inventory: str | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess:
     cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), *args]
     if inventory:
         cmd[1:1] = ["-i", str(REPO / "inventories" / inventory)]
@@ -75,7 +76,8 @@ class Lab:
         return proc
 
     def mariadb(self, sql: str, database: str = "") -> list[list[str]]:
-        out = self.exec("mariadb", "mariadb", "-N", "-B", *([database] if database else []), stdin=sql.encode()).stdout
+        argv = ["mariadb", "-N", "-B", *([database] if database else [])]
+        out = self.exec("mariadb", *argv, stdin=sql.encode()).stdout
         return [line.split("\t") for line in out.decode().splitlines()]
 
     def psql(self, sql: str, database: str = "postgres") -> list[list[str]]:
@@ -84,7 +86,8 @@ class Lab:
         return [line.split("\t") for line in out.decode().splitlines()]
 
     def redis(self, *args: str) -> str:
-        return self.exec("redis", "redis-cli", *args, env={"REDISCLI_AUTH": self.secret("redis_password")}).stdout.decode()
+        auth = {"REDISCLI_AUTH": self.secret("redis_password")}
+        return self.exec("redis", "redis-cli", *args, env=auth).stdout.decode()
 
 
 LAB_CONTAINERS = {
@@ -129,4 +132,5 @@ def run_module(module: str, args: dict, *, check_mode: bool = False, inventory: 
         doc, _ = json.JSONDecoder().raw_decode(proc.stdout, proc.stdout.index("{"))  # profile_tasks prints after it
         return doc["plays"][0]["tasks"][0]["hosts"][host]
     except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"cannot read the result of {module}: {proc.stdout[-3000:]} {proc.stderr[-3000:]}") from exc
+        raise AssertionError(f"cannot read the result of {module}: {proc.stdout[-3000:]} "
+                             f"{proc.stderr[-3000:]}") from exc

@@ -35,10 +35,11 @@ def production(tmp_path_factory):
     """Render (only) the production projects on this machine with test secrets and a 3+1 split."""
     root = tmp_path_factory.mktemp("prod")
     secrets = root / "vault.yml"
-    secrets.write_text(yaml.safe_dump({f"vault_{k}": f"test-{k}-0123456789" for k in
-                                       ["mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"]}))
+    names = ["mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"]
+    secrets.write_text(yaml.safe_dump({f"vault_{k}": f"test-{k}-0123456789" for k in names}))
     secrets.chmod(0o600)
-    extra = {"ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": str(VENV_BIN / "python"),
+    extra = {"ansible_connection": "local", "ansible_become": False,
+             "ansible_python_interpreter": str(VENV_BIN / "python"),
              "stack_deploy": False, "stack_root": str(root / "stack"), "appdb_storage_path": str(root / "appdb"),
              "ai_storage_path": str(root / "ai"), "app_uploads_path": str(root / "appdb/uploads"),
              "models_path": str(root / "ai/models"), "gpu_split_device_ids": SPLIT}

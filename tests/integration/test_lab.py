@@ -48,12 +48,14 @@ def test_each_server_answers_on_its_port_with_its_secret(lab):
     out = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "-e", "MYSQL_PWD", "llmops-lab/mariadb:10.11",
          "mariadb", "-h", "127.0.0.1", "-P", str(lab.ports["mariadb"]), "-uroot", "-N", "-e", "SELECT 40 + 2"],
-        capture_output=True, text=True, env={"MYSQL_PWD": lab.secret("mariadb_root_password"), "PATH": "/usr/bin:/bin:/usr/local/bin"})
+        capture_output=True, text=True,
+        env={"MYSQL_PWD": lab.secret("mariadb_root_password"), "PATH": "/usr/bin:/bin:/usr/local/bin"})
     assert out.stdout.strip() == "42", out.stderr
     out = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "-e", "PGPASSWORD", "llmops-lab/postgres:15",
          "psql", "-h", "127.0.0.1", "-p", str(lab.ports["postgres"]), "-U", "postgres", "-Atc", "SELECT 6 * 7"],
-        capture_output=True, text=True, env={"PGPASSWORD": lab.secret("postgres_password"), "PATH": "/usr/bin:/bin:/usr/local/bin"})
+        capture_output=True, text=True,
+        env={"PGPASSWORD": lab.secret("postgres_password"), "PATH": "/usr/bin:/bin:/usr/local/bin"})
     assert out.stdout.strip() == "42", out.stderr
     # Redis: RESP over a socket; without AUTH it refuses
     with socket.create_connection(("127.0.0.1", lab.ports["redis"]), timeout=5) as sock:
@@ -103,8 +105,8 @@ def test_secrets_stay_in_0600_files_and_off_command_lines(lab):
 
 
 def test_sample_data_is_in_every_store_and_folder(lab):
-    assert lab.mariadb("SELECT COUNT(*) FROM users; SELECT COUNT(*) FROM documents; SELECT COUNT(*) FROM document_audit",
-                       "llmops_app") == [["500"], ["2000"], ["2000"]]
+    counts = "SELECT COUNT(*) FROM users; SELECT COUNT(*) FROM documents; SELECT COUNT(*) FROM document_audit"
+    assert lab.mariadb(counts, "llmops_app") == [["500"], ["2000"], ["2000"]]
     assert lab.mariadb("SELECT name FROM users WHERE id = 7", "llmops_app") == [["사용자 7 — Ünïcödé ✓"]]
     assert lab.psql("SELECT count(*) FROM chunks", "rag") == [["6000"]]
     assert lab.psql("SELECT count(*) FROM daily_usage", "analytics") == [["300"]]

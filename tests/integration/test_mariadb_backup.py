@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-
 from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_mariadb import fingerprint
+
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.lab
@@ -96,7 +96,8 @@ def test_full_and_incremental_restore_with_bare_tools_to_equal_data(lab, own_db,
     assert ientry["backup_type"] == "incremental"
     assert ientry["parent"] == full_set["set_id"] and ientry["chain"] == [full_set["set_id"]]
     assert ientry["from_lsn"] == entry["to_lsn"]
-    assert ientry["bytes_raw"] < entry["bytes_raw"]  # only changed pages (the lab data is too small to compare compressed sizes)
+    # only changed pages (the lab's data is too small to compare the compressed sizes)
+    assert ientry["bytes_raw"] < entry["bytes_raw"]
     expected = fingerprint(source, {"user": "root"})
     assert ientry["fingerprint"] == expected
 
@@ -152,7 +153,8 @@ def test_check_mode_writes_nothing_and_errors_are_actionable(lab, tmp_path):
 
 
 def test_password_never_shows_in_the_result(lab, tmp_path):
-    result = run_module("mariadb_backup", {"backup_type": "full", "dest": str(tmp_path / "m"), "backup_root": str(tmp_path),
+    result = run_module("mariadb_backup", {"backup_type": "full", "dest": str(tmp_path / "m"),
+                                           "backup_root": str(tmp_path),
                                            "login_password": "{{ mariadb_root_password }}"})
     assert not result.get("failed"), result.get("msg")
     assert lab.secret("mariadb_root_password") not in json.dumps(result)
