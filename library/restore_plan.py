@@ -1,0 +1,101 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: restore_plan
+short_description: Verify a backup set and plan its restore before anything is stopped
+description:
+  - Picks the set (O(backup_id), or for a point-in-time restore the newest set whose MariaDB backup ended before
+    O(target_time)), re-hashes it against its C(SHA256SUMS) and manifest, checks every set a MariaDB incremental
+    chain needs and the archived binary logs a point-in-time restore replays, and compares the disk the
+    restore needs with the free space of the staging area.
+  - Returns the plan (artefacts in order, services that stop, bytes needed) and fails, listing every problem,
+    when the set cannot be restored as asked. It changes nothing.
+author:
+  - llmops contributors
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; the same result in check mode.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  backup_root:
+    description: The folder holding the backup sets.
+    type: path
+    required: true
+  backup_id:
+    description: V(latest), a set id or a set's path. Ignored when O(target_time) is given.
+    type: str
+    default: latest
+  components:
+    description: Components to restore; all those in the set when empty.
+    type: list
+    elements: str
+    default: []
+  target_time:
+    description: Point in time for MariaDB (ISO 8601, UTC, for example V(2026-11-22T14:03:00Z)).
+    type: str
+  binlog_dir:
+    description: The binary log archive. Defaults to C(<backup_root>/binlogs).
+    type: path
+  staging_root:
+    description: Where the restore unpacks artefacts. Defaults to O(backup_root).
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Verify and plan
+  restore_plan:
+    backup_root: /backup
+    backup_id: latest
+    components: [mariadb, postgres]
+  register: plan
+"""
+
+RETURN = r"""
+plan:
+  description: The plan, with C(ok), C(problems), C(set_id), C(set_path), C(components), C(services_to_stop),
+    C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free) and the ordered C(steps).
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import BackupSetError
+from ansible.module_utils.llmops_restore import plan_restore
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_root=dict(type="path", required=True),
+            backup_id=dict(type="str", default="latest"),
+            components=dict(type="list", elements="str", default=[]),
+            target_time=dict(type="str"),
+            binlog_dir=dict(type="path"),
+            staging_root=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"], p["binlog_dir"],
+                            p["staging_root"])
+    except (BackupSetError, ValueError) as exc:
+        module.fail_json(msg="cannot plan the restore: %s" % exc)
+    if not plan["ok"]:
+        module.fail_json(msg="the restore of %s cannot go ahead: %s" % (plan["set_id"], "; ".join(plan["problems"])),
+                         plan=plan)
+    module.exit_json(changed=False, plan=plan)
+
+
+if __name__ == "__main__":
+    main()

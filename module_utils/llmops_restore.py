@@ -1,0 +1,131 @@
+"""Restore planning: which set, which artefacts in which order, which services stop, how much disk.
+
+``plan_restore`` verifies before anything is touched: the set's checksums (and those of every set
+an incremental chain needs), the archived binary logs a point-in-time restore replays, and the
+free space of the staging area. A plan with problems must not be executed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    isoformat,
+    list_sets,
+    load_manifest,
+    parse_time,
+    resolve_set,
+    verify_set,
+)
+from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay, restore_chain
+
+# The Compose service each component's restore stops (files restore without stopping anything).
+SERVICES = {"mariadb": "mariadb", "postgres": "postgres", "redis": "redis", "qdrant": "qdrant"}
+# Restore order: databases first, then caches and vectors, then files.
+ORDER = ["mariadb", "postgres", "redis", "qdrant", "uploads", "models", "configs"]
+STAGING_FACTOR = 1.2  # unpacked size plus headroom
+
+
+def pick_set(backup_root, ref=None, target_time=None, component="mariadb"):
+    """The set to restore: ``ref`` (latest, an id or a path), or for a point in time the newest set
+    whose ``component`` succeeded and ended before ``target_time``."""
+    if target_time is None:
+        return resolve_set(backup_root, ref)
+    target = parse_time(target_time)
+    best = None
+    for item in list_sets(backup_root):
+        if not item.get("complete") or not item.get("ended"):
+            continue
+        comp = (item.get("components") or {}).get(component) or {}
+        if comp.get("status") == "success" and parse_time(item["ended"]) <= target:
+            best = item["path"]
+    if best is None:
+        raise BackupSetError("no complete set with a successful %s backup ended before %s" % (component, target_time))
+    return best
+
+
+def _verified(path, problems, seen):
+    if path in seen:
+        return
+    seen.add(path)
+    result = verify_set(path)
+    if not result["ok"]:
+        detail = result["errors"] + ["missing %s" % p for p in result["missing"]] + \
+            ["checksum mismatch %s" % p for p in result["mismatched"]] + ["unlisted %s" % p for p in result["extra"]]
+        problems.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
+
+
+def plan_restore(backup_root, ref=None, components=None, target_time=None, binlog_dir=None, staging_root=None):
+    """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``."""
+    problems = []
+    seen = set()
+    set_path = pick_set(backup_root, ref, target_time)
+    manifest = load_manifest(set_path)
+    _verified(set_path, problems, seen)
+    available = manifest.get("components", {})
+    selected = list(components) if components else [c for c in ORDER if c in available]
+    for name in selected:
+        if name not in available:
+            problems.append("component %s is not in set %s (it holds: %s)" % (name, manifest["id"],
+                                                                              ", ".join(sorted(available))))
+        elif available[name].get("status") != "success":
+            problems.append("component %s failed in set %s: %s" % (name, manifest["id"],
+                                                                   available[name].get("error", "")))
+    steps = []
+    needed = 0
+    chain_ids = []
+    replay = []
+    for name in [c for c in ORDER if c in selected] + [c for c in selected if c not in ORDER]:
+        entry = available.get(name) or {}
+        if entry.get("status") != "success":
+            continue
+        needed += sum(int(f.get("size") or 0) for f in entry.get("files", []))
+        needed += int(entry.get("bytes_raw") or 0)
+        if name == "mariadb":
+            try:
+                chain = restore_chain(backup_root, set_path)
+            except MariaDBError as exc:
+                problems.append(str(exc))
+                chain = []
+            for set_id, _, _ in chain[:-1]:
+                _verified(os.path.join(backup_root, set_id), problems, seen)
+            chain_ids = [c[0] for c in chain]
+            steps.append("mariadb: unpack and prepare %s (%s), checksums checked while unpacking" % (
+                " + ".join(chain_ids), "full" if len(chain) == 1 else "full and %d incremental(s)" % (len(chain) - 1)))
+            if target_time:
+                binlog = entry.get("binlog") or {}
+                try:
+                    replay = binlogs_to_replay(binlog_dir or os.path.join(backup_root, "binlogs"),
+                                               binlog.get("file", ""))
+                except MariaDBError as exc:
+                    problems.append(str(exc))
+                steps.append("mariadb: replay %d archived binary log(s) from %s:%s up to %s" % (
+                    len(replay), binlog.get("file"), binlog.get("position"), target_time))
+        if name in SERVICES:
+            steps.append("%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
+                         "verify against the manifest's fingerprint" % (name, SERVICES[name]))
+        else:
+            steps.append("%s: restore the files, verify their tree hash" % name)
+    staging_root = staging_root or backup_root
+    free = shutil.disk_usage(staging_root if os.path.isdir(staging_root) else backup_root).free
+    needed = int(needed * STAGING_FACTOR)
+    if needed > free:
+        problems.append("not enough disk: the restore needs about %d bytes in %s, %d are free" % (
+            needed, staging_root, free))
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "set_id": manifest["id"],
+        "set_path": set_path,
+        "set_ended": manifest.get("ended"),
+        "components": selected,
+        "services_to_stop": [SERVICES[c] for c in ORDER if c in selected and c in SERVICES],
+        "mariadb_chain": chain_ids,
+        "binlogs": replay,
+        "target_time": isoformat(parse_time(target_time)) if target_time else None,
+        "bytes_needed": needed,
+        "bytes_free": free,
+        "steps": steps,
+    }
