@@ -50,6 +50,10 @@ sanity: bootstrap
 pytest: bootstrap
 	python -m pytest
 
+## bench: the backup pipelines against the bare tools, ratios measured in the same run
+bench: lab-up
+	python scripts/bench.py
+
 ## clean: lab down, and the Docker engine stopped if (and only if) this project started it
 clean: lab-down
 	scripts/engine.sh down
