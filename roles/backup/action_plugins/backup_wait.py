@@ -65,6 +65,8 @@ class ActionModule(ActionBase):
             else:  # ran synchronously (check mode) or failed to start
                 done[name] = job
         start = time.monotonic()
+        last_report = start
+        poll = min(2.0, interval)  # notice a finished component quickly; report progress every interval
         while pending:
             for name, jid in list(pending.items()):
                 status = self._status(jid, async_dir, task_vars)
@@ -82,10 +84,12 @@ class ActionModule(ActionBase):
                 result.update(failed=True, components=done, pending=sorted(pending),
                               msg="backups still running after %ds: %s" % (timeout, ", ".join(sorted(pending))))
                 return result
-            sizes = self._sizes({n: paths.get(n) for n in pending}, task_vars)
-            display.display("  backup: %ds, running: %s" % (elapsed, ", ".join(
-                "%s %s written" % (n, _human(sizes.get(n, 0))) for n in sorted(pending))))
-            time.sleep(interval)
+            if time.monotonic() - last_report >= interval:
+                last_report = time.monotonic()
+                sizes = self._sizes({n: paths.get(n) for n in pending}, task_vars)
+                display.display("  backup: %ds, running: %s" % (elapsed, ", ".join(
+                    "%s %s written" % (n, _human(sizes.get(n, 0))) for n in sorted(pending))))
+            time.sleep(poll)
         result["components"] = done
         result["changed"] = any(r.get("changed") for r in done.values())
         result["failed"] = False

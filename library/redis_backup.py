@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redis_backup
+short_description: Back up Redis as an RDB snapshot (BGSAVE, or redis-cli --rdb) checked with redis-check-rdb
+description:
+  - With O(method=bgsave) starts a C(BGSAVE) of its own, waits until it has finished successfully (an already
+    running save is waited for first), then copies the server's RDB file (C(dir)/C(dbfilename) from
+    C(CONFIG GET) when allowed, else O(rdb_dir)/O(rdb_filename)) through zstd into C(<dest>/dump.rdb.zst),
+    computing its sha256 in the same pass.
+  - With O(method=rdb) streams a snapshot over the replication protocol (C(redis-cli --rdb -)) instead, for a
+    server whose files are out of reach.
+  - The artefact is streamed back (sha256 checked) into C(redis-check-rdb), in the server's container or, on
+    the host, next to the artefact.
+  - Returns the manifest entry of the component for C(backup_set), with the keyspace fingerprint (keys per
+    database from C(INFO keyspace) and a sha256 over the sorted key names with their types, gathered with
+    C(SCAN), never C(KEYS)), whether AOF is on, and the server's version.
+  - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
+author:
+  - llmops contributors (!UNKNOWN)
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Connects and returns the server's version, persistence settings and keyspace, but starts no save and
+        writes nothing; C(changed) says that a backup would be made.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  dest:
+    description:
+      - Folder of this component inside the set being written; created with mode 0700. The file is 0600.
+    type: path
+    required: true
+  container:
+    description:
+      - The Redis container to run C(redis-cli), C(cat) and C(redis-check-rdb) in. An empty string runs them on
+        this host (then O(method=rdb) is usually the right choice).
+    type: str
+    default: llmops-appdb-redis-1
+  host:
+    description: Connect to this host instead of the server's default address inside the container.
+    type: str
+  port:
+    description: The port with O(host).
+    type: int
+    default: 6379
+  password:
+    description: The server's password (C(requirepass)), handed to redis-cli in E(REDISCLI_AUTH).
+    type: str
+  method:
+    description: V(bgsave) (snapshot on the server, then copy its file) or V(rdb) (C(redis-cli --rdb -)).
+    type: str
+    choices: [bgsave, rdb]
+    default: bgsave
+  rdb_dir:
+    description: The server's C(dir), used when C(CONFIG GET) is not allowed.
+    type: str
+    default: /data
+  rdb_filename:
+    description: The server's C(dbfilename), used when C(CONFIG GET) is not allowed.
+    type: str
+    default: dump.rdb
+  wait_timeout:
+    description: Seconds to wait for the background save (and one already running) to finish.
+    type: int
+    default: 300
+  zstd_level:
+    description: zstd compression level.
+    type: int
+    default: 3
+  zstd_threads:
+    description: zstd worker threads (V(0) = one per core).
+    type: int
+    default: 0
+  timeout:
+    description: Seconds after which copying or checking the snapshot is stopped and fails (V(0) = no limit).
+    type: int
+    default: 0
+notes:
+  - On a host without C(redis-check-rdb) the check is skipped with a warning (C(component.rdb_check.ok) is null).
+seealso:
+  - name: Redis persistence
+    description: RDB snapshots, BGSAVE and AOF.
+    link: https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/
+"""
+
+EXAMPLES = r"""
+- name: Back up Redis
+  redis_backup:
+    dest: "{{ bset.path }}/redis"
+    password: "{{ redis_password }}"
+  register: redis_result
+
+- name: Back up a remote Redis over the replication protocol
+  redis_backup:
+    dest: "{{ bset.path }}/redis"
+    container: ""
+    host: cache.internal
+    password: "{{ redis_password }}"
+    method: rdb
+"""
+
+RETURN = r"""
+component:
+  description: The manifest entry for C(backup_set) (not in check mode).
+  returned: success and not check mode
+  type: dict
+  sample:
+    status: success
+    type: redis
+    backup_type: full
+    tool: redis-cli BGSAVE + cat
+    tool_version: redis-cli 7.0.15
+    server_version: 7.0.15
+    redis_version: 7.0.15
+    method: bgsave
+    started: "2026-01-31T02:00:00Z"
+    ended: "2026-01-31T02:00:02Z"
+    duration_s: 1.8
+    bytes: 9578
+    files: [{path: /backup/.llmops_20260131_020000.partial/redis/dump.rdb.zst, sha256: "...", size: 9578}]
+    rdb_source: /data/dump.rdb
+    aof_enabled: true
+    rdb_check: {ok: true, where: container llmops-appdb-redis-1, keys_read: 958}
+    fingerprint: {"0": {keys: 708, sha256: "..."}, "1": {keys: 250, sha256: "..."}}
+    fingerprint_stable: true
+server:
+  description: The server's version, persistence state and keyspace (before the backup).
+  returned: success
+  type: dict
+  sample: {redis_version: 7.0.15, aof_enabled: true, keyspace: {"0": {keys: 708, expires: 501}}}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_exec import ExecError, ExecTarget
+from ansible.module_utils.llmops_pipeline import PipelineError
+from ansible.module_utils.llmops_redis import RedisError, backup, server_info
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type="path", required=True),
+            container=dict(type="str", default="llmops-appdb-redis-1"),
+            host=dict(type="str"),
+            port=dict(type="int", default=6379),
+            password=dict(type="str", no_log=True),
+            method=dict(type="str", default="bgsave", choices=["bgsave", "rdb"]),
+            rdb_dir=dict(type="str", default="/data"),
+            rdb_filename=dict(type="str", default="dump.rdb"),
+            wait_timeout=dict(type="int", default=300),
+            zstd_level=dict(type="int", default=3),
+            zstd_threads=dict(type="int", default=0),
+            timeout=dict(type="int", default=0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    target = ExecTarget(p["container"] or None)
+    conn = {"host": p["host"], "port": p["port"]}
+    try:
+        info = server_info(target, conn, p["password"])  # fails (auth, unreachable) before anything is written
+        if module.check_mode:
+            module.exit_json(changed=True, server=info, msg="would take an RDB snapshot (%s) into %s"
+                             % (p["method"], os.path.join(p["dest"], "dump.rdb.zst")))
+        os.makedirs(p["dest"], mode=0o700, exist_ok=True)
+        entry = backup(target, conn, p["dest"], password=p["password"], method=p["method"], rdb_dir=p["rdb_dir"],
+                       rdb_filename=p["rdb_filename"], wait_timeout=p["wait_timeout"], zstd_level=p["zstd_level"],
+                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None)
+        if entry["rdb_check"]["ok"] is None:
+            module.warn("the snapshot was not checked: %s" % entry["rdb_check"]["reason"])
+        if not entry["fingerprint_stable"]:
+            module.warn("the keyspace changed while the snapshot was taken: a restore may differ slightly from the "
+                        "recorded fingerprint")
+        module.exit_json(changed=True, server=info, component=entry)
+    except (RedisError, ExecError, PipelineError, ValueError) as exc:
+        module.fail_json(msg="Redis backup failed: %s" % exc)
+
+
+if __name__ == "__main__":
+    main()
