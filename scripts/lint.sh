@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The project's static checks. Runs every check, then exits non-zero if any found something.
+#   ruff         Python (library/, module_utils/, tests/, scripts/): config in pyproject.toml [tool.ruff]
+#   yamllint     every YAML file: config in .yamllint
+#   ShellCheck   every *.sh under scripts/, and .ci/run when present
+#   ansible-lint playbooks, roles, inventories with the `production` profile: config in .ansible-lint
+# Tools come from the project venv (.venv, built by scripts/bootstrap.sh); shellcheck from apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV_BIN=$ROOT/.venv/bin
+
+for tool in ruff yamllint ansible-lint; do
+  [ -x "$VENV_BIN/$tool" ] || { echo "lint: $VENV_BIN/$tool missing: run scripts/bootstrap.sh" >&2; exit 2; }
+done
+command -v shellcheck >/dev/null || { echo "lint: shellcheck missing: run scripts/bootstrap.sh" >&2; exit 2; }
+
+failed=()
+check() {
+  local name=$1
+  shift
+  echo "=== lint: $name: $*"
+  if "$@"; then
+    echo "=== lint: $name: ok"
+  else
+    echo "=== lint: $name: FAILED" >&2
+    failed+=("$name")
+  fi
+}
+
+check ruff "$VENV_BIN/ruff" check --no-cache .
+
+check yamllint "$VENV_BIN/yamllint" --strict -c .yamllint .
+
+shell_scripts=()
+while IFS= read -r -d '' f; do shell_scripts+=("$f"); done < <(find scripts -type f -name '*.sh' -print0 | sort -z)
+[ -f .ci/run ] && shell_scripts+=(.ci/run)
+if [ ${#shell_scripts[@]} -gt 0 ]; then
+  check shellcheck shellcheck --external-sources "${shell_scripts[@]}"
+else
+  echo "=== lint: shellcheck: no shell scripts found"
+fi
+
+# ansible-lint needs the project's collections (not ~/.ansible) and the venv's ansible-* on PATH.
+export PATH="$VENV_BIN:$PATH" ANSIBLE_COLLECTIONS_PATH="$ROOT/collections" ANSIBLE_CONFIG="$ROOT/ansible.cfg"
+echo "lint: ansible-lint with ANSIBLE_COLLECTIONS_PATH=$ANSIBLE_COLLECTIONS_PATH and $VENV_BIN first on PATH"
+check ansible-lint "$VENV_BIN/ansible-lint" --offline --strict --nocolor -c .ansible-lint
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "lint: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "lint: all checks passed"
