@@ -194,21 +194,24 @@ def main():
             if module.check_mode:
                 module.exit_json(changed=True, msg="would replay binary logs up to %s" % isoformat(target_time))
             binlog = entry.get("binlog") or {}
-            logs = binlogs_to_replay(p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs"), binlog.get("file", ""))
+            archive = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")
+            logs = binlogs_to_replay(archive, binlog.get("file", ""))
             os.makedirs(os.path.join(p["staging"], "binlogs"), mode=0o700, exist_ok=True)
             # --stop-datetime stops before the first event at or after the given second
             reached = replay_binlogs(target, conn, logs, binlog.get("position", 4),
                                      target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
                                      target_time, os.path.join(p["staging"], "binlogs"), password=p["login_password"])
-            module.exit_json(changed=True, reached=isoformat(reached) if reached else isoformat(parse_time(
-                manifest.get("ended"))), target_time=isoformat(target_time), binlogs=[os.path.basename(x) for x in logs])
+            reached = reached or parse_time(manifest.get("ended"))
+            module.exit_json(changed=True, reached=isoformat(reached), target_time=isoformat(target_time),
+                             binlogs=[os.path.basename(x) for x in logs])
         if step == "verify":
             actual = fingerprint(target, conn, p["login_password"])
             differences = compare_fingerprints(entry.get("fingerprint") or {}, actual)
             if differences:
                 module.fail_json(msg="the restored MariaDB data differs from the backup's fingerprint: %s"
                                  % "; ".join(differences[:20]), differences=differences)
-            module.exit_json(changed=False, differences=[], tables=sum(len(d.get("tables", {})) for d in actual.values()))
+            tables = sum(len(d.get("tables", {})) for d in actual.values())
+            module.exit_json(changed=False, differences=[], tables=tables)
         if step == "rollback":
             if module.check_mode:
                 module.exit_json(changed=True, msg="would put %s back" % safety)

@@ -21,8 +21,9 @@ from ansible.module_utils.llmops_backupset import (
 )
 from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay, restore_chain
 
-# The Compose service each component's restore stops (files restore without stopping anything).
-SERVICES = {"mariadb": "mariadb", "postgres": "postgres", "redis": "redis", "qdrant": "qdrant"}
+# The Compose service each component's restore stops (files restore without stopping anything, and
+# PostgreSQL keeps running: its databases are renamed aside inside the server and restored with pg_restore).
+SERVICES = {"mariadb": "mariadb", "redis": "redis", "qdrant": "qdrant"}
 # Restore order: databases first, then caches and vectors, then files.
 ORDER = ["mariadb", "postgres", "redis", "qdrant", "uploads", "models", "configs"]
 STAGING_FACTOR = 1.2  # unpacked size plus headroom
@@ -103,7 +104,11 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
                     problems.append(str(exc))
                 steps.append("mariadb: replay %d archived binary log(s) from %s:%s up to %s" % (
                     len(replay), binlog.get("file"), binlog.get("position"), target_time))
-        if name in SERVICES:
+        if name == "postgres":
+            steps.append("postgres: apply the roles (globals.sql); per database end its sessions, rename it aside "
+                         "(safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
+                         "fingerprint")
+        elif name in SERVICES:
             steps.append("%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
                          "verify against the manifest's fingerprint" % (name, SERVICES[name]))
         else:

@@ -54,7 +54,8 @@ def timed(fn) -> float:
 
 def bare(argv: list[str], dest: Path) -> None:
     # what an operator types: tool | zstd > file, then sha256sum file
-    cmd = " ".join(f"'{a}'" for a in argv) + f" 2>/dev/null | zstd -q -T0 -3 > '{dest}' && sha256sum '{dest}' > /dev/null"
+    cmd = " ".join(f"'{a}'" for a in argv)
+    cmd += f" 2>/dev/null | zstd -q -T0 -3 > '{dest}' && sha256sum '{dest}' > /dev/null"
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
 
 
@@ -79,8 +80,8 @@ def main() -> int:
         for name, argv in cases.items():
             b, o = [], []
             for i in range(args.repeat):
-                b.append(timed(lambda i=i: bare(argv, Path(tmp) / f"bare{i}.zst")))
-                o.append(timed(lambda i=i: ours(argv, Path(tmp) / f"ours{i}.zst")))
+                b.append(timed(lambda i=i, argv=argv: bare(argv, Path(tmp) / f"bare{i}.zst")))
+                o.append(timed(lambda i=i, argv=argv: ours(argv, Path(tmp) / f"ours{i}.zst")))
             mb, mo = statistics.median(b), statistics.median(o)
             print(f"{name:28} {mb:9.2f} {mo:9.2f} {mo / mb:6.2f}")
     MARIADB.run(["rm", "-rf", "/tmp/bench-lsn"])

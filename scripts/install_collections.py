@@ -43,22 +43,22 @@ def main(root: Path) -> int:
     with zipfile.ZipFile(wheels[0]) as wheel, tempfile.TemporaryDirectory() as tmp:
         names = wheel.namelist()
         for coll in missing:
-            prefix = "ansible_collections/%s/" % coll["name"].replace(".", "/")
+            prefix = "ansible_collections/{}/".format(coll["name"].replace(".", "/"))
             members = [n for n in names if n.startswith(prefix)]
             if not members:
-                print("collections: %s is not in %s" % (coll["name"], ANSIBLE_WHEEL), file=sys.stderr)
+                print("collections: {} is not in {}".format(coll["name"], ANSIBLE_WHEEL), file=sys.stderr)
                 return 1
             wheel.extractall(tmp, members)
             got = installed_version(Path(tmp) / "ansible_collections", coll["name"])
             if got != coll["version"]:
-                print("collections: %s is %s in %s, requirements.yml pins %s"
-                      % (coll["name"], got, ANSIBLE_WHEEL, coll["version"]), file=sys.stderr)
+                print(f"collections: {coll['name']} is {got} in {ANSIBLE_WHEEL}, requirements.yml pins {coll['version']}",
+                      file=sys.stderr)
                 return 1
             target = dest.joinpath(*coll["name"].split("."))
             shutil.rmtree(target, ignore_errors=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(Path(tmp) / prefix), str(target))
-            print("collections: installed %s %s" % (coll["name"], got))
+            print("collections: installed {} {}".format(coll["name"], got))
     return 0
 
 

