@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 module: backup_report
 short_description: Summarise a finalized backup set, write Prometheus metrics and decide the alerts
 description:
-  - Takes the manifest that M(backup_set) returned at finalize and returns the summary table (component,
+  - Takes the manifest that C(backup_set) returned at finalize and returns the summary table (component,
     type, size, duration, verified), the backup storage's total and free space, and the alerts to send
     (failed set, newest successful set older than O(max_age_hours), storage under O(warn_free_pct) or
     O(crit_free_pct) free).
@@ -20,7 +20,7 @@ description:
   - Writes the metrics for the node_exporter textfile collector to O(metrics_path) atomically (temporary
     file and rename), so a scrape never reads half a file.
 author:
-  - llmops contributors
+  - llmops contributors (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -34,7 +34,7 @@ options:
     type: path
     required: true
   manifest:
-    description: The set's manifest, as returned by M(backup_set) with C(command=finalize).
+    description: The set's manifest, as returned by C(backup_set) with C(command=finalize).
     type: dict
     required: true
   metrics_path:

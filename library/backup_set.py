@@ -535,7 +535,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             command=dict(type='str', required=True,
-                       choices=['begin', 'component', 'finalize', 'verify', 'list', 'retention', 'cleanup']),
+                         choices=['begin', 'component', 'finalize', 'verify', 'list', 'retention', 'cleanup']),
             root=dict(type='path', required=True),
             name=dict(type='str', default='llmops'),
             path=dict(type='path'),

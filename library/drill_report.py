@@ -17,7 +17,7 @@ description:
     O(reports_dir) (when matplotlib is available), and Prometheus metrics to O(metrics_path).
   - Fails when the drill failed or missed a target, after writing the report.
 author:
-  - llmops contributors
+  - llmops contributors (!UNKNOWN)
 attributes:
   check_mode:
     support: full

@@ -13,7 +13,7 @@ short_description: Back up MariaDB with mariadb-backup (full or incremental) and
 description:
   - Streams C(mariadb-backup --backup --stream=mbstream) through zstd into C(<dest>/mariadb.mbstream.zst),
     computing its sha256 in the same pass, and returns the manifest entry of the component for
-    M(backup_set) (O(backup_type=full), V(incremental) or V(auto)).
+    C(backup_set) (O(backup_type=full), V(incremental) or V(auto)).
   - An incremental builds on the newest complete set under O(backup_root) whose C(mariadb) component
     succeeded (C(--incremental-lsn) = that backup's C(to_lsn)); the chain (parent set id, from/to LSN) is
     recorded, as are the binary log file, position and GTID of the backup.
@@ -26,13 +26,13 @@ description:
     matches the server. The password, when needed, travels in the E(MYSQL_PWD) environment variable, never
     on a command line.
 author:
-  - llmops contributors
+  - llmops contributors (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description:
       - Connects, reads the server's version and binary log settings and plans the backup type, but writes
-        nothing; RV(changed) says that a backup would be made.
+        nothing; C(changed) says that a backup would be made.
   diff_mode:
     support: none
     description: There is no diff.
@@ -103,7 +103,6 @@ options:
     type: int
     default: 0
 seealso:
-  - module: backup_set
   - name: mariadb-backup options
     description: C(--stream), C(--incremental-lsn), C(--extra-lsndir).
     link: https://mariadb.com/kb/en/mariadb-backup-options/
@@ -125,7 +124,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 component:
-  description: The manifest entry for M(backup_set) (O(backup_type) other than V(binlog), not in check mode).
+  description: The manifest entry for C(backup_set) (O(backup_type) other than V(binlog), not in check mode).
   returned: success
   type: dict
   sample:

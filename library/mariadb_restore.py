@@ -24,7 +24,7 @@ description:
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
 author:
-  - llmops contributors
+  - llmops contributors (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -39,7 +39,7 @@ options:
     required: true
     choices: [stage, swap, replay, verify, rollback, cleanup]
   set_path:
-    description: The set to restore (from M(restore_plan)).
+    description: The set to restore (from C(restore_plan)).
     type: path
     required: true
   backup_root:

@@ -18,7 +18,7 @@ description:
   - Returns the plan (artefacts in order, services that stop, bytes needed) and fails, listing every problem,
     when the set cannot be restored as asked. It changes nothing.
 author:
-  - llmops contributors
+  - llmops contributors (!UNKNOWN)
 attributes:
   check_mode:
     support: full

@@ -51,7 +51,7 @@ def build_report(drill):
     if measures["rto_seconds"] > drill["rto_target_seconds"]:
         misses.append("RTO %.0f s exceeds the target %s s" % (measures["rto_seconds"], drill["rto_target_seconds"]))
     if measures["rpo_seconds"] is not None and measures["rpo_seconds"] > drill["rpo_target_seconds"]:
-        misses.append("RPO %.0f s exceeds the target %s s" % (measures["rpo_seconds"], drill["rpo_target_seconds"]))
+        misses.append("RPO %s s exceeds the target %s s" % (measures["rpo_seconds"], drill["rpo_target_seconds"]))
     report = dict(drill)
     report.update(measures)
     report["passed"] = not misses
@@ -76,8 +76,8 @@ def markdown(report):
         "| --- | --- | --- |",
     ]
     for name in report.get("components", []):
-        lines.append("| %s | %s | %s |" % (name, report["rto_by_component"].get(name, "-"),
-                                          report["rpo_by_component"].get(name, "-")))
+        rto, rpo = report["rto_by_component"].get(name, "-"), report["rpo_by_component"].get(name, "-")
+        lines.append("| %s | %s | %s |" % (name, rto, rpo))
     lines += ["", "## Findings", ""]
     lines += ["- %s" % f for f in report["findings"]] or ["- none: every component verified within the targets"]
     return "\n".join(lines) + "\n"
@@ -159,5 +159,3 @@ def write_report(drill, reports_dir, metrics_path=None):
 
 def new_drill_id(now=None):
     return "drill_%s" % utc(now).strftime("%Y%m%d_%H%M%S")
-
-

@@ -118,7 +118,7 @@ def fingerprint(target, conn, password=None, databases=None):
         elif row[0] in ("routines", "triggers"):
             result[row[1]][row[0]] = int(row[3])
         else:  # CHECKSUM TABLE: "schema.table<TAB>checksum"
-            schema, _, table = row[0].partition(".")
+            schema, table = row[0].split(".", 1)
             result[schema]["tables"][table]["checksum"] = row[1]
     return result
 
@@ -285,14 +285,13 @@ def archive_binlogs(target, conn, archive_dir, password=None, zstd_level=3, flus
 
 def verify_archived_binlog(path):
     """Compare an archived binlog with its ``.sha256`` file; return ``(ok, sha256)``."""
-    digest, _ = hash_file(path)
+    digest = hash_file(path)[0]
     try:
         with open(path + ".sha256", encoding="utf-8") as handle:
             expected = handle.read().split()[0]
     except (OSError, IndexError):
         return False, digest
     return digest == expected, digest
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,8 +391,7 @@ def binlogs_to_replay(archive_dir, start_file):
         if expected_index and _log_number(name) != _log_number(names[expected_index - 1]) + 1:
             raise MariaDBError("the binary log archive has a gap before %s: replay would skip transactions" % name)
         path = os.path.join(archive_dir, name + ".zst")
-        ok, _ = verify_archived_binlog(path)
-        if not ok:
+        if not verify_archived_binlog(path)[0]:
             raise MariaDBError("archived binary log %s does not match its checksum: it is corrupted" % path)
         result.append(path)
     return result

@@ -90,8 +90,8 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
             except MariaDBError as exc:
                 problems.append(str(exc))
                 chain = []
-            for set_id, _, _ in chain[:-1]:
-                _verified(os.path.join(backup_root, set_id), problems, seen)
+            for link in chain[:-1]:
+                _verified(os.path.join(backup_root, link[0]), problems, seen)
             chain_ids = [c[0] for c in chain]
             steps.append("mariadb: unpack and prepare %s (%s), checksums checked while unpacking" % (
                 " + ".join(chain_ids), "full" if len(chain) == 1 else "full and %d incremental(s)" % (len(chain) - 1)))
