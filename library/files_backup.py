@@ -1,0 +1,209 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: files_backup
+short_description: Back up file trees, model folders and configuration files
+description:
+  - O(mode=tree) (uploads) copies O(src) with C(rsync -a --delete --numeric-ids) into C(<dest>/uploads/), with
+    C(--link-dest) pointing at the same tree of the newest complete successful set under O(backup_root) that has
+    the component O(component), so unchanged files become hard links and only new or changed files take space.
+    With O(full_archive=true) (weekly) also writes C(<dest>/uploads.tar.zst) of the copy through zstd.
+    The fingerprint is a tree hash over the sorted relative paths, modes, sizes and content hashes, which a
+    restore recomputes.
+  - O(mode=models) hashes every version folder C(<src>/<model>/<version>) (content only) and stores a version
+    only when its hash is new, in a content-addressed store outside the sets,
+    C(<backup_root>/models/<model>/<version>-<hash12>/) (written to a temp folder and renamed; files 0600,
+    folders 0700). Symlinks such as C(current) are recorded, not followed. The set gets C(models_index.json)
+    naming the versions it references. Each model then keeps its newest O(keep_versions) stored versions plus
+    every version that a set under O(backup_root) or this run references.
+  - O(mode=configs) mirrors O(paths) (files or folders, by absolute path) with C(rsync -a --delete) into a Git
+    worktree at C(<backup_root>/configs.git-worktree) (mode 0700, created on first use), and commits as
+    C(llmops-backup <backup@localhost>) when something changed; the history is kept forever. Global and system
+    Git configuration are neither read nor touched. The set gets C(configs_commit.json) naming the commit.
+  - Returns the manifest entry of the component for C(backup_set).
+author:
+  - llmops contributors (!UNKNOWN)
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Writes nothing; reports what would be copied (C(rsync --dry-run --itemize-changes)), which model versions
+        would be stored or pruned (hash comparison with the store) and what would be committed.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  mode:
+    description: What to back up.
+    type: str
+    choices: [tree, models, configs]
+    required: true
+  src:
+    description: The tree (O(mode=tree)) or the models folder holding C(<model>/<version>) (O(mode=models)).
+    type: path
+  dest:
+    description: Folder of this component inside the set being written; created with mode 0700.
+    type: path
+    required: true
+  backup_root:
+    description:
+      - The backup root holding the sets (as for C(backup_set)).
+      - O(mode=tree) looks for the previous set here; O(mode=models) and O(mode=configs) keep their store and
+        history repository here (required for them).
+    type: path
+  component:
+    description:
+      - The component name the playbook records this backup under; O(mode=tree) uses it to find the previous
+        set's tree. Defaults to V(uploads), V(models) or V(configs) by O(mode).
+    type: str
+  full_archive:
+    description: With O(mode=tree), also write C(uploads.tar.zst), a complete archive of the copied tree.
+    type: bool
+    default: false
+  keep_versions:
+    description: With O(mode=models), stored versions kept per model (besides those a set references).
+    type: int
+    default: 5
+  trust_mtime:
+    description:
+      - With O(mode=models), reuse the recorded content hash of a source file whose size and modification time
+        are unchanged since it was stored, instead of reading it again (model files are large).
+    type: bool
+    default: true
+  paths:
+    description: With O(mode=configs), the files and folders whose history is kept.
+    type: list
+    elements: path
+  zstd_level:
+    description: zstd compression level of the full archive.
+    type: int
+    default: 3
+  zstd_threads:
+    description: zstd worker threads for the full archive (V(0) = one per core).
+    type: int
+    default: 0
+notes:
+  - The C(--link-dest) hard links and the model store need O(dest) and O(backup_root) on one file system.
+  - Configuration files may hold secrets; the history repository is kept 0700.
+"""
+
+EXAMPLES = r"""
+- name: Back up the uploads (weekly with a full archive)
+  files_backup:
+    mode: tree
+    src: /srv/llmops/appdb/uploads
+    dest: "{{ bset.path }}/uploads"
+    backup_root: /backup
+    component: uploads
+    full_archive: "{{ ansible_date_time.weekday_number == '0' }}"
+  register: uploads_result
+
+- name: Back up the model folders
+  files_backup:
+    mode: models
+    src: /srv/llmops/ai/models
+    dest: "{{ bset.path }}/models"
+    backup_root: /backup
+    keep_versions: 5
+
+- name: Keep the history of the configuration
+  files_backup:
+    mode: configs
+    paths: [/etc/llmops, /srv/llmops/stack/ai/compose.yaml]
+    dest: "{{ bset.path }}/configs"
+    backup_root: /backup
+"""
+
+RETURN = r"""
+component:
+  description:
+    - The manifest entry for C(backup_set) (not in check mode). Besides the common keys, by O(mode)
+    - V(tree) C(tree_dir) (inside the set), C(file_count), C(tree_bytes), C(bytes_new) (not hard-linked),
+      C(files_new), C(files_linked), C(linked_from) (set id or null), C(full_archive), C(fingerprint.tree_sha256).
+    - V(models) C(models) (per model its C(links) and C(versions) with C(sha256), C(store), C(new)),
+      C(stored_new), C(reused), C(pruned).
+    - V(configs) C(repo), C(commit), C(changed), C(config_files).
+  returned: success and not check mode
+  type: dict
+  sample:
+    status: success
+    type: files
+    mode: tree
+    backup_type: full
+    tool: rsync -a --delete --link-dest
+    files: [{path: /backup/.llmops_20260131_020000.partial/uploads/uploads/report.pdf, sha256: "...", size: 1024}]
+    file_count: 40
+    bytes_new: 2048
+    linked_from: llmops_20260130_020000
+    fingerprint: {tree_sha256: "...", files: 40, bytes: 81920}
+check:
+  description: In check mode, what would be done (C(would_copy), C(would_delete), C(stored_new), C(pruned),
+    C(would_commit)...).
+  returned: check mode
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import BackupSetError
+from ansible.module_utils.llmops_files import FilesBackupError, backup_configs, backup_models, backup_tree
+from ansible.module_utils.llmops_pipeline import PipelineError
+
+DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            mode=dict(type="str", required=True, choices=["tree", "models", "configs"]),
+            src=dict(type="path"),
+            dest=dict(type="path", required=True),
+            backup_root=dict(type="path"),
+            component=dict(type="str"),
+            full_archive=dict(type="bool", default=False),
+            keep_versions=dict(type="int", default=5),
+            trust_mtime=dict(type="bool", default=True),
+            paths=dict(type="list", elements="path"),
+            zstd_level=dict(type="int", default=3),
+            zstd_threads=dict(type="int", default=0),
+        ),
+        required_if=[
+            ("mode", "tree", ["src"]),
+            ("mode", "models", ["src", "backup_root"]),
+            ("mode", "configs", ["paths", "backup_root"]),
+        ],
+        supports_check_mode=True,
+    )
+    p = module.params
+    mode = p["mode"]
+    check = module.check_mode
+    try:
+        if mode == "tree":
+            entry = backup_tree(p["src"], p["dest"], backup_root=p["backup_root"],
+                                component=p["component"] or DEFAULT_COMPONENT[mode], full_archive=p["full_archive"],
+                                zstd_level=p["zstd_level"], zstd_threads=p["zstd_threads"], check_mode=check)
+        elif mode == "models":
+            entry = backup_models(p["src"], p["dest"], p["backup_root"], keep_versions=p["keep_versions"],
+                                  check_mode=check, trust_mtime=p["trust_mtime"])
+        else:
+            entry = backup_configs(p["paths"], p["dest"], p["backup_root"], check_mode=check)
+    except (FilesBackupError, PipelineError, BackupSetError, ValueError, OSError) as exc:
+        module.fail_json(msg="files backup (mode=%s) failed: %s" % (mode, exc))
+    if check:
+        module.exit_json(changed=entry.pop("changed"), check=entry)
+    for skipped in entry.get("skipped") or []:
+        module.warn("not a file, folder or symlink, skipped: %s" % skipped)
+    if entry.get("symlinks"):
+        module.warn("the copied tree holds %d symlink(s): they are kept as symlinks (and in the tree hash), but "
+                    "backup_set lists regular files only" % entry["symlinks"])
+    module.exit_json(changed=True, component=entry)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,598 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""File backups: upload trees (rsync with hard links), model folders (content-addressed store) and
+configuration files (a Git history).
+
+Tree hash (``tree_info(root)["sha256"]``), the fingerprint that restores recompute: one record
+per entry below ``root`` (``root`` itself excluded), sorted by the relative path's bytes, each
+``kind NUL path NUL mode NUL size NUL sha256 LF`` hashed with sha256, where ``kind`` is ``f``
+(regular file: ``sha256`` of its content), ``l`` (symlink: ``sha256`` of its target, ``size`` the
+target's length, mode ``0``) or ``d`` (folder: size ``0``, sha256 ``-``); ``mode`` is the octal
+permission bits, or ``-`` with ``modes=False`` (the model store hashes content only, as it keeps
+its copies 0600/0700). Other kinds (sockets, fifos, devices) are skipped and reported.
+
+``backup_tree``  rsync ``-a --delete --link-dest=<previous set's tree>`` into ``dest/uploads``;
+                 unchanged files become hard links into the previous set. Optional full archive
+                 ``uploads.tar.zst`` of the copy through ``run_pipeline``.
+``backup_models`` one content-addressed copy per model version under
+                 ``<backup_root>/models/<model>/<version>-<hash12>/`` (outside the sets), shared by
+                 every set that references it; the set itself gets ``models_index.json``.
+``backup_configs`` the given paths mirrored (by absolute path) into a Git worktree at
+                 ``<backup_root>/configs.git-worktree`` and committed when something changed; the
+                 set gets ``configs_commit.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import time
+
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    fsync_dir,
+    isoformat,
+    list_sets,
+    load_manifest,
+    parse_time,
+    utc,
+    write_json,
+)
+from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
+
+TREE_DIR = "uploads"
+ARCHIVE = "uploads.tar.zst"
+MODELS_DIR = "models"
+MODELS_INDEX = "models_index.json"
+CONFIGS_REPO = "configs.git-worktree"
+CONFIGS_REF = "configs_commit.json"
+GIT_AUTHOR = ("llmops-backup", "backup@localhost")
+ITEMS_LIMIT = 200
+_STORE_ENTRY_RE = re.compile(r"^(?P<version>.+)-(?P<hash>[0-9a-f]{12})$")
+# --modify-window=-1: compare modification times to the nanosecond (rsync >= 3.1.3), so that a file
+# rewritten with the same size within the same second is not taken as unchanged.
+_RSYNC_BASE = ["-a", "--delete", "--numeric-ids", "--modify-window=-1", "--itemize-changes"]
+
+
+class FilesBackupError(Exception):
+    """A file backup step failed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def run_tool(argv, env=None, cwd=None, timeout=None):
+    """Run ``argv`` (no shell); return stdout as text; raise ``FilesBackupError`` with stderr's tail."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    except OSError as exc:
+        raise FilesBackupError("cannot run %s: %s" % (argv[0], exc)) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FilesBackupError("%s timed out after %ss" % (argv[0], timeout)) from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()[-2000:]
+        raise FilesBackupError("%s exited with code %d: %s" % (" ".join(argv[:2]), proc.returncode, err))
+    return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+def tree_info(root, modes=True, cache=None):
+    """Walk ``root``; return ``{sha256, entries, files, dirs, symlinks, bytes, skipped}``.
+
+    ``entries``: ``[{path, kind, mode, size, sha256, ino, nlink, mtime_ns}]`` sorted like the hash.
+    ``cache`` (``{path: [size, mtime_ns, sha256]}``) lets a file whose size and mtime are unchanged
+    reuse a known sha256 instead of being read again.
+    """
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root) or os.path.islink(root):
+        raise FilesBackupError("%s is not a folder" % root)
+    records = []
+    skipped = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            mode = stat.S_IMODE(st.st_mode)
+            entry = {"path": rel, "mode": mode, "ino": st.st_ino, "nlink": st.st_nlink, "mtime_ns": st.st_mtime_ns}
+            if stat.S_ISLNK(st.st_mode):
+                target = os.fsencode(os.readlink(full))
+                entry.update(kind="l", mode=0, size=len(target), sha256=hashlib.sha256(target).hexdigest())
+            elif stat.S_ISDIR(st.st_mode):
+                entry.update(kind="d", size=0, sha256="-")
+            elif stat.S_ISREG(st.st_mode):
+                known = (cache or {}).get(rel)
+                if known and int(known[0]) == st.st_size and int(known[1]) == st.st_mtime_ns:
+                    digest = known[2]
+                else:
+                    digest, _size = hash_file(full)
+                entry.update(kind="f", size=st.st_size, sha256=digest)
+            else:
+                skipped.append(rel)
+                continue
+            records.append((os.fsencode(rel), entry))
+    records.sort(key=lambda r: r[0])
+    digest = hashlib.sha256()
+    for raw, entry in records:
+        mode = ("%o" % entry["mode"]) if modes else "-"
+        digest.update(b"\0".join([entry["kind"].encode(), raw, mode.encode(), str(entry["size"]).encode(),
+                                  entry["sha256"].encode()]) + b"\n")
+    entries = [e for _raw, e in records]
+    files = [e for e in entries if e["kind"] == "f"]
+    return {"sha256": digest.hexdigest(), "entries": entries, "files": len(files),
+            "dirs": sum(1 for e in entries if e["kind"] == "d"),
+            "symlinks": sum(1 for e in entries if e["kind"] == "l"),
+            "bytes": sum(e["size"] for e in files), "skipped": skipped}
+
+
+def tree_hash(root, modes=True):
+    """The tree hash of ``root`` (see the module docstring)."""
+    return tree_info(root, modes=modes)["sha256"]
+
+
+def parse_itemized(text):
+    """Split ``rsync --itemize-changes`` output into ``{changes: [...], deleted: [...]}`` (files only).
+
+    Folder attribute updates (``.d..t......``) and rsync's informational lines are ignored.
+    """
+    changes, deleted = [], []
+    for line in text.splitlines():
+        if line.startswith("*deleting "):
+            deleted.append(line[len("*deleting "):].strip())
+        elif len(line) > 12 and line[11] == " " and line[0] in "<>ch.*" and line[1] in "fdLDS":
+            flags, name = line[:11], line[12:]
+            if flags[1] == "d" and (flags[0] == "." or name in ("./", ".")):
+                continue
+            if flags[1] == "d" and name.endswith("/"):
+                name = name[:-1]
+            changes.append({"item": flags, "path": name})
+    return {"changes": changes, "deleted": deleted}
+
+
+def _rel_inside(root, path):
+    """``path`` relative to the set it lies in, given the backup ``root`` (strips ``.<id>.partial``)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    parts = rel.split(os.sep)
+    if parts[0] in ("..", ".") or len(parts) < 2:
+        return None
+    return os.sep.join(parts[1:])
+
+
+def previous_tree(backup_root, component, exclude=None):
+    """``(set_id, path)`` of the tree of ``component`` in the newest complete successful set, or ``(None, None)``."""
+    if not backup_root:
+        return None, None
+    for item in reversed(list_sets(backup_root, complete_only=True)):
+        try:
+            comp = (load_manifest(item["path"]).get("components") or {}).get(component) or {}
+        except BackupSetError:
+            continue
+        if comp.get("status") != "success" or not comp.get("tree_dir"):
+            continue
+        path = os.path.normpath(os.path.join(item["path"], comp["tree_dir"]))
+        if not path.startswith(item["path"] + os.sep) or not os.path.isdir(path):
+            continue
+        if exclude and os.path.abspath(exclude) == path:
+            continue
+        return item["id"], path
+    return None, None
+
+
+def _limit(items, limit=ITEMS_LIMIT):
+    return items[:limit]
+
+
+# --------------------------------------------------------------------------------------------
+# tree (uploads)
+
+
+def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=False, zstd_level=3,
+                zstd_threads=0, check_mode=False, rsync_path="rsync"):
+    """rsync ``src`` into ``dest/uploads`` hard-linking unchanged files to the previous set; return the entry.
+
+    In check mode nothing is written: the result tells what rsync would copy and delete.
+    """
+    started = utc()
+    t0 = time.monotonic()
+    src = os.path.abspath(os.fspath(src))
+    dest = os.path.abspath(os.fspath(dest))
+    if not os.path.isdir(src):
+        raise FilesBackupError("src %s is not a folder" % src)
+    tree = os.path.join(dest, TREE_DIR)
+    linked_from, prev_path = previous_tree(backup_root, component, exclude=tree)
+    argv = [rsync_path] + _RSYNC_BASE
+    if prev_path:
+        argv.append("--link-dest=%s" % prev_path)
+    argv += [src + "/", tree + "/"]
+    if check_mode:
+        items = parse_itemized(run_tool(argv[:1] + ["--dry-run"] + argv[1:]))
+        return {"changed": True, "would_copy": _limit(items["changes"]), "would_copy_count": len(items["changes"]),
+                "would_delete": _limit(items["deleted"]), "linked_from": linked_from, "link_dest": prev_path,
+                "full_archive": bool(full_archive), "tree": tree}
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    items = parse_itemized(run_tool(argv))
+    info = tree_info(tree)
+    regular = [e for e in info["entries"] if e["kind"] == "f"]
+    new = [e for e in regular if e["nlink"] < 2]
+    files = [{"path": os.path.join(tree, e["path"]), "sha256": e["sha256"], "size": e["size"]} for e in regular]
+    archive = None
+    if full_archive:
+        result = run_pipeline(["tar", "--sort=name", "--numeric-owner", "-C", tree, "-cf", "-", "."],
+                              os.path.join(dest, ARCHIVE), zstd_level=zstd_level, zstd_threads=zstd_threads,
+                              source_name="tar")
+        archive = {"file": ARCHIVE, "sha256": result.sha256, "size": result.bytes_out, "bytes_raw": result.bytes_in}
+        files.append({"path": result.path, "sha256": result.sha256, "size": result.bytes_out})
+    return {
+        "status": "success",
+        "type": "files",
+        "mode": "tree",
+        "backup_type": "full",
+        "tool": "rsync -a --delete --link-dest" + (" + tar | zstd" if full_archive else ""),
+        "tool_version": _rsync_version(rsync_path),
+        "started": isoformat(started),
+        "ended": isoformat(utc()),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "source": src,
+        "tree_dir": _rel_inside(backup_root, tree) if backup_root else None,
+        "bytes": sum(f["size"] for f in files),
+        "files": files,
+        "file_count": info["files"],
+        "tree_bytes": info["bytes"],
+        "bytes_new": sum(e["size"] for e in new),
+        "files_new": len(new),
+        "files_linked": len(regular) - len(new),
+        "linked_from": linked_from,
+        "transferred": len([c for c in items["changes"] if c["item"][0] == ">"]),
+        "deleted": len(items["deleted"]),
+        "symlinks": info["symlinks"],
+        "skipped": info["skipped"],
+        "full_archive": archive,
+        "fingerprint": {"tree_sha256": info["sha256"], "files": info["files"], "bytes": info["bytes"]},
+    }
+
+
+def _rsync_version(rsync_path):
+    try:
+        first = run_tool([rsync_path, "--version"]).splitlines()[0]
+    except (FilesBackupError, IndexError):
+        return None
+    match = re.search(r"version\s+(\S+)", first)
+    return match.group(1) if match else first.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def _store_entries(model_store):
+    """``{key: {version, hash12, path, stored}}`` of the store folder of one model."""
+    out = {}
+    if not os.path.isdir(model_store):
+        return out
+    for entry in os.listdir(model_store):
+        full = os.path.join(model_store, entry)
+        match = _STORE_ENTRY_RE.match(entry)
+        if entry.startswith(".") or not match or os.path.islink(full) or not os.path.isdir(full):
+            continue
+        meta = {}
+        try:
+            with open(full + ".json", encoding="utf-8") as handle:
+                meta = json.load(handle)
+        except (OSError, ValueError):
+            pass
+        try:
+            stored = float(meta["stored_epoch"]) if "stored_epoch" in meta else parse_time(meta["stored"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            stored = os.stat(full).st_mtime
+        out[entry] = {"version": match.group("version"), "hash12": match.group("hash"), "path": full,
+                      "stored": stored, "meta": meta}
+    return out
+
+
+def _hash_cache(entries, version):
+    """Source file stats recorded when versions named ``version`` were stored (newest wins)."""
+    cache = {}
+    for item in sorted(entries.values(), key=lambda e: e["stored"]):
+        if item["version"] == version:
+            cache.update(item["meta"].get("source_files") or {})
+    return cache
+
+
+def referenced_store_entries(backup_root):
+    """``{model: set(keys)}`` referenced by any finalized set's manifest under ``backup_root``."""
+    refs = {}
+    for item in list_sets(backup_root):
+        try:
+            components = load_manifest(item["path"]).get("components") or {}
+        except BackupSetError:
+            continue
+        for comp in components.values():
+            models = (comp or {}).get("models") if isinstance(comp, dict) else None
+            if not isinstance(models, dict):
+                continue
+            for model, desc in models.items():
+                for ver in ((desc or {}).get("versions") or {}).values():
+                    if isinstance(ver, dict) and ver.get("store"):
+                        refs.setdefault(model, set()).add(os.path.basename(ver["store"]))
+    return refs
+
+
+def _store_version(src, target, info):
+    """Copy ``src`` into ``target`` (files 0600, folders 0700) via a temp folder + rename."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    tmp = os.path.join(parent, ".tmp-%s-%s" % (os.path.basename(target), secrets.token_hex(4)))
+    try:
+        run_tool(["rsync", "-a", "--numeric-ids", "--chmod=D0700,F0600", src + "/", tmp + "/"])
+        os.chmod(tmp, 0o700)
+        copied = tree_info(tmp, modes=False)
+        if copied["sha256"] != info["sha256"]:
+            raise FilesBackupError("%s changed while it was copied (tree hash %s, copy %s); run the backup again"
+                                   % (src, info["sha256"], copied["sha256"]))
+        os.rename(tmp, target)
+        tmp = None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(parent)
+    meta = {"version": os.path.basename(src), "source": src, "tree_sha256": info["sha256"], "files": info["files"],
+            "bytes": info["bytes"], "stored": isoformat(utc()), "stored_epoch": time.time(),
+            "source_files": {e["path"]: [e["size"], e["mtime_ns"], e["sha256"]] for e in info["entries"]
+                             if e["kind"] == "f"}}
+    write_json(target + ".json", meta)
+
+
+def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, trust_mtime=True):
+    """Store new model versions of ``src/<model>/<version>`` in the content-addressed store; return the entry.
+
+    Versions whose tree hash (content only) is already stored are reused. Symlinks next to the
+    versions (``current``) are recorded, not followed. Afterwards each model keeps its newest
+    ``keep_versions`` stored versions plus every version a finalized set or this run references.
+    """
+    started = utc()
+    t0 = time.monotonic()
+    src = os.path.abspath(os.fspath(src))
+    dest = os.path.abspath(os.fspath(dest))
+    if not backup_root:
+        raise FilesBackupError("mode=models needs backup_root (the store lives in <backup_root>/models)")
+    if keep_versions < 1:
+        raise FilesBackupError("keep_versions must be at least 1, got %d" % keep_versions)
+    store = os.path.join(os.path.abspath(backup_root), MODELS_DIR)
+    if not os.path.isdir(src):
+        raise FilesBackupError("src %s is not a folder" % src)
+    models = {}
+    stored_new, reused = [], []
+    for model in sorted(os.listdir(src)):
+        model_path = os.path.join(src, model)
+        if model.startswith(".") or os.path.islink(model_path) or not os.path.isdir(model_path):
+            continue
+        model_store = os.path.join(store, model)
+        entries = _store_entries(model_store)
+        desc = {"links": {}, "versions": {}}
+        for version in sorted(os.listdir(model_path)):
+            vpath = os.path.join(model_path, version)
+            if os.path.islink(vpath):
+                desc["links"][version] = os.readlink(vpath)
+                continue
+            if version.startswith(".") or not os.path.isdir(vpath):
+                continue
+            info = tree_info(vpath, modes=False, cache=_hash_cache(entries, version) if trust_mtime else None)
+            key = "%s-%s" % (version, info["sha256"][:12])
+            is_new = key not in entries
+            if is_new and not check_mode:
+                _store_version(vpath, os.path.join(model_store, key), info)
+            (stored_new if is_new else reused).append("%s/%s" % (model, key))
+            desc["versions"][version] = {"sha256": info["sha256"], "store": "%s/%s/%s" % (MODELS_DIR, model, key),
+                                         "files": info["files"], "bytes": info["bytes"], "new": is_new}
+        models[model] = desc
+    pruned = prune_models(backup_root, keep_versions, models, dry_run=check_mode)
+    base = {"models": models, "stored_new": stored_new, "reused": reused, "pruned": pruned,
+            "store": store, "keep_versions": keep_versions}
+    if check_mode:
+        base["changed"] = bool(stored_new or pruned)
+        return base
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    index = os.path.join(dest, MODELS_INDEX)
+    write_json(index, {"source": src, "store": store, "models": models})
+    digest, size = hash_file(index)
+    fingerprint = {m: {v: d["sha256"] for v, d in desc["versions"].items()} for m, desc in models.items()}
+    base.update({
+        "status": "success",
+        "type": "files",
+        "mode": "models",
+        "backup_type": "full",
+        "tool": "rsync -a (content-addressed store)",
+        "tool_version": _rsync_version("rsync"),
+        "started": isoformat(started),
+        "ended": isoformat(utc()),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "source": src,
+        "bytes": size,
+        "bytes_new": sum(d["bytes"] for desc in models.values() for d in desc["versions"].values() if d["new"]),
+        "files": [{"path": index, "sha256": digest, "size": size}],
+        "fingerprint": fingerprint,
+    })
+    return base
+
+
+def prune_models(backup_root, keep_versions, current=None, dry_run=False):
+    """Delete stored versions beyond the newest ``keep_versions`` per model that nothing references.
+
+    ``current`` is this run's ``models`` description (its versions are kept too). Returns the
+    removed (or, with ``dry_run``, removable) entries as ``<model>/<key>``.
+    """
+    store = os.path.join(os.path.abspath(backup_root), MODELS_DIR)
+    if not os.path.isdir(store):
+        return []
+    refs = referenced_store_entries(backup_root)
+    for model, desc in (current or {}).items():
+        for ver in desc["versions"].values():
+            refs.setdefault(model, set()).add(os.path.basename(ver["store"]))
+    removed = []
+    for model in sorted(os.listdir(store)):
+        model_store = os.path.join(store, model)
+        if model.startswith(".") or not os.path.isdir(model_store):
+            continue
+        entries = _store_entries(model_store)
+        newest = sorted(entries, key=lambda k: (entries[k]["stored"], k), reverse=True)
+        keep = set(newest[:keep_versions]) | refs.get(model, set())
+        for key in sorted(set(entries) - keep):
+            if not dry_run:
+                shutil.rmtree(entries[key]["path"])
+                if os.path.exists(entries[key]["path"] + ".json"):
+                    os.unlink(entries[key]["path"] + ".json")
+            removed.append("%s/%s" % (model, key))
+        if not dry_run and removed:
+            fsync_dir(model_store)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# configs
+
+
+class GitRepo:
+    """A Git worktree driven with a fixed identity and no global or system configuration."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.env = dict(os.environ)
+        self.env.update({
+            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": GIT_AUTHOR[0], "GIT_AUTHOR_EMAIL": GIT_AUTHOR[1],
+            "GIT_COMMITTER_NAME": GIT_AUTHOR[0], "GIT_COMMITTER_EMAIL": GIT_AUTHOR[1], "LC_ALL": "C",
+        })
+
+    def git(self, *args):
+        """Run ``git <args>`` in the worktree; return stdout."""
+        argv = ["git", "-c", "safe.directory=%s" % self.path, "-c", "commit.gpgsign=false",
+                "-c", "core.hooksPath=%s" % os.devnull, "-c", "core.quotepath=false", "-C", self.path]
+        return run_tool(argv + list(args), env=self.env)
+
+    def exists(self):
+        return os.path.isdir(os.path.join(self.path, ".git"))
+
+    def init(self):
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        if not self.exists():
+            self.git("init", "-q", "-b", "main")
+
+    def head(self):
+        try:
+            return self.git("rev-parse", "--verify", "-q", "HEAD").strip() or None
+        except FilesBackupError:
+            return None
+
+    def tracked(self):
+        return sorted(p for p in self.git("ls-files", "-z").split("\0") if p)
+
+
+def _config_targets(paths, repo):
+    """``[(absolute source, path inside the worktree, is_dir)]``; refuses missing, root and overlapping paths."""
+    targets = []
+    for path in paths:
+        full = os.path.abspath(os.fspath(path))
+        if full == os.sep:
+            raise FilesBackupError("paths must not contain /")
+        if not os.path.lexists(full):
+            raise FilesBackupError("config path %s does not exist" % full)
+        if repo == full or repo.startswith(full.rstrip(os.sep) + os.sep):
+            raise FilesBackupError("config path %s contains the history repository %s" % (full, repo))
+        is_dir = os.path.isdir(full) and not os.path.islink(full)
+        targets.append((full, full.lstrip(os.sep), is_dir))
+    return targets
+
+
+def _under(rel, prefixes):
+    return any(rel == p or rel.startswith(p + "/") for p in prefixes)
+
+
+def _sync_argv(source, inside, is_dir, repo, dry_run):
+    argv = ["rsync"] + _RSYNC_BASE + ["--checksum"] + (["--dry-run"] if dry_run else [])
+    if is_dir:
+        return argv + ["--exclude=.git/", source + "/", os.path.join(repo, inside) + "/"]
+    return argv + [source, os.path.join(repo, inside)]
+
+
+def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
+    """Mirror ``paths`` into the history worktree and commit when something changed; return the entry."""
+    started = utc()
+    t0 = time.monotonic()
+    if not backup_root:
+        raise FilesBackupError("mode=configs needs backup_root (the history lives in <backup_root>/%s)"
+                               % CONFIGS_REPO)
+    if not paths:
+        raise FilesBackupError("mode=configs needs paths (files or folders to keep the history of)")
+    repo = GitRepo(os.path.join(os.path.abspath(backup_root), CONFIGS_REPO))
+    targets = _config_targets(paths, repo.path)
+    prefixes = [inside for _s, inside, _d in targets]
+    host = host or socket.gethostname()
+    if check_mode:
+        changes, deleted = [], []
+        for source, inside, is_dir in targets:
+            if not os.path.lexists(os.path.join(repo.path, inside)):  # all new (rsync needs the parent folder)
+                changes += [os.path.join(inside, e["path"]) for e in tree_info(source)["entries"]
+                            if e["kind"] != "d"] if is_dir else [inside]
+                continue
+            items = parse_itemized(run_tool(_sync_argv(source, inside, is_dir, repo.path, True)))
+            base = inside if is_dir else os.path.dirname(inside)
+            changes += [os.path.join(base, c["path"]) if is_dir else inside
+                        for c in items["changes"] if c["item"][1] != "d"]
+            deleted += [os.path.join(base, d) for d in items["deleted"]]
+        if repo.exists():
+            deleted += [p for p in repo.tracked() if not _under(p, prefixes)]
+        return {"changed": bool(changes or deleted), "would_commit": _limit(changes), "would_delete": _limit(deleted),
+                "repo": repo.path, "head": repo.head() if repo.exists() else None}
+    repo.init()
+    for source, inside, is_dir in targets:
+        os.makedirs(os.path.dirname(os.path.join(repo.path, inside)) if not is_dir
+                    else os.path.join(repo.path, inside), mode=0o700, exist_ok=True)
+        run_tool(_sync_argv(source, inside, is_dir, repo.path, False))
+    for rel in repo.tracked():
+        if not _under(rel, prefixes):
+            os.unlink(os.path.join(repo.path, rel))
+    repo.git("add", "-A")
+    status = repo.git("status", "--porcelain", "-z")
+    changed = bool(status.strip("\0"))
+    now = utc()
+    if changed:
+        summary = [s[3:] for s in status.split("\0") if len(s) > 3]
+        message = "configs of %s at %s\n\n%d path(s) changed:\n%s\n" % (
+            host, isoformat(now), len(summary), "\n".join(_limit(summary, 50)))
+        repo.git("commit", "-q", "--no-verify", "-m", message)
+    commit = repo.head()
+    files = repo.tracked()
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    ref = os.path.join(os.path.abspath(dest), CONFIGS_REF)
+    write_json(ref, {"repo": repo.path, "commit": commit, "changed": changed, "host": host, "files": files})
+    digest, size = hash_file(ref)
+    return {
+        "status": "success",
+        "type": "files",
+        "mode": "configs",
+        "backup_type": "full",
+        "tool": "rsync -a --delete + git commit",
+        "tool_version": run_tool(["git", "--version"]).strip(),
+        "started": isoformat(started),
+        "ended": isoformat(now),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "repo": repo.path,
+        "commit": commit,
+        "changed": changed,
+        "paths": [s for s, _i, _d in targets],
+        "config_files": files,
+        "bytes": size,
+        "files": [{"path": ref, "sha256": digest, "size": size}],
+        "fingerprint": {"commit": commit, "files": len(files)},
+    }

@@ -1,0 +1,376 @@
+"""files_backup: upload trees with hard links, the model store and the config history.
+
+Real rsync, tar, zstd and git on trees built in tmp_path (no lab needed). Sets are made with
+llmops_backupset (begin / write_manifest / finalize) so that the previous-set and reference
+lookups read real manifests. One case per mode goes through `ansible -m files_backup`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.llmops_backupset import begin_set, finalize_set, list_sets, write_manifest
+from ansible.module_utils.llmops_files import (
+    CONFIGS_REPO,
+    backup_configs,
+    backup_models,
+    backup_tree,
+    parse_itemized,
+    tree_hash,
+    tree_info,
+)
+from ansible.module_utils.llmops_pipeline import decompress_to, hash_file
+
+from tests.conftest import LAB_STATE, run_module
+
+LAB_MODELS = LAB_STATE / "data" / "ai" / "models"
+
+ODD_NAMES = ["plain.txt", "with space.csv", "it's \"quoted\".md", "naïve-café ☕.json", "日本語ファイル.txt",
+             "-leading-dash", "semi;colon&amp.txt", "back\\slash.txt"]
+
+
+def make_tree(root: Path) -> Path:
+    """A small tree with odd names, several modes, a nested folder, an empty folder and symlinks."""
+    root.mkdir(parents=True)
+    modes = [0o600, 0o640, 0o644, 0o755]
+    for i, name in enumerate(ODD_NAMES):
+        path = root / name
+        path.write_bytes((name * (i + 1)).encode("utf-8") + os.urandom(64 * i))
+        path.chmod(modes[i % len(modes)])
+    sub = root / "sub dir" / "ünïcode"
+    sub.mkdir(parents=True)
+    (sub / "deep file.bin").write_bytes(os.urandom(4096))
+    (sub / "deep file.bin").chmod(0o600)
+    (root / "empty dir").mkdir()
+    os.symlink("plain.txt", root / "link to plain")
+    os.symlink("sub dir/ünïcode", root / "dirlink")
+    return root
+
+
+def finalize(root: Path, partial: str, components: dict) -> str:
+    """Finalize a partial set the way backup_set does (files listed explicitly: trees may hold symlinks)."""
+    comps = {}
+    for name, comp in components.items():
+        comp = dict(comp)
+        comp["files"] = [dict(f, path=os.path.relpath(f["path"], partial)) for f in comp.get("files") or []]
+        comps[name] = comp
+    manifest = {"id": os.path.basename(partial)[1:-len(".partial")], "name": "t", "status": "success",
+                "started": "2026-01-01T00:00:00Z", "ended": "2026-01-01T00:00:01Z", "components": comps}
+    files = [f for c in comps.values() for f in c["files"]]
+    shutil.rmtree(os.path.join(partial, ".components"), ignore_errors=True)
+    os.unlink(os.path.join(partial, ".owner.json"))
+    write_manifest(partial, manifest, files=files)
+    return finalize_set(partial, str(root), "success")
+
+
+def new_partial(root: Path, when: str) -> str:
+    import datetime
+
+    return begin_set(str(root), "t", now=datetime.datetime.fromisoformat(when))
+
+
+# --------------------------------------------------------------------------------------------
+# tree hash
+
+
+def test_tree_hash_covers_content_modes_names_and_links(tmp_path):
+    src = make_tree(tmp_path / "a")
+    base = tree_hash(src)
+    info = tree_info(src)
+    assert info["files"] == len(ODD_NAMES) + 1 and info["symlinks"] == 2 and info["dirs"] == 3
+    assert tree_hash(src) == base  # deterministic
+    (src / "plain.txt").chmod(0o604)
+    assert tree_hash(src) != base
+    assert tree_hash(src, modes=False) == tree_info(src, modes=False)["sha256"]
+    modeless = tree_hash(src, modes=False)
+    (src / "plain.txt").chmod(0o600)
+    assert tree_hash(src) == base and tree_hash(src, modes=False) == modeless
+    os.unlink(src / "link to plain")
+    os.symlink("with space.csv", src / "link to plain")
+    assert tree_hash(src) != base
+
+
+def test_parse_itemized_keeps_files_and_deletions():
+    text = "created directory x\ncd+++++++++ ./\n>f+++++++++ a b.txt\n.d..t...... sub/\n*deleting   old.txt\n" \
+           "cL+++++++++ link -> a\n"
+    items = parse_itemized(text)
+    assert [c["path"] for c in items["changes"]] == ["a b.txt", "link -> a"]
+    assert items["deleted"] == ["old.txt"]
+
+
+# --------------------------------------------------------------------------------------------
+# tree mode
+
+
+def test_tree_two_backups_share_unchanged_files_and_restore(tmp_path):
+    src = make_tree(tmp_path / "src")
+    root = tmp_path / "backup"
+    p1 = new_partial(root, "2026-01-01T02:00:00+00:00")
+    first = backup_tree(src, os.path.join(p1, "uploads"), backup_root=root, component="uploads")
+    assert first["linked_from"] is None and first["files_linked"] == 0
+    assert first["file_count"] == len(ODD_NAMES) + 1
+    assert first["bytes_new"] == first["tree_bytes"]
+    assert first["tree_dir"] == "uploads/uploads"
+    assert first["fingerprint"]["tree_sha256"] == tree_hash(src)
+    set1 = finalize(root, p1, {"uploads": first})
+
+    (src / "with space.csv").write_bytes(b"changed content \xe2\x98\x95")
+    (src / "brand new.txt").write_text("new")
+    os.unlink(src / "-leading-dash")
+    p2 = new_partial(root, "2026-01-02T02:00:00+00:00")
+    second = backup_tree(src, os.path.join(p2, "uploads"), backup_root=root, component="uploads",
+                         full_archive=True)
+    assert second["linked_from"] == os.path.basename(set1)
+    assert second["files_new"] == 2
+    assert second["bytes_new"] == len(b"changed content \xe2\x98\x95") + 3
+    assert second["files_linked"] == second["file_count"] - 2
+
+    old_tree = Path(set1) / "uploads" / "uploads"
+    new_tree = Path(p2) / "uploads" / "uploads"
+    for name in ["plain.txt", "it's \"quoted\".md", "日本語ファイル.txt", "sub dir/ünïcode/deep file.bin"]:
+        a, b = os.lstat(old_tree / name), os.lstat(new_tree / name)
+        assert a.st_ino == b.st_ino and b.st_nlink == 2, name
+    a, b = os.lstat(old_tree / "with space.csv"), os.lstat(new_tree / "with space.csv")
+    assert a.st_ino != b.st_ino and b.st_nlink == 1
+    assert not (new_tree / "-leading-dash").exists()
+    assert os.readlink(new_tree / "link to plain") == "plain.txt"
+    for name in ODD_NAMES[1:5]:
+        assert os.lstat(new_tree / name).st_mode == os.lstat(src / name).st_mode, name
+    # The old set is untouched by the new backup.
+    assert (old_tree / "-leading-dash").exists()
+    assert (old_tree / "with space.csv").read_bytes() != (src / "with space.csv").read_bytes()
+
+    # Every file of the component is listed with its sha256, inside the set.
+    listed = {os.path.relpath(f["path"], new_tree): f for f in second["files"] if f["path"].startswith(str(new_tree))}
+    assert hash_file(new_tree / "brand new.txt")[0] == listed["brand new.txt"]["sha256"]
+
+    # Restore = copy back; the tree hash matches the fingerprint and the source.
+    restored = tmp_path / "restored"
+    subprocess.run(["rsync", "-a", f"{new_tree}/", f"{restored}/"], check=True)
+    assert tree_hash(restored) == second["fingerprint"]["tree_sha256"] == tree_hash(src)
+
+    # The full archive extracts to an equal tree.
+    archive = Path(p2) / "uploads" / "uploads.tar.zst"
+    assert second["full_archive"]["sha256"] == hash_file(archive)[0]
+    extracted = tmp_path / "extracted"
+    extracted.mkdir()
+    decompress_to(archive, ["tar", "-C", str(extracted), "-xpf", "-"], expected_sha256=second["full_archive"]["sha256"])
+    assert tree_hash(extracted) == second["fingerprint"]["tree_sha256"]
+
+
+def test_tree_check_mode_writes_nothing(tmp_path):
+    src = make_tree(tmp_path / "src")
+    root = tmp_path / "backup"
+    p1 = new_partial(root, "2026-01-01T02:00:00+00:00")
+    finalize(root, p1, {"uploads": backup_tree(src, os.path.join(p1, "uploads"), backup_root=root)})
+    (src / "plain.txt").write_text("changed")
+    dest = tmp_path / "check" / "uploads"
+    result = backup_tree(src, dest, backup_root=root, full_archive=True, check_mode=True)
+    assert not (tmp_path / "check").exists()
+    assert result["linked_from"] == list_sets(root)[-1]["id"]
+    assert [c["path"] for c in result["would_copy"] if c["item"].startswith(">f")] == ["plain.txt"]
+
+
+def test_tree_through_ansible(tmp_path):
+    src = make_tree(tmp_path / "src")
+    root = tmp_path / "backup"
+    p1 = new_partial(root, "2026-01-01T02:00:00+00:00")
+    result = run_module("files_backup", {"mode": "tree", "src": str(src), "dest": os.path.join(p1, "uploads"),
+                                         "backup_root": str(root), "full_archive": True})
+    assert not result.get("failed"), result
+    comp = result["component"]
+    assert comp["status"] == "success" and comp["type"] == "files" and comp["backup_type"] == "full"
+    assert comp["fingerprint"]["tree_sha256"] == tree_hash(src)
+    assert comp["full_archive"]["file"] == "uploads.tar.zst"
+    checked = run_module("files_backup", {"mode": "tree", "src": str(src), "dest": str(tmp_path / "nope"),
+                                          "backup_root": str(root)}, check_mode=True)
+    assert checked["changed"] and "would_copy" in checked["check"]
+    assert not (tmp_path / "nope").exists()
+    missing = run_module("files_backup", {"mode": "tree", "src": str(tmp_path / "absent"), "dest": str(tmp_path / "x")})
+    assert missing["failed"] and "is not a folder" in missing["msg"]
+
+
+# --------------------------------------------------------------------------------------------
+# models mode
+
+
+def make_models(root: Path) -> Path:
+    for model, versions in {"llm": ["v1", "v2"], "embedding": ["v1"]}.items():
+        for version in versions:
+            folder = root / model / version
+            folder.mkdir(parents=True)
+            (folder / "weights.bin").write_bytes(os.urandom(8192))
+            (folder / "config.json").write_text(f'{{"model": "{model}", "version": "{version}"}}')
+            (folder / "config.json").chmod(0o644)
+        os.symlink(versions[-1], root / model / "current")
+    return root
+
+
+def _store_dirs(root: Path, model: str) -> list[str]:
+    store = root / "models" / model
+    return sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_models_store_reuse_and_change(tmp_path):
+    src = make_models(tmp_path / "models")
+    root = tmp_path / "backup"
+    p1 = new_partial(root, "2026-01-01T02:00:00+00:00")
+    first = backup_models(src, os.path.join(p1, "models"), root)
+    assert sorted(first["stored_new"]) == sorted(
+        f"{m}/{v}-{tree_hash(src / m / v, modes=False)[:12]}" for m, v in
+        [("llm", "v1"), ("llm", "v2"), ("embedding", "v1")])
+    assert first["reused"] == [] and first["pruned"] == []
+    assert first["models"]["llm"]["links"] == {"current": "v2"}
+    stored = root / first["models"]["llm"]["versions"]["v2"]["store"]
+    assert stat.S_IMODE(os.stat(stored).st_mode) == 0o700
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in stored.iterdir()} == {0o600}
+    assert tree_hash(stored, modes=False) == first["models"]["llm"]["versions"]["v2"]["sha256"]
+    assert Path(first["files"][0]["path"]).name == "models_index.json"
+    set1 = finalize(root, p1, {"models": first})
+
+    p2 = new_partial(root, "2026-01-02T02:00:00+00:00")
+    second = backup_models(src, os.path.join(p2, "models"), root)
+    assert second["stored_new"] == [] and len(second["reused"]) == 3 and second["bytes_new"] == 0
+    finalize(root, p2, {"models": second})
+
+    (src / "llm" / "v2" / "weights.bin").write_bytes(os.urandom(8192))
+    checked = backup_models(src, tmp_path / "check", root, check_mode=True)
+    new_key = "v2-" + tree_hash(src / "llm" / "v2", modes=False)[:12]
+    assert checked["stored_new"] == ["llm/" + new_key] and checked["changed"]
+    assert new_key not in _store_dirs(root, "llm") and not (tmp_path / "check").exists()
+
+    p3 = new_partial(root, "2026-01-03T02:00:00+00:00")
+    third = backup_models(src, os.path.join(p3, "models"), root)
+    assert third["stored_new"] == ["llm/" + new_key]
+    assert third["models"]["llm"]["versions"]["v2"]["new"] is True
+    assert new_key in _store_dirs(root, "llm")
+    # The old v2 stays: set1 references it.
+    old_key = os.path.basename(first["models"]["llm"]["versions"]["v2"]["store"])
+    assert old_key in _store_dirs(root, "llm") and os.path.isdir(set1)
+
+
+def test_models_keep_versions_prunes_oldest_unreferenced(tmp_path):
+    src = tmp_path / "models"
+    (src / "m" / "v").mkdir(parents=True)
+    root = tmp_path / "backup"
+    keys = []
+    for run in range(4):
+        (src / "m" / "v" / "w.bin").write_bytes(b"generation %d" % run)
+        if run == 0:
+            partial = new_partial(root, "2026-01-01T02:00:00+00:00")
+            entry = backup_models(src, os.path.join(partial, "models"), root, keep_versions=2)
+            finalize(root, partial, {"models": entry})  # this set keeps referencing generation 0
+        else:
+            entry = backup_models(src, tmp_path / f"run{run}", root, keep_versions=2)
+        keys.append(os.path.basename(entry["models"]["m"]["versions"]["v"]["store"]))
+    # Generation 1 is neither among the newest 2 nor referenced: pruned (on the 4th run).
+    assert entry["pruned"] == ["m/" + keys[1]]
+    assert _store_dirs(root, "m") == sorted([keys[0], keys[2], keys[3]])
+    assert not (root / "models" / "m" / (keys[1] + ".json")).exists()
+
+
+def test_models_through_ansible(tmp_path):
+    src = tmp_path / "models"
+    if LAB_MODELS.is_dir():  # a copy of the lab's models: tests never touch the lab's own files
+        shutil.copytree(LAB_MODELS, src, symlinks=True)
+    else:
+        make_models(src)
+    root = tmp_path / "backup"
+    args = {"mode": "models", "src": str(src), "dest": str(tmp_path / "set" / "models"), "backup_root": str(root)}
+    result = run_module("files_backup", args)
+    assert not result.get("failed"), result
+    assert result["component"]["stored_new"] and result["component"]["reused"] == []
+    checked = run_module("files_backup", dict(args, dest=str(tmp_path / "set2" / "models")), check_mode=True)
+    assert checked["changed"] is False and checked["check"]["stored_new"] == []
+    assert not (tmp_path / "set2").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# configs mode
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", "-c", f"safe.directory={repo}", "-C", str(repo), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def make_configs(root: Path) -> tuple[Path, Path]:
+    etc = root / "etc" / "llmops"
+    etc.mkdir(parents=True)
+    (etc / "app.yaml").write_text("model: llm\nport: 8000\n")
+    (etc / "secret ü.env").write_text("TOKEN=s3cr3t\n")
+    (etc / "secret ü.env").chmod(0o600)
+    (etc / "conf.d").mkdir()
+    (etc / "conf.d" / "10-log.yaml").write_text("level: info\n")
+    single = root / "compose.yaml"
+    single.write_text("services: {}\n")
+    return etc, single
+
+
+def test_configs_history(tmp_path):
+    etc, single = make_configs(tmp_path / "src")
+    root = tmp_path / "backup"
+    repo = root / CONFIGS_REPO
+    first = backup_configs([str(etc), str(single)], tmp_path / "s1" / "configs", root)
+    assert first["changed"] and len(first["commit"]) == 40
+    assert stat.S_IMODE(os.stat(repo).st_mode) == 0o700
+    inside = str(etc).lstrip("/")
+    assert f"{inside}/secret ü.env" in first["config_files"]
+    assert str(single).lstrip("/") in first["config_files"]
+    assert git(repo, "log", "-1", "--format=%an <%ae>").strip() == "llmops-backup <backup@localhost>"
+
+    second = backup_configs([str(etc), str(single)], tmp_path / "s2" / "configs", root)
+    assert not second["changed"] and second["commit"] == first["commit"]
+
+    (etc / "app.yaml").write_text("model: llm\nport: 9000\n")
+    (etc / "conf.d" / "10-log.yaml").unlink()
+    checked = backup_configs([str(etc), str(single)], tmp_path / "s3" / "configs", root, check_mode=True)
+    assert checked["changed"] and checked["head"] == first["commit"]
+    assert f"{inside}/app.yaml" in checked["would_commit"]
+    assert f"{inside}/conf.d/10-log.yaml" in checked["would_delete"]
+    assert "port: 8000" in (repo / inside / "app.yaml").read_text() and not (tmp_path / "s3").exists()
+
+    third = backup_configs([str(etc), str(single)], tmp_path / "s4" / "configs", root)
+    assert third["changed"] and third["commit"] != first["commit"]
+    assert f"{inside}/conf.d/10-log.yaml" not in third["config_files"]
+    log = git(repo, "log", "--format=%H %P").split("\n")
+    assert [line.split() for line in log if line] == [[third["commit"], first["commit"]], [first["commit"]]]
+    # History is intact: the old version is still there.
+    assert "port: 8000" in git(repo, "show", f"{first['commit']}:{inside}/app.yaml")
+    assert "level: info" in git(repo, "show", f"{first['commit']}:{inside}/conf.d/10-log.yaml")
+    assert git(repo, "status", "--porcelain") == ""
+
+    # A path dropped from the list leaves the tip but stays in the history.
+    fourth = backup_configs([str(etc)], tmp_path / "s5" / "configs", root)
+    assert fourth["changed"] and str(single).lstrip("/") not in fourth["config_files"]
+    assert "services" in git(repo, "show", f"{first['commit']}:{str(single).lstrip('/')}")
+
+
+def test_configs_refuses_missing_path(tmp_path):
+    from ansible.module_utils.llmops_files import FilesBackupError
+
+    with pytest.raises(FilesBackupError, match="does not exist"):
+        backup_configs([str(tmp_path / "absent")], tmp_path / "d", tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
+def test_configs_through_ansible(tmp_path):
+    etc, single = make_configs(tmp_path / "src")
+    root = tmp_path / "backup"
+    args = {"mode": "configs", "paths": [str(etc), str(single)], "dest": str(tmp_path / "s1" / "configs"),
+            "backup_root": str(root)}
+    checked = run_module("files_backup", args, check_mode=True)
+    assert checked["changed"], checked
+    assert not root.exists()
+    result = run_module("files_backup", args)
+    assert not result.get("failed"), result
+    comp = result["component"]
+    assert comp["changed"] and comp["commit"] == git(root / CONFIGS_REPO, "rev-parse", "HEAD").strip()
+    again = run_module("files_backup", dict(args, dest=str(tmp_path / "s2" / "configs")))
+    assert again["component"]["changed"] is False and again["component"]["commit"] == comp["commit"]
