@@ -307,31 +307,41 @@ def cleanup_partials(root, older_than, now=None, dry_run=False):
     return removed
 
 
-def _set_files(path):
-    """Relative paths of every regular file under ``path`` except SHA256SUMS (sorted)."""
+def _set_files(path, links=False):
+    """Relative paths of every file under ``path`` except SHA256SUMS (sorted).
+
+    Symbolic links (an uploads tree may hold some) are left out, or with ``links=True`` are the
+    only ones returned: SHA256SUMS cannot check a link, so the manifest records its target instead.
+    """
     files = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
-        for filename in filenames:
+        for filename in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             full = os.path.join(dirpath, filename)
             rel = os.path.relpath(full, path)
-            if rel == SUMS:
+            if rel == SUMS or os.path.islink(full) != links:
                 continue
             files.append(rel)
     return sorted(files)
 
 
+def set_links(path):
+    """``[{path, target}]`` of every symbolic link in a set (recorded in the manifest)."""
+    return [{"path": rel, "target": os.readlink(os.path.join(path, rel))} for rel in _set_files(path, links=True)]
+
+
 def hash_set_files(path):
     """Hash every regular file of a set except the manifest and SHA256SUMS.
 
-    Returns ``[{path, size, sha256}]`` sorted by path; a symlink or special file raises.
+    Returns ``[{path, size, sha256}]`` sorted by path; symbolic links are left out (see
+    ``set_links``); a special file (fifo, device) raises.
     """
     entries = []
     for rel in _set_files(path):
         if rel == MANIFEST:
             continue
         full = os.path.join(path, rel)
-        if os.path.islink(full) or not os.path.isfile(full):
+        if not os.path.isfile(full):
             raise BackupSetError("%s is not a regular file; a set holds regular files only" % full)
         digest, size = hash_file(full)
         entries.append({"path": rel, "size": size, "sha256": digest})
@@ -353,6 +363,7 @@ def write_manifest(partial_dir, manifest, files=None):
     entries = hash_set_files(partial_dir) if files is None else [dict(e) for e in files]
     manifest["files"] = entries
     manifest["totals"] = {"files": len(entries), "bytes": sum(e["size"] for e in entries)}
+    manifest["links"] = set_links(partial_dir)
     write_json(os.path.join(partial_dir, MANIFEST), manifest)
     sums = {e["path"]: e["sha256"] for e in entries}
     sums[MANIFEST] = hash_file(os.path.join(partial_dir, MANIFEST))[0]
@@ -561,6 +572,16 @@ def verify_set(path):
         if digest != listed[rel] and rel not in result["mismatched"]:
             result["mismatched"].append(rel)
     result["extra"] = sorted(present - set(listed))
+    if manifest is not None:
+        recorded = {link["path"]: link["target"] for link in manifest.get("links") or []}
+        actual = {link["path"]: link["target"] for link in set_links(path)}
+        for rel in sorted(set(recorded) | set(actual)):
+            if rel not in actual:
+                result["missing"].append(rel)
+            elif rel not in recorded:
+                result["extra"].append(rel)
+            elif recorded[rel] != actual[rel]:
+                result["mismatched"].append(rel)
     result["mismatched"].sort()
     result["ok"] = sums is not None and manifest is not None and not (
         result["missing"] or result["extra"] or result["mismatched"] or result["errors"])

@@ -138,3 +138,28 @@ def test_lock_excludes_second_holder(tmp_path):
         pass
     held = subprocess.run(["flock", "-n", str(tmp_path / ".lock"), "true"])
     assert held.returncode == 0
+
+
+def test_symbolic_links_are_recorded_by_target_and_verified(tmp_path):
+    root = tmp_path / "backups"
+    partial = bs.begin_set(root, "llmops", T0)
+    os.unlink(os.path.join(partial, bs.OWNER))
+    os.rmdir(os.path.join(partial, bs.COMPONENTS_DIR))
+    os.makedirs(os.path.join(partial, "uploads", "docs"))
+    with open(os.path.join(partial, "uploads", "docs", "a.txt"), "wb") as handle:
+        handle.write(b"a")
+    os.symlink("docs/a.txt", os.path.join(partial, "uploads", "link-to-a"))
+    os.symlink("missing-target", os.path.join(partial, "uploads", "dangling"))
+    os.symlink("docs", os.path.join(partial, "uploads", "docs-link"))
+    manifest = {"id": "llmops_20260131_020000", "status": "success", "components": {}}
+    bs.write_manifest(partial, manifest)
+    path = bs.finalize_set(partial, str(root), "success")
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert {link["path"]: link["target"] for link in bs.load_manifest(path)["links"]} == {
+        "uploads/dangling": "missing-target", "uploads/docs-link": "docs", "uploads/link-to-a": "docs/a.txt"}
+    assert bs.verify_set(path)["ok"]
+    os.unlink(os.path.join(path, "uploads", "link-to-a"))
+    os.symlink("elsewhere", os.path.join(path, "uploads", "link-to-a"))
+    result = bs.verify_set(path)
+    assert not result["ok"] and result["mismatched"] == ["uploads/link-to-a"]
