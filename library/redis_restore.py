@@ -1,0 +1,259 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redis_restore
+short_description: Restore Redis from a set's RDB, step by step, with a safety copy, AOF handling and verification
+description:
+  - One step of a Redis restore per call, so that the playbook stops and starts the service between them and can
+    roll back. In order
+  - O(step=stage) (service running) unpacks the set's RDB into O(staging) (sha256 checked while it streams) and
+    checks it with C(redis-check-rdb) in a throw-away container of the server's image; it also records the live
+    server's persistence settings (C(appendonly), C(dbfilename), C(appenddirname), C(appendfilename)). A damaged
+    artefact fails here, before anything is stopped.
+  - O(step=swap) (service stopped) moves the data folder's RDB and AOF folder into C(<datadir>/<safety_name>)
+    (the safety copy; a rename, instant) and puts the staged RDB in place, owned by O(owner).
+  - O(step=load) (service stopped) makes the data folder start right. With AOF on, Redis 7 starts from the AOF
+    (and would start empty without one), so a throw-away container of the server's image (no network, no
+    password) starts on the data folder with AOF off, loads the RDB, switches AOF on (C(CONFIG SET appendonly
+    yes)) and waits until the AOF rewrite has finished (C(aof_rewrite_in_progress:0),
+    C(aof_last_bgrewrite_status:ok), the AOF manifest written), then C(SHUTDOWN SAVE); the container is removed.
+    The fingerprint of the loaded data is recorded. With AOF off only the load is checked.
+  - O(step=verify) (service running) compares the live keyspace fingerprint with the manifest's (or, when the
+    manifest says the keyspace changed during the backup, with the one recorded by O(step=load)).
+  - O(step=rollback) (service stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
+    unless O(keep_safety_copy), the safety copy.
+  - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
+author:
+  - llmops contributors (!UNKNOWN)
+attributes:
+  check_mode:
+    support: full
+    description: Says what the step would do and changes nothing; O(step=verify) only reads and runs as usual.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  step:
+    description: The step to run, see the description.
+    type: str
+    required: true
+    choices: [stage, swap, load, verify, rollback, cleanup]
+  set_path:
+    description: The set to restore (the plan of C(restore_plan) names it).
+    type: path
+    required: true
+  staging:
+    description: Folder where the RDB is unpacked and checked (on the backup volume).
+    type: path
+    required: true
+  datadir:
+    description:
+      - The host folder mounted as the server's data folder (its C(dir)). Required for O(step=swap),
+        O(step=load), O(step=rollback) and O(step=cleanup).
+    type: path
+  safety_name:
+    description: Name of the safety copy's folder inside O(datadir).
+    type: str
+    default: .pre-restore
+  keep_safety_copy:
+    description: Keep the safety copy after a successful restore (O(step=cleanup) removes it otherwise).
+    type: bool
+    default: true
+  container:
+    description: The Redis container (its image provides the tools; its settings are read by O(step=stage)).
+    type: str
+    default: llmops-appdb-redis-1
+  image:
+    description: The image whose C(redis-check-rdb) and C(redis-server) are used. Defaults to the image of O(container).
+    type: str
+  owner:
+    description: C(uid:gid) owning the restored files; the throw-away server runs as this user (the images use 999).
+    type: str
+    default: "999:999"
+  host:
+    description: Connect to this host instead of the server's default address inside O(container).
+    type: str
+  port:
+    description: The port with O(host).
+    type: int
+    default: 6379
+  password:
+    description: The server's password (C(requirepass)), handed to redis-cli in E(REDISCLI_AUTH).
+    type: str
+  timeout:
+    description: Seconds to wait for the throw-away server to load the RDB and to rewrite the AOF, each.
+    type: int
+    default: 600
+seealso:
+  - name: Redis persistence
+    description: RDB and AOF, and how Redis 7 starts from the AOF's manifest.
+    link: https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/
+"""
+
+EXAMPLES = r"""
+- name: Unpack and check the RDB before stopping anything
+  redis_restore:
+    step: stage
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/redis
+    password: "{{ redis_password }}"
+
+- name: Swap it in (service stopped)
+  redis_restore:
+    step: swap
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/redis
+    datadir: /srv/appdb/redis
+    safety_name: ".pre-restore-{{ stamp }}"
+
+- name: Load it and write the AOF (service stopped)
+  redis_restore:
+    step: load
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/redis
+    datadir: /srv/appdb/redis
+"""
+
+RETURN = r"""
+keys_read:
+  description: Keys C(redis-check-rdb) read from the staged RDB (O(step=stage)).
+  returned: when O(step=stage) and not check mode
+  type: int
+  sample: 958
+settings:
+  description: The live server's persistence settings used by the later steps (O(step=stage)).
+  returned: when O(step=stage) and not check mode
+  type: dict
+  sample: {appendonly: "yes", dbfilename: dump.rdb, appenddirname: appendonlydir, appendfilename: appendonly.aof}
+safety_copy:
+  description: The folder holding the previous RDB and AOF folder (O(step=swap)).
+  returned: when O(step=swap)
+  type: str
+  sample: /srv/appdb/redis/.pre-restore-20260131_020000
+aof:
+  description: Whether an AOF was written from the loaded data (O(step=load)).
+  returned: when O(step=load) and not check mode
+  type: bool
+fingerprint:
+  description: The keyspace fingerprint of the loaded RDB (O(step=load)).
+  returned: when O(step=load) and not check mode
+  type: dict
+  sample: {"0": {keys: 708, sha256: "..."}}
+differences:
+  description: How the live keyspace differs from the reference (O(step=verify)).
+  returned: when O(step=verify)
+  type: list
+  elements: str
+against:
+  description: The reference O(step=verify) compared with.
+  returned: when O(step=verify)
+  type: str
+removed:
+  description: What O(step=cleanup) removed (or would remove).
+  returned: when O(step=cleanup)
+  type: list
+  elements: str
+"""
+
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
+from ansible.module_utils.llmops_exec import ExecError, ExecTarget
+from ansible.module_utils.llmops_pipeline import PipelineError
+from ansible.module_utils.llmops_redis import RedisError
+from ansible.module_utils.llmops_redis_restore import (
+    artefact_of,
+    load,
+    rollback,
+    server_settings,
+    stage,
+    swap,
+    verify,
+)
+
+NEEDS_DATADIR = ("swap", "load", "rollback", "cleanup")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            step=dict(type="str", required=True, choices=["stage", "swap", "load", "verify", "rollback", "cleanup"]),
+            set_path=dict(type="path", required=True),
+            staging=dict(type="path", required=True),
+            datadir=dict(type="path"),
+            safety_name=dict(type="str", default=".pre-restore"),
+            keep_safety_copy=dict(type="bool", default=True),
+            container=dict(type="str", default="llmops-appdb-redis-1"),
+            image=dict(type="str"),
+            owner=dict(type="str", default="999:999"),
+            host=dict(type="str"),
+            port=dict(type="int", default=6379),
+            password=dict(type="str", no_log=True),
+            timeout=dict(type="int", default=600),
+        ),
+        required_if=[("step", step, ["datadir"]) for step in NEEDS_DATADIR],
+        supports_check_mode=True,
+    )
+    p = module.params
+    step = p["step"]
+    target = ExecTarget(p["container"])
+    conn = {"host": p["host"], "port": p["port"]}
+    safety = os.path.join(p["datadir"] or "", p["safety_name"])
+    try:
+        entry = load_manifest(p["set_path"])["components"]["redis"]
+        artefact, sha256 = artefact_of(p["set_path"], entry)
+        if step == "stage":
+            if module.check_mode:
+                module.exit_json(changed=True, msg="would unpack %s and check it with redis-check-rdb" % artefact)
+            settings = server_settings(target, conn, p["password"])
+            staged = stage(p["image"] or target.image(), artefact, sha256, p["staging"], settings,
+                           timeout=p["timeout"])
+            module.exit_json(changed=True, keys_read=staged["keys_read"], settings=settings, rdb=staged["rdb"])
+        if step == "swap":
+            if module.check_mode:
+                module.exit_json(changed=True, safety_copy=safety, msg="would move the RDB and AOF of %s into %s "
+                                 "and put the staged RDB in place" % (p["datadir"], safety))
+            module.exit_json(changed=True, **swap(p["datadir"], p["staging"], p["safety_name"], owner=p["owner"]))
+        if step == "load":
+            if module.check_mode:
+                module.exit_json(changed=True, msg="would load the RDB in a throw-away server on %s and write its "
+                                 "AOF" % p["datadir"])
+            module.exit_json(changed=True, **load(p["datadir"], p["staging"], owner=p["owner"],
+                                                  timeout=p["timeout"]))
+        if step == "verify":
+            differences, against = verify(target, conn, entry, p["staging"], p["password"])
+            if differences:
+                module.fail_json(msg="the restored Redis keyspace differs from %s: %s" % (
+                    against, "; ".join(differences[:20])), differences=differences, against=against)
+            module.exit_json(changed=False, differences=[], against=against)
+        if step == "rollback":
+            if module.check_mode:
+                present = os.path.isdir(safety)
+                module.exit_json(changed=present, msg=("would put %s back" if present else
+                                                       "no safety copy at %s: nothing to roll back") % safety)
+            restored = rollback(p["datadir"], p["staging"], p["safety_name"])
+            if restored is None:
+                module.exit_json(changed=False, msg="no safety copy at %s: the data folder was not changed" % safety)
+            module.exit_json(changed=True, restored=restored, restored_from=safety)
+        if step == "cleanup":
+            removed = [path for path in [p["staging"]] + ([] if p["keep_safety_copy"] else [safety])
+                       if path and os.path.exists(path)]
+            if not module.check_mode:
+                for path in removed:
+                    shutil.rmtree(path)
+            module.exit_json(changed=bool(removed), removed=removed)
+    except (BackupSetError, RedisError, ExecError, PipelineError, KeyError, OSError, ValueError) as exc:
+        module.fail_json(msg="Redis restore step %s failed: %s" % (step, exc))
+
+
+if __name__ == "__main__":
+    main()

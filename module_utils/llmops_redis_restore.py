@@ -1,0 +1,277 @@
+"""Redis restores from a backup set: stage and check the RDB, swap it into the data folder, load it
+so that the AOF matches, verify, roll back, clean up. Used by ``library/redis_restore.py``.
+
+Why a load step: with ``appendonly yes`` Redis 7 starts from the AOF (``appendonlydir``), not from
+``dump.rdb``; with no AOF there it would start empty. So after the swap a throw-away container of
+the server's own image (no network, no password) starts on the data folder with AOF off, loads
+``dump.rdb``, then ``CONFIG SET appendonly yes`` makes it write a fresh AOF from the loaded data;
+once that rewrite has finished, ``SHUTDOWN SAVE`` and the container is removed. The real service
+then starts from an AOF that holds exactly the backup.
+
+The safety copy is the previous ``dump.rdb`` and AOF folder, renamed into ``<data>/<safety>/``
+(same file system: instant). Talks to the throw-away server with ``docker exec redis-cli``; the
+real server's password travels only in ``REDISCLI_AUTH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+
+from ansible.module_utils.llmops_backupset import write_file_atomic
+from ansible.module_utils.llmops_exec import ExecError, ExecTarget, ImageTarget
+from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to
+from ansible.module_utils.llmops_redis import ARTEFACT, RedisError, config_get, fingerprint, info
+
+STAGED_RDB = "dump.rdb"
+SETTINGS_FILE = "server.json"
+LOADED_FILE = "loaded-fingerprint.json"
+DEFAULTS = {"appendonly": "yes", "appenddirname": "appendonlydir", "appendfilename": "appendonly.aof",
+            "dbfilename": "dump.rdb"}
+
+
+def artefact_of(set_path, entry):
+    """``(path, sha256)`` of the set's RDB artefact (``entry``: the set's redis manifest entry)."""
+    for item in entry.get("files", []):
+        if item["path"].endswith(ARTEFACT):
+            path = item["path"] if os.path.isabs(item["path"]) else os.path.join(set_path, item["path"])
+            return path, item["sha256"]
+    raise RedisError("the set has no %s artefact" % ARTEFACT)
+
+
+def _read_json(path, default=None):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return default
+
+
+def server_settings(target, conn, password=None):
+    """The live server's persistence settings (``CONFIG GET``; the defaults where it is not allowed)."""
+    return {name: config_get(target, conn, name, password) or default for name, default in DEFAULTS.items()}
+
+
+def stage(image, artefact, sha256, staging, settings, timeout=None):
+    """Unpack the RDB into ``staging`` (sha256 checked) and check it with the image's ``redis-check-rdb``.
+
+    ``settings`` (from ``server_settings``) are saved next to it for the later steps. Returns
+    ``{"rdb": path, "keys_read": n}``; raises ``RedisError`` when the file is damaged.
+    """
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging, mode=0o700)
+    rdb = os.path.join(staging, STAGED_RDB)
+    os.close(os.open(rdb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        decompress_to(artefact, ["dd", "of=%s" % rdb, "conv=notrunc", "status=none"], expected_sha256=sha256,
+                      timeout=timeout, consumer_name="unpack RDB")
+    except PipelineError as exc:
+        raise RedisError("cannot unpack %s: %s" % (artefact, exc)) from exc
+    tools = ImageTarget(image, {staging: "/staging"})
+    try:
+        out = tools.text(["sh", "-c", 'redis-check-rdb "$0" 2>&1', "/staging/" + STAGED_RDB], timeout=timeout or 3600)
+    except ExecError as exc:
+        raise RedisError("redis-check-rdb rejects the backup's RDB: %s" % exc) from exc
+    if "RDB looks OK" not in out:
+        raise RedisError("redis-check-rdb did not confirm the backup's RDB: %s" % out[-800:])
+    keys = re.search(r"(\d+) keys read", out)
+    write_file_atomic(os.path.join(staging, SETTINGS_FILE), json.dumps(dict(settings, image=image)).encode("utf-8"))
+    return {"rdb": rdb, "keys_read": int(keys.group(1)) if keys else None}
+
+
+def load_settings(staging):
+    """The settings ``stage`` saved; raises ``RedisError`` when stage did not run."""
+    settings = _read_json(os.path.join(staging, SETTINGS_FILE))
+    if settings is None or not os.path.isfile(os.path.join(staging, STAGED_RDB)):
+        raise RedisError("nothing staged in %s: run step=stage first" % staging)
+    return settings
+
+
+def _chown(path, owner):
+    uid, gid = (int(x) for x in owner.split(":"))
+    os.chown(path, uid, gid)
+
+
+def swap(datadir, staging, safety, owner="999:999"):
+    """Move the RDB and the AOF folder of ``datadir`` into ``<datadir>/<safety>`` and put the staged RDB in place.
+
+    The service must be stopped. Returns the safety copy's path and what it holds.
+    """
+    settings = load_settings(staging)
+    kept_dir = os.path.join(datadir, safety)
+    if os.path.exists(kept_dir):
+        raise RedisError("a safety copy %s already exists: a previous restore was not finished; inspect it and "
+                         "remove it or roll back before restoring again" % kept_dir)
+    names = [settings["dbfilename"], settings["appenddirname"]]
+    os.mkdir(kept_dir, 0o750)
+    kept = []
+    for name in names:
+        if os.path.lexists(os.path.join(datadir, name)):
+            os.rename(os.path.join(datadir, name), os.path.join(kept_dir, name))
+            kept.append(name)
+    dest = os.path.join(datadir, settings["dbfilename"])
+    tmp = dest + ".restore-tmp"
+    shutil.copyfile(os.path.join(staging, STAGED_RDB), tmp)
+    os.chmod(tmp, 0o644)
+    _chown(tmp, owner)
+    os.rename(tmp, dest)
+    return {"safety_copy": kept_dir, "kept": kept}
+
+
+def rollback(datadir, staging, safety):
+    """Put the safety copy back (the service must be stopped); the restored files are removed.
+
+    Returns the names put back, or None when there is no safety copy (the swap never began).
+    """
+    kept_dir = os.path.join(datadir, safety)
+    if not os.path.isdir(kept_dir):
+        return None  # the swap did not begin: the data folder is as it was
+    settings = _read_json(os.path.join(staging, SETTINGS_FILE), DEFAULTS)
+    restored = []
+    for name in (settings["dbfilename"], settings["appenddirname"]):
+        path = os.path.join(datadir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        if os.path.lexists(os.path.join(kept_dir, name)):
+            os.rename(os.path.join(kept_dir, name), path)
+            restored.append(name)
+    os.rmdir(kept_dir)
+    return restored
+
+
+class ThrowawayServer:
+    """A ``redis-server`` in a throw-away container of ``image`` on ``datadir`` (no network, AOF off, no password).
+
+    Use as a context manager; the container is removed on leaving.
+    """
+
+    def __init__(self, image, datadir, settings, owner="999:999", docker="docker"):
+        self.docker = docker
+        self.name = "llmops-redis-restore-%s" % secrets.token_hex(4)
+        self.target = ExecTarget(self.name, docker=docker)
+        argv = [docker, "run", "-d", "--name", self.name, "--network", "none", "--user", owner,
+                "-v", "%s:/data" % datadir, "--entrypoint", "redis-server", image,
+                "--port", "6379", "--dir", "/data", "--appendonly", "no", "--save", "",
+                "--dbfilename", settings["dbfilename"], "--appenddirname", settings["appenddirname"],
+                "--appendfilename", settings["appendfilename"]]
+        try:
+            self._docker(argv[1:])
+        except RedisError:
+            self.__exit__()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        subprocess.run([self.docker, "rm", "-f", self.name], capture_output=True, timeout=120, check=False)
+
+    def _docker(self, args, check=True):
+        proc = subprocess.run([self.docker] + args, capture_output=True, timeout=300, check=False)
+        if check and proc.returncode != 0:
+            raise RedisError("docker %s failed: %s" % (args[0], proc.stderr.decode("utf-8", "replace").strip()))
+        return proc.stdout.decode("utf-8", "replace").strip()
+
+    def logs(self):
+        proc = subprocess.run([self.docker, "logs", "--tail", "30", self.name], capture_output=True, timeout=60,
+                              check=False)
+        return (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
+
+    def running(self):
+        return self._docker(["inspect", "-f", "{{.State.Running}}", self.name]) == "true"
+
+    def info(self, section):
+        return info(self.target, {}, section)
+
+    def wait(self, ready, what, timeout, poll=0.2):
+        """Poll ``INFO persistence`` until ``ready(values)``; fail when the server died or the time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                values = self.info("persistence")
+                if ready(values):
+                    return values
+            except RedisError as exc:
+                if not self.running():
+                    raise RedisError("the throw-away redis-server stopped while %s: %s" % (what, self.logs())) from exc
+            if time.monotonic() > deadline:
+                raise RedisError("the throw-away redis-server did not finish %s within %s s" % (what, timeout))
+            time.sleep(poll)
+
+    def shutdown_save(self):
+        """``SHUTDOWN SAVE`` and wait for the container to exit cleanly."""
+        try:
+            self.target.run(["redis-cli", "SHUTDOWN", "SAVE"], timeout=60, check=False)
+        except ExecError:
+            pass
+        code = self._docker(["wait", self.name])
+        if code != "0":
+            raise RedisError("the throw-away redis-server did not shut down cleanly (exit %s): %s"
+                             % (code, self.logs()))
+
+
+def load(datadir, staging, owner="999:999", timeout=600):
+    """Load the swapped-in RDB in a throw-away server and, when the real server has AOF on, write its AOF.
+
+    Waits until the RDB is loaded, records the loaded keyspace's fingerprint in ``staging``, then
+    (AOF on) ``CONFIG SET appendonly yes`` and waits for the rewrite: ``aof_rewrite_in_progress:0``,
+    no rewrite scheduled, ``aof_last_bgrewrite_status:ok`` and the AOF manifest present. Ends with
+    ``SHUTDOWN SAVE``. Returns ``{"fingerprint": ..., "aof": bool, "seconds": s}``.
+    """
+    settings = load_settings(staging)
+    aof = str(settings["appendonly"]).lower() == "yes"
+    aof_dir = os.path.join(datadir, settings["appenddirname"])
+    if os.path.exists(aof_dir):
+        raise RedisError("%s exists: the AOF folder must have been moved aside (step=swap) before loading" % aof_dir)
+    t0 = time.monotonic()
+    with ThrowawayServer(settings["image"], datadir, settings, owner=owner) as server:
+        server.wait(lambda v: v.get("loading") == "0", "loading the RDB", timeout)
+        loaded = fingerprint(server.target, {})
+        write_file_atomic(os.path.join(staging, LOADED_FILE), json.dumps(loaded).encode("utf-8"))
+        if aof:
+            before = int(server.info("persistence").get("aof_rewrites") or 0)
+            server.target.text(["redis-cli", "CONFIG", "SET", "appendonly", "yes"], timeout=60)
+            manifest = os.path.join(aof_dir, settings["appendfilename"] + ".manifest")
+            values = server.wait(lambda v: v.get("aof_enabled") == "1" and v.get("aof_rewrite_in_progress") == "0"
+                                 and v.get("aof_rewrite_scheduled") == "0"
+                                 and int(v.get("aof_rewrites") or 0) > before and os.path.isfile(manifest),
+                                 "rewriting the AOF", timeout)
+            if values.get("aof_last_bgrewrite_status") != "ok":
+                raise RedisError("the AOF rewrite failed (aof_last_bgrewrite_status:%s): %s"
+                                 % (values.get("aof_last_bgrewrite_status"), server.logs()))
+        server.shutdown_save()
+    if aof and not os.path.isfile(os.path.join(aof_dir, settings["appendfilename"] + ".manifest")):
+        raise RedisError("no AOF manifest in %s after the rewrite" % aof_dir)
+    return {"fingerprint": loaded, "aof": aof, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def compare_fingerprints(expected, actual):
+    """Differences between two Redis fingerprints (``{db: {"keys", "sha256"}}``), as readable lines."""
+    problems = []
+    for db in sorted(set(expected) | set(actual), key=lambda d: int(d) if str(d).isdigit() else d):
+        e, a = expected.get(db), actual.get(db)
+        if e != a:
+            problems.append("db%s: %s, expected %s" % (db, a or "empty", e or "empty"))
+    return problems
+
+
+def verify(target, conn, entry, staging, password=None):
+    """Compare the live keyspace fingerprint with the manifest's (or, when the manifest says the keyspace
+    changed during the backup, with the one the load step recorded from the RDB itself).
+
+    Returns ``(differences, against)`` where ``against`` names the reference used.
+    """
+    expected, against = entry.get("fingerprint") or {}, "manifest"
+    if entry.get("fingerprint_stable") is False:
+        loaded = _read_json(os.path.join(staging, LOADED_FILE))
+        if loaded is not None:
+            expected, against = loaded, "the RDB as loaded (the manifest's was taken while the keyspace changed)"
+    return compare_fingerprints(expected, fingerprint(target, conn, password)), against
