@@ -126,12 +126,17 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError, isoformat, load_manifest, parse_time
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    diff_fingerprints,
+    isoformat,
+    load_manifest,
+    parse_time,
+)
 from ansible.module_utils.llmops_exec import ExecError, ExecTarget
 from ansible.module_utils.llmops_mariadb import (
     MariaDBError,
     binlogs_to_replay,
-    compare_fingerprints,
     fingerprint,
     replay_binlogs,
     restore_chain,
@@ -206,7 +211,7 @@ def main():
                              binlogs=[os.path.basename(x) for x in logs])
         if step == "verify":
             actual = fingerprint(target, conn, p["login_password"])
-            differences = compare_fingerprints(entry.get("fingerprint") or {}, actual)
+            differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
             if differences:
                 module.fail_json(msg="the restored MariaDB data differs from the backup's fingerprint: %s"
                                  % "; ".join(differences[:20]), differences=differences)

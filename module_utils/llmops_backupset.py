@@ -586,3 +586,25 @@ def verify_set(path):
     result["ok"] = sums is not None and manifest is not None and not (
         result["missing"] or result["extra"] or result["mismatched"] or result["errors"])
     return result
+
+
+def diff_fingerprints(expected, actual, prefix="", only_expected=False):
+    """How ``actual`` differs from ``expected`` (nested dicts, such as a component's ``fingerprint``
+    in the manifest and the same fingerprint taken after a restore), as readable lines.
+
+    Every store's restore verifies with this one comparison. With ``only_expected`` the top level
+    compares only the keys of ``expected`` (the databases a selective restore brought back).
+    """
+    problems = []
+    keys = set(expected) if only_expected else set(expected) | set(actual)
+    for key in sorted(keys, key=str):
+        where = "%s%s" % (prefix, key)
+        if key not in actual:
+            problems.append("%s: missing, expected %s" % (where, json.dumps(expected[key], sort_keys=True)[:200]))
+        elif key not in expected:
+            problems.append("%s: not in the backup" % where)
+        elif isinstance(expected[key], dict) and isinstance(actual[key], dict):
+            problems.extend(diff_fingerprints(expected[key], actual[key], where + "."))
+        elif expected[key] != actual[key]:
+            problems.append("%s: %s, expected %s" % (where, actual[key], expected[key]))
+    return problems

@@ -444,22 +444,3 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
     return reached
 
 
-def compare_fingerprints(expected, actual):
-    """Differences between two fingerprints, as readable lines (empty when equal)."""
-    problems = []
-    for db in sorted(set(expected) | set(actual)):
-        if db not in actual:
-            problems.append("database %s is missing" % db)
-            continue
-        if db not in expected:
-            problems.append("database %s was not in the backup" % db)
-            continue
-        exp, act = expected[db], actual[db]
-        for key in ("views", "routines", "triggers"):
-            if exp.get(key) != act.get(key):
-                problems.append("%s: %s %s, expected %s" % (db, key, act.get(key), exp.get(key)))
-        for table in sorted(set(exp.get("tables", {})) | set(act.get("tables", {}))):
-            e, a = exp.get("tables", {}).get(table), act.get("tables", {}).get(table)
-            if e != a:
-                problems.append("%s.%s: %s, expected %s" % (db, table, a, e))
-    return problems

@@ -23,7 +23,7 @@ import json
 import os
 import re
 
-from ansible.module_utils.llmops_backupset import write_file_atomic
+from ansible.module_utils.llmops_backupset import diff_fingerprints, write_file_atomic
 from ansible.module_utils.llmops_exec import ExecError
 from ansible.module_utils.llmops_pipeline import decompress_to
 from ansible.module_utils.llmops_postgres import (
@@ -292,30 +292,10 @@ def drop_databases(target, names, conn=None, password=None):
 # verify
 
 
-def compare_fingerprints(expected, actual):
-    """Differences between two PostgreSQL fingerprints (``{db: {...}}``), as readable lines."""
-    problems = []
-    for db in sorted(expected):
-        if db not in actual:
-            problems.append("database %s is missing" % db)
-            continue
-        exp, act = expected[db], actual[db]
-        for key in ("views", "functions", "triggers"):
-            if exp.get(key) != act.get(key):
-                problems.append("%s: %s %s, expected %s" % (db, key, act.get(key), exp.get(key)))
-        for kind in ("tables", "sequences"):
-            e_all, a_all = exp.get(kind) or {}, act.get(kind) or {}
-            for name in sorted(set(e_all) | set(a_all)):
-                if e_all.get(name) != a_all.get(name):
-                    problems.append("%s: %s %s: %s, expected %s" % (db, kind[:-1], name, a_all.get(name),
-                                                                    e_all.get(name)))
-    return problems
-
-
 def verify(target, expected, databases, conn=None, password=None, timeout=600):
     """Compare the live fingerprint of ``databases`` with ``expected`` (the manifest's); return the differences."""
     actual = fingerprint(target, databases, conn, password, timeout=timeout)
-    return compare_fingerprints({db: expected.get(db) or {} for db in databases}, actual)
+    return diff_fingerprints({db: expected.get(db) or {} for db in databases}, actual, only_expected=True)
 
 
 def check_plan(target, databases, suffix, conn=None, password=None):

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 
-from ansible.module_utils.llmops_backupset import write_file_atomic
+from ansible.module_utils.llmops_backupset import diff_fingerprints, write_file_atomic
 from ansible.module_utils.llmops_exec import ExecError, ExecTarget, ImageTarget
 from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to
 from ansible.module_utils.llmops_redis import ARTEFACT, RedisError, config_get, fingerprint, info
@@ -253,16 +253,6 @@ def load(datadir, staging, owner="999:999", timeout=600):
     return {"fingerprint": loaded, "aof": aof, "seconds": round(time.monotonic() - t0, 2)}
 
 
-def compare_fingerprints(expected, actual):
-    """Differences between two Redis fingerprints (``{db: {"keys", "sha256"}}``), as readable lines."""
-    problems = []
-    for db in sorted(set(expected) | set(actual), key=lambda d: int(d) if str(d).isdigit() else d):
-        e, a = expected.get(db), actual.get(db)
-        if e != a:
-            problems.append("db%s: %s, expected %s" % (db, a or "empty", e or "empty"))
-    return problems
-
-
 def verify(target, conn, entry, staging, password=None):
     """Compare the live keyspace fingerprint with the manifest's (or, when the manifest says the keyspace
     changed during the backup, with the one the load step recorded from the RDB itself).
@@ -274,4 +264,4 @@ def verify(target, conn, entry, staging, password=None):
         loaded = _read_json(os.path.join(staging, LOADED_FILE))
         if loaded is not None:
             expected, against = loaded, "the RDB as loaded (the manifest's was taken while the keyspace changed)"
-    return compare_fingerprints(expected, fingerprint(target, conn, password)), against
+    return diff_fingerprints(expected, fingerprint(target, conn, password), prefix="db"), against

@@ -163,3 +163,16 @@ def test_symbolic_links_are_recorded_by_target_and_verified(tmp_path):
     os.symlink("elsewhere", os.path.join(path, "uploads", "link-to-a"))
     result = bs.verify_set(path)
     assert not result["ok"] and result["mismatched"] == ["uploads/link-to-a"]
+
+
+@pytest.mark.parametrize(("expected", "actual", "only", "problems"), [
+    ({"db": {"tables": {"t": {"rows": 1}}}}, {"db": {"tables": {"t": {"rows": 1}}}}, False, []),
+    ({"db": {"tables": {"t": {"rows": 1}}}}, {"db": {"tables": {"t": {"rows": 2}}}}, False,
+     ["db.tables.t.rows: 2, expected 1"]),
+    ({"db": {"views": 1}}, {}, False, ['db: missing, expected {"views": 1}']),
+    ({}, {"extra": {}}, False, ["extra: not in the backup"]),
+    ({"db": {"views": 1}}, {"db": {"views": 1}, "other": {}}, True, []),
+    ({"0": {"keys": 3}}, {"0": {"keys": 2}}, False, ["0.keys: 2, expected 3"]),
+])
+def test_diff_fingerprints(expected, actual, only, problems):
+    assert bs.diff_fingerprints(expected, actual, only_expected=only) == problems
