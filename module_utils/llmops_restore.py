@@ -23,7 +23,8 @@ from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay,
 
 # The Compose service each component's restore stops (files restore without stopping anything, and
 # PostgreSQL keeps running: its databases are renamed aside inside the server and restored with pg_restore).
-SERVICES = {"mariadb": "mariadb", "redis": "redis", "qdrant": "qdrant"}
+# PostgreSQL and Qdrant keep running: their safety copies are taken inside the server.
+SERVICES = {"mariadb": "mariadb", "redis": "redis"}
 # Restore order: databases first, then caches and vectors, then files.
 ORDER = ["mariadb", "postgres", "redis", "qdrant", "uploads", "models", "configs"]
 STAGING_FACTOR = 1.2  # unpacked size plus headroom
@@ -108,11 +109,21 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
             steps.append("postgres: apply the roles (globals.sql); per database end its sessions, rename it aside "
                          "(safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
                          "fingerprint")
+        elif name == "qdrant":
+            steps.append("qdrant: snapshot each collection it replaces (safety copy, Qdrant keeps running), check each "
+                         "snapshot's sha256, recover it with priority=snapshot, verify points and ids")
         elif name in SERVICES:
             steps.append("%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
                          "verify against the manifest's fingerprint" % (name, SERVICES[name]))
+        elif name == "models":
+            steps.append("models: copy the chosen version(s) from the model store, check every file's hash, "
+                         "point current at them (roll back if a check fails)")
+        elif name == "configs":
+            steps.append("configs: check out the recorded commit of the config repository, copy the files back "
+                         "(safety copy of each), verify by hashing")
         else:
-            steps.append("%s: restore the files, verify their tree hash" % name)
+            steps.append("%s: move the folder aside (safety copy), copy the set's tree back, verify its tree hash"
+                         % name)
     staging_root = staging_root or backup_root
     free = shutil.disk_usage(staging_root if os.path.isdir(staging_root) else backup_root).free
     needed = int(needed * STAGING_FACTOR)

@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: qdrant_restore
+short_description: Restore Qdrant collections from a backup set through the snapshot API, with a safety copy
+description:
+  - One step of a Qdrant restore per call, so that the playbook can roll back between them. Qdrant keeps running
+    throughout; a collection is replaced by uploading its snapshot with C(priority=snapshot). In order
+  - O(step=safety) snapshots every collection of the restore that exists now and downloads it into
+    C(<staging>/<safety_name>/) (the safety copy), noting which collections did not exist.
+  - O(step=restore) first checks the sha256 of every snapshot file of the set against the manifest (nothing is
+    uploaded when one differs), then uploads each with the manifest's sha256 as C(checksum), so that the server
+    checks it again.
+  - O(step=verify) compares each collection's live fingerprint (exact points count, sha256 over the point ids,
+    vector config) with the manifest's.
+  - O(step=rollback) uploads the safety snapshots back and deletes the collections that did not exist before, for
+    the collections that O(step=restore) started to upload (none when it stopped at the checksum check).
+  - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), the safety copies.
+author:
+  - llmops contributors (!UNKNOWN)
+attributes:
+  check_mode:
+    support: full
+    description:
+      - O(step=verify) runs as usual (it only reads). The other steps say what they would do and change nothing;
+        O(step=restore) still checks the snapshot files against the manifest.
+  diff_mode:
+    support: none
+    description: There is no diff.
+options:
+  step:
+    description: The step to run, see the description.
+    type: str
+    required: true
+    choices: [safety, restore, verify, rollback, cleanup]
+  set_path:
+    description: The set to restore (from C(restore_plan)); its manifest must hold a successful C(qdrant) component.
+    type: path
+    required: true
+  staging:
+    description: Folder for the safety copies (on the backup volume).
+    type: path
+    required: true
+  url:
+    description: The Qdrant REST endpoint.
+    type: str
+    default: http://127.0.0.1:6333
+  api_key:
+    description: The API key (sent as the C(api-key) header). Never appears in messages.
+    type: str
+  collections:
+    description: Collections to restore; every collection of the set when not given or empty.
+    type: list
+    elements: str
+  timeout:
+    description: Seconds one HTTP request may take; sized for uploading snapshots of large collections.
+    type: int
+    default: 600
+  safety_name:
+    description: Name of the safety copies' folder inside O(staging).
+    type: str
+    default: safety
+  keep_safety_copy:
+    description: Keep the safety snapshots after a successful restore (O(step=cleanup) removes them otherwise).
+    type: bool
+    default: true
+notes:
+  - Collections of the server that are not restored are left alone.
+  - The C(restore_plan) module verifies the whole set's checksums before the playbook calls this module; the
+    module checks the snapshot files again right before uploading them.
+seealso:
+  - name: Qdrant snapshots
+    description: Creating, downloading and recovering snapshots.
+    link: https://qdrant.tech/documentation/concepts/snapshots/
+"""
+
+EXAMPLES = r"""
+- name: Keep a safety copy of the collections about to be replaced
+  qdrant_restore:
+    step: safety
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/qdrant
+    url: "http://127.0.0.1:{{ stack_ports.qdrant }}"
+    api_key: "{{ qdrant_api_key }}"
+
+- name: Upload the set's snapshots (checked against the manifest first)
+  qdrant_restore:
+    step: restore
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/qdrant
+    url: "http://127.0.0.1:{{ stack_ports.qdrant }}"
+    api_key: "{{ qdrant_api_key }}"
+    collections: [documents]
+
+- name: Verify against the manifest's fingerprint
+  qdrant_restore:
+    step: verify
+    set_path: "{{ plan.plan.set_path }}"
+    staging: /backup/.restore/qdrant
+    api_key: "{{ qdrant_api_key }}"
+"""
+
+RETURN = r"""
+collections:
+  description: The collections the step worked on.
+  returned: always
+  type: list
+  elements: str
+  sample: [documents, faq]
+safety:
+  description: Per collection whether it existed, and its safety snapshot's file, sha256 and points count.
+  returned: when O(step=safety) and not check mode
+  type: dict
+  sample:
+    documents: {existed: true, file: documents.snapshot, sha256: "...", points_count: 300}
+    new: {existed: false}
+restored:
+  description: The collections uploaded (O(step=restore)).
+  returned: when O(step=restore) and not check mode
+  type: list
+  elements: str
+differences:
+  description: Per collection how the live data differs from the manifest's fingerprint (O(step=verify)).
+  returned: when O(step=verify)
+  type: dict
+uploaded:
+  description: The collections put back from their safety snapshot (O(step=rollback)).
+  returned: when O(step=rollback) and not check mode
+  type: list
+  elements: str
+deleted:
+  description: The collections deleted by the rollback because they did not exist before (O(step=rollback)).
+  returned: when O(step=rollback) and not check mode
+  type: list
+  elements: str
+removed:
+  description: The paths removed (O(step=cleanup)); in check mode those that would be.
+  returned: when O(step=cleanup)
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
+from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
+from ansible.module_utils.llmops_qdrant_backup import QdrantBackupError
+from ansible.module_utils.llmops_qdrant_restore import (
+    QdrantRestoreError,
+    check_snapshots,
+    cleanup,
+    read_safety,
+    restore_collections,
+    rollback,
+    set_collections,
+    take_safety,
+    verify_collections,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            step=dict(type="str", required=True, choices=["safety", "restore", "verify", "rollback", "cleanup"]),
+            set_path=dict(type="path", required=True),
+            staging=dict(type="path", required=True),
+            url=dict(type="str", default="http://127.0.0.1:6333"),
+            api_key=dict(type="str", no_log=True),
+            collections=dict(type="list", elements="str"),
+            timeout=dict(type="int", default=600),
+            safety_name=dict(type="str", default="safety"),
+            keep_safety_copy=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    step = p["step"]
+    check = module.check_mode
+    safety_dir = os.path.join(p["staging"], p["safety_name"])
+    try:
+        if step == "cleanup":
+            removed = cleanup(p["staging"], safety_dir, p["keep_safety_copy"], dry_run=check)
+            module.exit_json(changed=bool(removed), removed=removed, collections=[])
+        client = QdrantClient(p["url"], api_key=p["api_key"], timeout=p["timeout"])
+        if step == "rollback":
+            names = sorted(read_safety(safety_dir))
+            if check:
+                module.exit_json(changed=bool(names), collections=names,
+                                 msg="would put back %s from %s" % (", ".join(names) or "nothing", safety_dir))
+            result = rollback(client, safety_dir)
+            module.exit_json(changed=bool(names), collections=names, **result)
+        entry = load_manifest(p["set_path"])["components"]["qdrant"]
+        if entry.get("status") != "success":
+            module.fail_json(msg="the set's qdrant component did not succeed: %s" % entry.get("error", ""))
+        collections = set_collections(p["set_path"], entry, p["collections"])
+        names = list(collections)
+        if step == "safety":
+            if check:
+                module.exit_json(changed=True, collections=names, msg="would snapshot %s into %s"
+                                 % (", ".join(names), safety_dir))
+            index, warnings = take_safety(client, names, safety_dir)
+            for warning in warnings:
+                module.warn(warning)
+            module.exit_json(changed=True, collections=names, safety=index, safety_dir=safety_dir)
+        if step == "restore":
+            if check:
+                check_snapshots(collections)
+                module.exit_json(changed=True, collections=names, msg="snapshots match the manifest; would upload %s"
+                                 % ", ".join(names))
+            restored = restore_collections(client, collections, safety_dir)
+            module.exit_json(changed=True, collections=names, restored=restored)
+        differences = verify_collections(client, collections)
+        if differences:
+            module.fail_json(msg="the restored Qdrant data differs from the backup's fingerprint: %s" % "; ".join(
+                "%s: %s" % (name, ", ".join(diff)) for name, diff in sorted(differences.items())),
+                differences=differences, collections=names)
+        module.exit_json(changed=False, collections=names, differences={})
+    except (QdrantRestoreError, QdrantBackupError, QdrantError, BackupSetError, KeyError, ValueError, OSError) as exc:
+        module.fail_json(msg="Qdrant restore step %s failed: %s" % (step, exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""File restores: the uploads tree, model versions and configuration files. Used by
+``library/files_restore.py``; the counterpart of ``llmops_files`` (whose tree hash it recomputes).
+
+Every change to a live path goes through a journal (``<staging>/journal.json``), written before
+and after each rename, so that ``rollback`` can undo exactly what was done, also after a crash:
+
+* ``swap``: ``path`` was moved aside to ``safety`` (when it ``existed``) and new content ``placed``
+  there. Undo: remove ``path`` (only when it was moved aside or did not exist), rename ``safety`` back.
+* ``link``: the symlink ``path`` pointed at ``before`` (None: there was none). Undo: point it back.
+
+``restore_tree``   check the set's tree against its recorded tree hash, move the live folder aside
+                   (``<path><suffix>``), ``rsync -a`` the tree into place, check the result's tree hash.
+``restore_models`` copy model versions from the content-addressed store into a hidden temp folder next
+                   to ``<models>/<model>/<version>``, check every file's sha256 against the store's
+                   record, swap it in (an existing different copy is kept as ``.<version><suffix>``) and
+                   point the link (``current``) at it; any failure undoes every swap and link change.
+``restore_configs`` check out a commit of the config history into a temp worktree, copy each recorded
+                   path back (or under ``dest_root``), the replaced file or folder kept as ``<path><suffix>``;
+                   checked by hashing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+
+from ansible.module_utils.llmops_backupset import write_json
+from ansible.module_utils.llmops_files import (
+    ARCHIVE,
+    CONFIGS_REF,
+    CONFIGS_REPO,
+    MODELS_INDEX,
+    FilesBackupError,
+    GitRepo,
+    run_tool,
+    tree_info,
+)
+from ansible.module_utils.llmops_pipeline import decompress_to, hash_file
+
+JOURNAL = "journal.json"
+LINK_NAME = "current"
+# Model versions come from the store as 0600/0700 files; the restored copy is made readable for the
+# serving containers, as the model folders are.
+MODEL_CHMOD = "--chmod=Du=rwx,go=rx,Fu=rw,go=r"
+
+
+class FilesRestoreError(Exception):
+    """A file restore step failed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# journal
+
+
+class Journal:
+    """The list of changes made to live paths, saved to ``<staging>/journal.json`` after every change."""
+
+    def __init__(self, staging):
+        self.path = os.path.join(staging, JOURNAL)
+        self.entries = []
+
+    @classmethod
+    def load(cls, staging):
+        journal = cls(staging)
+        try:
+            with open(journal.path, encoding="utf-8") as handle:
+                journal.entries = json.load(handle)
+        except FileNotFoundError:
+            pass
+        return journal
+
+    def save(self):
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        write_json(self.path, self.entries)
+
+    def add(self, **entry):
+        self.entries.append(entry)
+        self.save()
+        return entry
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def swap_in(journal, path, safety, place):
+    """Move ``path`` aside to ``safety`` (when it exists), then ``place(path)``; journaled."""
+    if os.path.lexists(safety):
+        raise FilesRestoreError("the safety copy %s exists already" % safety)
+    entry = journal.add(op="swap", path=path, safety=safety, existed=os.path.lexists(path), moved=False,
+                        placed=False)
+    if entry["existed"]:
+        os.rename(path, safety)
+        entry["moved"] = True
+        journal.save()
+    place(path)
+    entry["placed"] = True
+    journal.save()
+    return entry
+
+
+def point_link(journal, path, target):
+    """Point the symlink ``path`` at ``target`` atomically (temp link + rename); journaled. Returns the old target."""
+    before = os.readlink(path) if os.path.islink(path) else None
+    if before == target:
+        return before
+    if os.path.lexists(path) and not os.path.islink(path):
+        raise FilesRestoreError("%s exists and is not a symlink" % path)
+    journal.add(op="link", path=path, before=before, after=target)
+    tmp = os.path.join(os.path.dirname(path), ".%s.tmp-%s" % (os.path.basename(path), secrets.token_hex(4)))
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    return before
+
+
+def undo(journal):
+    """Undo the journal's changes, newest first; return what was put back. Problems raise at the end."""
+    restored, problems = [], []
+    for entry in reversed(journal.entries):
+        try:
+            if entry["op"] == "link":
+                if entry["before"] is None:
+                    if os.path.islink(entry["path"]):
+                        os.unlink(entry["path"])
+                else:
+                    tmp = entry["path"] + ".rollback-%s" % secrets.token_hex(4)
+                    os.symlink(entry["before"], tmp)
+                    os.replace(tmp, entry["path"])
+                restored.append(entry["path"])
+            elif entry["moved"] or not entry["existed"]:
+                _remove(entry["path"])
+                if entry["moved"]:
+                    os.rename(entry["safety"], entry["path"])
+                restored.append(entry["path"])
+        except OSError as exc:
+            problems.append("%s: %s" % (entry["path"], exc))
+    if problems:
+        raise FilesRestoreError("rollback incomplete (put back: %s): %s"
+                                % (", ".join(restored) or "nothing", "; ".join(problems)))
+    journal.entries = []
+    journal.save()
+    return restored
+
+
+def cleanup(staging, keep_safety_copy=True, dry_run=False):
+    """Remove ``staging`` and, unless ``keep_safety_copy``, the safety copies its journal names."""
+    journal = Journal.load(staging)
+    removed = []
+    if not keep_safety_copy:
+        removed += [e["safety"] for e in journal.entries if e["op"] == "swap" and e.get("moved")
+                    and os.path.lexists(e["safety"])]
+    if os.path.isdir(staging):
+        removed.append(staging)
+    if not dry_run:
+        for path in removed:
+            _remove(path)
+    return removed
+
+
+def _rsync(src, dest, extra=()):
+    run_tool(["rsync", "-a", "--numeric-ids"] + list(extra) + [src, dest])
+
+
+def _entry_path(set_path, rel):
+    return rel if os.path.isabs(rel) else os.path.join(set_path, rel)
+
+
+# --------------------------------------------------------------------------------------------
+# tree (uploads)
+
+
+def tree_source(set_path, entry, staging, check_mode=False):
+    """The set's tree, checked against its recorded tree hash; ``(folder, tree_sha256)``.
+
+    When the tree is missing, the full archive (``uploads.tar.zst``) is unpacked into the staging folder
+    (in check mode: not unpacked, the archive's path is returned).
+    """
+    expected = (entry.get("fingerprint") or {}).get("tree_sha256")
+    if not expected:
+        raise FilesRestoreError("the manifest records no tree hash for this component")
+    tree = os.path.join(set_path, entry["tree_dir"]) if entry.get("tree_dir") else None
+    if tree is None or not os.path.isdir(tree):
+        archive = entry.get("full_archive")
+        if not archive:
+            raise FilesRestoreError("the set has neither the tree %s nor a full archive" % tree)
+        source = os.path.join(set_path, os.path.dirname(entry.get("tree_dir") or "uploads/x"), ARCHIVE)
+        if check_mode:
+            return source, expected
+        tree = os.path.join(staging, "unpacked")
+        _remove(tree)
+        os.makedirs(tree, mode=0o700)
+        decompress_to(source, ["tar", "--numeric-owner", "-xf", "-", "-C", tree], expected_sha256=archive["sha256"])
+    actual = tree_info(tree)["sha256"]
+    if actual != expected:
+        raise FilesRestoreError("the set's tree %s has tree hash %s, the manifest says %s; nothing was changed"
+                                % (tree, actual, expected))
+    return tree, expected
+
+
+def restore_tree(set_path, entry, path, staging, suffix, check_mode=False):
+    """Check the set's tree, move ``path`` aside, rsync the tree into place and check the result."""
+    path = os.path.abspath(path).rstrip(os.sep)
+    tree, expected = tree_source(set_path, entry, staging, check_mode)
+    safety = path + suffix
+    if check_mode:
+        return {"changed": True, "path": path, "safety_copy": safety if os.path.lexists(path) else None,
+                "tree_sha256": expected, "source": tree}
+    journal = Journal(staging)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    done = swap_in(journal, path, safety, lambda dst: _rsync(tree + "/", dst + "/"))
+    info = tree_info(path)
+    if info["sha256"] != expected:
+        raise FilesRestoreError("the restored tree %s has tree hash %s, the manifest says %s"
+                                % (path, info["sha256"], expected))
+    return {"changed": True, "path": path, "safety_copy": safety if done["moved"] else None,
+            "tree_sha256": info["sha256"], "files": info["files"], "bytes": info["bytes"], "source": tree}
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def parse_versions(value):
+    """``{model: version}`` from ``llm=v1,embedding=v2``, a dict, or a list of ``model=version``; {} when empty."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        parts = value if isinstance(value, list) else str(value).split(",")
+        items = []
+        for part in parts:
+            part = str(part).strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise FilesRestoreError("model_version %r is not <model>=<version>" % part)
+            items.append(tuple(x.strip() for x in part.split("=", 1)))
+    out = {}
+    for model, version in items:
+        if not model or not version or "/" in str(model) or "/" in str(version):
+            raise FilesRestoreError("model_version %s=%s is not a model and version name" % (model, version))
+        out[str(model)] = str(version)
+    return out
+
+
+def models_plan(set_path, entry, backup_root, models_path, model_version=None, link_name=LINK_NAME):
+    """What a models restore does: ``[{model, version, store, sha256, dest, files, copy, link}]``.
+
+    ``model_version`` picks one version per model (and points the link at it); default: every version
+    the set references, the links as the set recorded them.
+    """
+    models = entry.get("models")
+    if not isinstance(models, dict):
+        index = [f["path"] for f in entry.get("files") or [] if f["path"].endswith(MODELS_INDEX)]
+        if not index:
+            raise FilesRestoreError("the manifest has neither the models nor %s" % MODELS_INDEX)
+        with open(_entry_path(set_path, index[0]), encoding="utf-8") as handle:
+            models = json.load(handle)["models"]
+    chosen = parse_versions(model_version)
+    plan = []
+    for model in sorted(chosen or models):
+        desc = models.get(model)
+        if desc is None:
+            raise FilesRestoreError("the set references no model %s (it has: %s)" % (model, ", ".join(sorted(models))))
+        versions = [chosen[model]] if chosen else sorted(desc["versions"])
+        links = {link_name: chosen[model]} if chosen else dict(desc.get("links") or {})
+        for version in versions:
+            ver = desc["versions"].get(version)
+            if ver is None:
+                raise FilesRestoreError("the set references no version %s of model %s (it has: %s)"
+                                        % (version, model, ", ".join(sorted(desc["versions"]))))
+            store = os.path.join(backup_root, ver["store"])
+            try:
+                with open(store + ".json", encoding="utf-8") as handle:
+                    record = json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise FilesRestoreError("no usable store record for %s/%s: %s" % (model, version, exc)) from exc
+            if not os.path.isdir(store) or record.get("tree_sha256") != ver["sha256"]:
+                raise FilesRestoreError("the store has no copy of %s/%s with tree hash %s (%s)"
+                                        % (model, version, ver["sha256"], store))
+            dest = os.path.join(models_path, model, version)
+            same = os.path.isdir(dest) and not os.path.islink(dest) and \
+                tree_info(dest, modes=False)["sha256"] == ver["sha256"]
+            plan.append({"model": model, "version": version, "store": store, "sha256": ver["sha256"], "dest": dest,
+                         "files": {rel: v[2] for rel, v in (record.get("source_files") or {}).items()},
+                         "copy": not same})
+        for name, target in links.items():
+            plan.append({"model": model, "link": os.path.join(models_path, model, name), "target": target})
+    return plan
+
+
+def _check_files(folder, expected, sha256):
+    """Compare every file's sha256 (and the tree hash) of ``folder`` with the store's record; return problems."""
+    info = tree_info(folder, modes=False)
+    actual = {e["path"]: e["sha256"] for e in info["entries"] if e["kind"] == "f"}
+    problems = ["%s: sha256 %s, the store recorded %s" % (rel, actual.get(rel, "missing"), digest)
+                for rel, digest in sorted(expected.items()) if actual.get(rel) != digest]
+    problems += ["%s: not in the store's record" % rel for rel in sorted(set(actual) - set(expected))]
+    if not problems and info["sha256"] != sha256:
+        problems.append("tree hash %s, the manifest says %s" % (info["sha256"], sha256))
+    return problems
+
+
+def restore_models(plan, staging, suffix, check_mode=False):
+    """Carry out ``models_plan``: copy, check, swap in, point the links; undo everything on any failure.
+
+    Returns ``{model: {copied: [versions], unchanged: [versions], links: {name: {before, after}}}}``.
+    """
+    changes = {}
+    for item in plan:
+        model = changes.setdefault(item["model"], {"copied": [], "unchanged": [], "links": {}})
+        if "link" in item:
+            before = os.readlink(item["link"]) if os.path.islink(item["link"]) else None
+            if before != item["target"]:
+                model["links"][os.path.basename(item["link"])] = {"before": before, "after": item["target"]}
+        else:
+            model["copied" if item["copy"] else "unchanged"].append(item["version"])
+    if check_mode:
+        return changes
+    journal = Journal(staging)
+    journal.save()
+    try:
+        for item in plan:
+            if "link" in item or not item["copy"]:
+                continue
+            parent = os.path.dirname(item["dest"])
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, ".restore-%s-%s" % (item["version"], secrets.token_hex(4)))
+            try:
+                _rsync(item["store"] + "/", tmp + "/", [MODEL_CHMOD])
+                problems = _check_files(tmp, item["files"], item["sha256"])
+                if problems:
+                    raise FilesRestoreError("%s/%s copied from the store fails its check: %s"
+                                            % (item["model"], item["version"], "; ".join(problems[:20])))
+                safety = os.path.join(parent, ".%s%s" % (item["version"], suffix))
+                swap_in(journal, item["dest"], safety, lambda dst, src=tmp: os.rename(src, dst))
+            finally:
+                if os.path.lexists(tmp):
+                    shutil.rmtree(tmp)
+        for item in plan:
+            if "link" in item:
+                if not os.path.isdir(os.path.join(os.path.dirname(item["link"]), item["target"])):
+                    raise FilesRestoreError("%s would point at %s, which is not a folder"
+                                            % (item["link"], item["target"]))
+                point_link(journal, item["link"], item["target"])
+                if os.path.realpath(item["link"]) != os.path.realpath(
+                        os.path.join(os.path.dirname(item["link"]), item["target"])):
+                    raise FilesRestoreError("%s does not resolve to %s" % (item["link"], item["target"]))
+    except (FilesRestoreError, FilesBackupError, OSError) as exc:
+        try:
+            undo(journal)
+        except FilesRestoreError as again:
+            raise FilesRestoreError("%s; and %s" % (exc, again)) from exc
+        raise FilesRestoreError("%s; every model folder and link was put back as it was" % exc) from exc
+    return changes
+
+
+# --------------------------------------------------------------------------------------------
+# configs
+
+
+def configs_source(set_path, entry, backup_root, commit=None):
+    """``(repo, commit)``: the config history repository and the commit to restore (default: the set's)."""
+    repo = GitRepo(entry.get("repo") or os.path.join(backup_root, CONFIGS_REPO))
+    if not os.path.isdir(repo.path):
+        repo = GitRepo(os.path.join(backup_root, CONFIGS_REPO))
+    if not commit:
+        commit = entry.get("commit")
+        if not commit:
+            for item in entry.get("files") or []:
+                if item["path"].endswith(CONFIGS_REF):
+                    with open(_entry_path(set_path, item["path"]), encoding="utf-8") as handle:
+                        commit = json.load(handle)["commit"]
+    if not commit:
+        raise FilesRestoreError("the set records no commit of the config history")
+    if not repo.exists():
+        raise FilesRestoreError("the config history %s does not exist" % repo.path)
+    try:
+        full = repo.git("rev-parse", "--verify", "-q", "%s^{commit}" % commit).strip()
+    except FilesBackupError as exc:
+        raise FilesRestoreError("commit %s is not in the config history %s" % (commit, repo.path)) from exc
+    return repo, full
+
+
+def _dest_of(path, dest_root):
+    return os.path.join(dest_root, path.lstrip(os.sep)) if dest_root else path
+
+
+def _copy_modes(new, old):
+    """Give files and folders of ``new`` that also exist in ``old`` the old mode and owner."""
+    pairs = [(new, old)]
+    if os.path.isdir(new) and not os.path.islink(new):
+        for dirpath, dirnames, filenames in os.walk(new):
+            for name in dirnames + filenames:
+                full = os.path.join(dirpath, name)
+                pairs.append((full, os.path.join(old, os.path.relpath(full, new))))
+    for path, before in pairs:
+        if os.path.islink(path) or not os.path.lexists(before) or os.path.islink(before):
+            continue
+        st = os.lstat(before)
+        if stat.S_IFMT(st.st_mode) != stat.S_IFMT(os.lstat(path).st_mode):
+            continue
+        os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
+def _digest(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        return tree_info(path, modes=False)["sha256"]
+    if os.path.islink(path):
+        return "link:" + os.readlink(path)
+    return hash_file(path)[0]
+
+
+def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, dest_root=None, check_mode=False):
+    """Check out ``commit`` into a temp worktree and copy every recorded path back (under ``dest_root``)."""
+    repo, full = configs_source(set_path, entry, backup_root, commit)
+    paths = entry.get("paths") or []
+    if not paths:
+        raise FilesRestoreError("the manifest records no config paths")
+    tracked = [p for p in repo.git("ls-tree", "-r", "--name-only", "-z", full).split("\0") if p]
+    inside = {p: p.lstrip(os.sep) for p in paths}
+    present = [p for p in paths if any(t == inside[p] or t.startswith(inside[p] + "/") for t in tracked)]
+    missing = [p for p in paths if p not in present]
+    plan = [{"path": p, "dest": _dest_of(p, dest_root)} for p in present]
+    if check_mode:
+        return {"changed": bool(plan), "commit": full, "restored": [i["dest"] for i in plan], "not_in_commit": missing}
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    checkout = os.path.join(os.path.abspath(staging), "checkout-%s" % secrets.token_hex(4))
+    journal = Journal(staging)
+    journal.save()
+    done = []
+    try:
+        repo.git("worktree", "add", "--detach", "--quiet", checkout, full)
+        for item in plan:
+            src = os.path.join(checkout, inside[item["path"]])
+            dest = item["dest"]
+            is_dir = os.path.isdir(src) and not os.path.islink(src)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            safety = dest.rstrip(os.sep) + suffix
+            swap_in(journal, dest, safety, lambda dst, s=src, d=is_dir: _rsync(
+                s + "/" if d else s, dst + "/" if d else dst, ["--exclude=/.git"]))
+            if os.path.lexists(safety):
+                _copy_modes(dest, safety)
+            expected, actual = _digest(src), _digest(dest)
+            if expected != actual:
+                raise FilesRestoreError("%s differs from commit %s after the copy (%s != %s)"
+                                        % (dest, full[:12], actual, expected))
+            done.append({"path": item["path"], "dest": dest, "safety_copy": safety if os.path.lexists(safety) else None,
+                         "sha256": actual})
+    finally:
+        try:
+            repo.git("worktree", "remove", "--force", checkout)
+        except FilesBackupError:
+            shutil.rmtree(checkout, ignore_errors=True)
+            repo.git("worktree", "prune")
+    return {"changed": True, "commit": full, "restored": done, "not_in_commit": missing}
