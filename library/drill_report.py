@@ -81,7 +81,7 @@ def main():
             report = build_report(drill)
         else:
             report = write_report(drill, p["reports_dir"], p["metrics_path"])
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, TypeError, OSError) as exc:
         module.fail_json(msg="cannot write the drill report: %s" % exc)
     if not report["passed"]:
         module.fail_json(msg="DR drill %s FAILED: %s" % (report["id"], "; ".join(report["findings"])), report=report)

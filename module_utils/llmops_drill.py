@@ -43,6 +43,9 @@ def measure(started, ended, timings, set_ended, binlog_time=None, components=())
 
 def build_report(drill):
     """The report dict: the drill's facts, the measures and the verdict against the targets."""
+    drill = dict(drill)
+    for key in ("rto_target_seconds", "rpo_target_seconds"):  # -e on the command line gives strings
+        drill[key] = float(drill[key])
     measures = measure(drill["started"], drill["ended"], drill.get("timings"), drill["set_ended"],
                        drill.get("binlog_time"), drill.get("components", ()))
     misses = []

@@ -1,0 +1,44 @@
+"""RTO / RPO arithmetic and the verdict of module_utils/llmops_drill.py."""
+
+from __future__ import annotations
+
+import json
+
+from ansible.module_utils.llmops_drill import build_report, write_report
+
+DRILL = {"id": "drill_20261123_110000", "host": "lab", "started": "2026-11-23T11:00:00Z",
+         "ended": "2026-11-23T11:02:00Z", "set_id": "llmops_20261123_100000", "set_ended": "2026-11-23T10:00:00Z",
+         "components": ["mariadb", "postgres"], "timings": {"mariadb": "30.5", "postgres": 90},
+         "result": "success", "failure": "", "rto_target_seconds": "600", "rpo_target_seconds": 7200,
+         "project_prefix": "llmops-drill"}
+
+
+def test_rto_and_rpo_are_measured_from_the_drill_start():
+    report = build_report(DRILL)
+    assert report["rto_seconds"] == 120.0
+    assert report["rto_by_component"] == {"mariadb": 30.5, "postgres": 90.0}
+    assert report["rpo_seconds"] == 3600.0 and report["passed"] is True and report["findings"] == []
+
+
+def test_a_newer_archived_binlog_shortens_mariadb_rpo():
+    binlog_time = 1795431000.0  # 2026-11-23T10:50:00Z
+    report = build_report({**DRILL, "binlog_time": binlog_time})
+    assert report["rpo_by_component"] == {"mariadb": 600.0, "postgres": 3600.0}
+
+
+def test_missed_targets_and_failures_are_findings():
+    report = build_report({**DRILL, "rto_target_seconds": "60", "rpo_target_seconds": "60", "result": "failed",
+                           "failure": "MariaDB | verify: differs"})
+    assert report["passed"] is False
+    assert [f.split()[0] for f in report["findings"]] == ["the", "RTO", "RPO"]
+
+
+def test_the_report_files_and_chart_are_written(tmp_path):
+    write_report({**DRILL, "id": "drill_20261001_050000", "started": "2026-10-01T05:00:00Z",
+                  "ended": "2026-10-01T05:03:00Z", "set_ended": "2026-10-01T02:00:00Z"}, str(tmp_path))
+    report = write_report(DRILL, str(tmp_path), metrics_path=str(tmp_path / "m" / "drill.prom"))
+    saved = json.loads((tmp_path / DRILL["id"] / "report.json").read_text())
+    assert saved["rto_seconds"] == report["rto_seconds"] == 120.0
+    assert "| mariadb | 30.5 | 3600.0 |" in (tmp_path / DRILL["id"] / "report.md").read_text()
+    assert (tmp_path / "rto_rpo.png").read_bytes()[:4] == b"\x89PNG"
+    assert "llmops_drill_rto_seconds 120.0" in (tmp_path / "m" / "drill.prom").read_text()
