@@ -40,9 +40,11 @@ options:
   backup_type:
     description:
       - V(full), V(incremental) (fails when there is no base), V(auto) (an incremental when a base exists whose
-        full is younger than O(full_interval_hours), otherwise a full), or V(binlog) (archive binary logs).
+        full is younger than O(full_interval_hours), otherwise a full), V(binlog) (archive binary logs), or
+        V(prune) (delete archived binary logs older than O(binlog_keep_days) that no set in O(backup_root) needs;
+        run after the set retention). V(prune) does not connect to the server.
     type: str
-    choices: [auto, full, incremental, binlog]
+    choices: [auto, full, incremental, binlog, prune]
     default: auto
   dest:
     description:
@@ -58,6 +60,11 @@ options:
     description:
       - Where O(backup_type=binlog) archives the logs. Defaults to C(<backup_root>/binlogs).
     type: path
+  binlog_keep_days:
+    description:
+      - With O(backup_type=prune), archived binary logs younger than this are kept (MISSION.md keeps 14 days).
+    type: int
+    default: 14
   full_interval_hours:
     description:
       - With O(backup_type=auto), take a new full when the chain's full is this old.
@@ -149,8 +156,10 @@ server:
   type: dict
   sample: {version: 10.11.6-MariaDB, log_bin: true, binlog_format: ROW}
 binlog:
-  description: For O(backup_type=binlog), the archived logs and whether the format is ROW.
-  returned: when O(backup_type=binlog)
+  description:
+    - For O(backup_type=binlog), the archived logs and whether the format is ROW.
+    - For O(backup_type=prune), the logs C(deleted) (would be, in check mode) and C(kept), and C(oldest_needed).
+  returned: when O(backup_type) is V(binlog) or V(prune)
   type: dict
   sample: {row_format: true, archived: [{name: mysql-bin.000012, sha256: "...", size: 1024}]}
 """
@@ -165,6 +174,7 @@ from ansible.module_utils.llmops_mariadb import (
     backup,
     find_base,
     plan_backup_type,
+    prune_binlogs,
     server_info,
 )
 from ansible.module_utils.llmops_pipeline import PipelineError
@@ -173,7 +183,8 @@ from ansible.module_utils.llmops_pipeline import PipelineError
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            backup_type=dict(type="str", default="auto", choices=["auto", "full", "incremental", "binlog"]),
+            backup_type=dict(type="str", default="auto", choices=["auto", "full", "incremental", "binlog", "prune"]),
+            binlog_keep_days=dict(type="int", default=14),
             dest=dict(type="path"),
             backup_root=dict(type="path", required=True),
             binlog_dir=dict(type="path"),
@@ -199,6 +210,10 @@ def main():
             "socket": p["login_unix_socket"]}
     password = p["login_password"]
     try:
+        if p["backup_type"] == "prune":
+            pruned = prune_binlogs(p["backup_root"], p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs"),
+                                   p["binlog_keep_days"], dry_run=module.check_mode)
+            module.exit_json(changed=bool(pruned["deleted"]), backup_type="prune", binlog=pruned)
         info = server_info(target, conn, password)
         if p["backup_type"] == "binlog":
             binlog_dir = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")

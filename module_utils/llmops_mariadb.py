@@ -444,3 +444,33 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
     return reached
 
 
+
+
+def prune_binlogs(backup_root, archive_dir, keep_days, now=None, dry_run=False):
+    """Delete archived binlogs older than ``keep_days`` that no remaining set needs.
+
+    A set needs every log from the one its MariaDB backup recorded (``binlog.file``) onwards, for a
+    point-in-time restore from it; so nothing at or after the oldest such log of any set still in
+    ``backup_root`` is deleted, whatever its age. Returns ``{"deleted", "kept", "oldest_needed"}``.
+    """
+    needed = []
+    for item in list_sets(backup_root):
+        binlog = ((item.get("components") or {}).get("mariadb") or {}).get("binlog") or {}
+        if binlog.get("file"):
+            needed.append(binlog["file"])
+    oldest_needed = min(needed) if needed else None
+    cutoff = utc(now).timestamp() - keep_days * 86400
+    deleted, kept = [], []
+    names = sorted(n[:-4] for n in os.listdir(archive_dir) if n.endswith(".zst")) if os.path.isdir(archive_dir) else []
+    for name in names:
+        path = os.path.join(archive_dir, name + ".zst")
+        old = os.path.getmtime(path) < cutoff
+        if old and (oldest_needed is None or name < oldest_needed):
+            deleted.append(name)
+            if not dry_run:
+                for victim in (path, path + ".sha256"):
+                    if os.path.exists(victim):
+                        os.unlink(victim)
+        else:
+            kept.append(name)
+    return {"deleted": deleted, "kept": kept, "oldest_needed": oldest_needed}
