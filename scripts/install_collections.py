@@ -51,7 +51,8 @@ def main(root: Path) -> int:
             wheel.extractall(tmp, members)
             got = installed_version(Path(tmp) / "ansible_collections", coll["name"])
             if got != coll["version"]:
-                print(f"collections: {coll['name']} is {got} in {ANSIBLE_WHEEL}, requirements.yml pins {coll['version']}",
+                pinned = coll["version"]
+                print(f"collections: {coll['name']} is {got} in {ANSIBLE_WHEEL}, requirements.yml pins {pinned}",
                       file=sys.stderr)
                 return 1
             target = dest.joinpath(*coll["name"].split("."))

@@ -4,9 +4,11 @@ never becomes latest; check mode writes nothing."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -54,11 +56,35 @@ def test_a_full_run_backs_up_every_component_into_one_verified_set(lab, tmp_path
     assert manifest(newest)["components"]["mariadb"]["parent"] == set_dir.name
 
 
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A Slack / Discord style webhook receiver that keeps what it was sent."""
+
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 def test_a_failing_component_fails_the_set_and_it_never_becomes_latest(lab, tmp_path):
     root = tmp_path / "backups"
     backup(root, "-e", "components=postgres")
     good = (root / "latest").resolve()
-    proc = backup(root, "-e", "components=postgres,redis", "-e", "redis_password=wrong-password-123", check=False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        proc = backup(root, "-e", "components=postgres,redis", "-e", "redis_password=wrong-password-123",
+                      "-e", f"alert_webhook_url={hook}", check=False)
+    finally:
+        server.shutdown()
+    critical = [m for m in Hook.received if m["text"].startswith("CRITICAL")]
+    assert critical and "FAILED" in critical[0]["text"] and critical[0]["content"] == critical[0]["text"]
+    assert not any("wrong-password-123" in m["text"] for m in Hook.received)
     assert proc.returncode != 0
     assert (root / "latest").resolve() == good
     failed = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("llmops_") and p != good]
