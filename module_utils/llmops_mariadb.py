@@ -444,8 +444,6 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
     return reached
 
 
-
-
 def prune_binlogs(backup_root, archive_dir, keep_days, now=None, dry_run=False):
     """Delete archived binlogs older than ``keep_days`` that no remaining set needs.
 
