@@ -99,6 +99,8 @@ def test_point_in_time_restore_stops_between_two_transactions(lab, own_db, tmp_p
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert lab.mariadb("SELECT id FROM t WHERE id > 1000 ORDER BY id", own_db) == [["1001"]]
     assert lab.mariadb("SELECT COUNT(*) FROM t", own_db) == [["201"]]
+    # the server's binlog numbering restarted: the old timeline's archive was moved aside, not mixed
+    assert not (root / "binlogs").exists() and len(list(root.glob("binlogs.pre-restore-*"))) == 1
 
 
 def test_a_corrupted_artefact_is_caught_before_anything_stops(lab, own_db, tmp_path):
