@@ -126,6 +126,9 @@ def test_sample_data_is_in_every_store_and_folder(lab):
 
 
 def test_deploying_the_lab_again_changes_nothing(lab):
+    # Converge first: earlier tests restore data folders (safety copies, new datadirs) and the role
+    # re-asserts their modes; then a second deployment must change nothing.
+    run_playbook("stack.yml")
     proc = run_playbook("stack.yml")
     recap = [line for line in proc.stdout.splitlines() if line.startswith("lab ")]
     assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], proc.stdout[-3000:]
