@@ -32,9 +32,9 @@ import shutil
 import socket
 
 try:
-    from ansible.module_utils.llmops_pipeline import hash_file
+    from ansible.module_utils.llmops_pipeline import fsync_dir, hash_file
 except ImportError:  # imported directly (tests) rather than through Ansible
-    from module_utils.llmops_pipeline import hash_file
+    from module_utils.llmops_pipeline import fsync_dir, hash_file
 
 SCHEMA_VERSION = 1
 FORMAT = "llmops-backupset"
@@ -116,15 +116,6 @@ def stamp_time(set_id):
 
 # --------------------------------------------------------------------------------------------
 # durable file helpers
-
-
-def fsync_dir(path):
-    """fsync a directory so that renames and creations in it are durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_file_atomic(path, data, mode=0o600):

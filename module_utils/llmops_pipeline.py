@@ -434,7 +434,8 @@ class _Run:
                                     stage="relay", result=self.result)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory so that renames and creations in it are durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
@@ -518,7 +519,7 @@ def run_pipeline(source_argv, dest_path, *, compress=True, zstd_level=3, zstd_th
         os.close(fd)
         fd = None
         os.rename(tmp_path, dest_path)
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
         return result
     except BaseException:
         if run is not None:

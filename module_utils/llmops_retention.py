@@ -32,6 +32,11 @@ from __future__ import annotations
 import datetime
 
 try:
+    from ansible.module_utils.llmops_backupset import parse_time
+except ImportError:  # imported directly (tests) rather than through Ansible
+    from module_utils.llmops_backupset import parse_time
+
+try:
     from zoneinfo import ZoneInfo
 except ImportError:  # pragma: no cover - Python < 3.9 targets: UTC only
     ZoneInfo = None
@@ -46,19 +51,6 @@ DEFAULT_POLICY = {
     "weekly_day": 6,
     "timezone": "UTC",
 }
-
-
-def _utc(value):
-    if isinstance(value, datetime.datetime):
-        dt = value
-    else:
-        text = str(value).strip()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        dt = datetime.datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=datetime.timezone.utc)
-    return dt.astimezone(datetime.timezone.utc)
 
 
 def normalize_policy(policy=None):
@@ -96,7 +88,7 @@ def _normalize_set(raw):
     return {
         "id": raw["id"],
         "name": raw.get("name") or raw["id"].rsplit("_", 2)[0],
-        "end": _utc(end),
+        "end": parse_time(end),
         "good": raw.get("status") == "success",
         "complete": raw.get("complete", True),
         "incremental": any((c or {}).get("backup_type") == "incremental" for c in components.values()),
@@ -111,7 +103,7 @@ def plan_retention(sets, policy=None, now=None):
     Pure and deterministic; ``keep`` and ``delete`` are disjoint and cover every id given.
     """
     policy = normalize_policy(policy)
-    now = _utc(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
+    now = parse_time(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
     tz = datetime.timezone.utc if policy["timezone"] in ("UTC", "utc") else ZoneInfo(policy["timezone"])
     items = [_normalize_set(s) for s in sets]
     by_id = {}
