@@ -2,6 +2,8 @@
 # Builds the lab's images locally (no registry can be pulled from here):
 #   llmops-lab/debian:bookworm        debootstrap --variant=minbase, imported
 #   llmops-lab/<name>:<version>       one per folder compose/images/<name>/ (FROM the base)
+#   llmops-lab/molecule-host:bookworm  a fresh Debian 12 host for the molecule scenarios
+#                                      (molecule/host-image/; built only when named)
 # Each image carries the label org.llmops.content-hash: a hash of its definition (and of its
 # base). An image whose label matches its definition is not rebuilt.
 #   images.sh            build what is missing or out of date
@@ -22,7 +24,11 @@ declare -A TAGS=(
   [postgres]=llmops-lab/postgres:15
   [redis]=llmops-lab/redis:7.0
   [qdrant-standin]=llmops-lab/qdrant-standin:1.19.0
+  [molecule-host]=llmops-lab/molecule-host:bookworm
 )
+# The folder of each image's definition (compose/images/<name> unless listed here).
+declare -A DIRS=([molecule-host]=molecule/host-image)
+image_dir() { echo "${DIRS[$1]:-compose/images/$1}"; }
 
 current_hash() { docker image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$1" 2>/dev/null || true; }
 
@@ -31,7 +37,7 @@ base_hash() { printf 'suite=%s variant=minbase mirror=%s v=2\n' "$SUITE" "$(apt_
 
 # A folder's definition: every file's path and content, plus the base image it builds on.
 dir_hash() {
-  (cd "compose/images/$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "base=$(base_hash)") \
+  (cd "$(image_dir "$1")" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "base=$(base_hash)") \
     | sha256sum | cut -c1-16
 }
 
@@ -58,10 +64,10 @@ build_one() {
   local name=$1 tag=${TAGS[$1]} want
   want=$(dir_hash "$name")
   if [ "$(current_hash "$tag")" = "$want" ]; then echo "images: $tag up to date ($want)"; return; fi
-  echo "images: building $tag from compose/images/$name"
+  echo "images: building $tag from $(image_dir "$name")"
   local log="$WORK/build-$name.log"
   mkdir -p "$WORK"
-  DOCKER_BUILDKIT=0 docker build --label "$LABEL=$want" -t "$tag" "compose/images/$name" >"$log" 2>&1 \
+  DOCKER_BUILDKIT=0 docker build --label "$LABEL=$want" -t "$tag" "$(image_dir "$name")" >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; echo "images: build of $tag failed (log: $log)" >&2; exit 1; }
   echo "images: $tag built"
 }
@@ -77,7 +83,7 @@ names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(mariadb postgres redis qdrant-standin)
 for n in "${names[@]}"; do
   [ -n "${TAGS[$n]:-}" ] || { echo "images: unknown image $n (known: ${!TAGS[*]})" >&2; exit 2; }
-  [ -f "compose/images/$n/Dockerfile" ] || { echo "images: compose/images/$n/Dockerfile missing" >&2; exit 1; }
+  [ -f "$(image_dir "$n")/Dockerfile" ] || { echo "images: $(image_dir "$n")/Dockerfile missing" >&2; exit 1; }
   build_one "$n"
 done
 docker image prune -f --filter "label=$LABEL" >/dev/null
