@@ -15,7 +15,8 @@ BINLOG_LOCK = "flock -n /run/lock/llmops-binlog.lock"
 # minute hour day month weekday, lock, playbook and arguments
 EXPECTED = {
     "mariadb-full": ("0 2 * * *", WAIT_LOCK, "backup.yml -e components=mariadb -e backup_type=full"),
-    "mariadb-incremental": ("0 8,14,20 * * *", WAIT_LOCK, "backup.yml -e components=mariadb -e backup_type=incremental"),
+    "mariadb-incremental": ("0 8,14,20 * * *", WAIT_LOCK,
+                            "backup.yml -e components=mariadb -e backup_type=incremental"),
     "mariadb-binlog": ("*/5 * * * *", BINLOG_LOCK, "binlog_archive.yml"),
     "daily": ("0 2 * * *", WAIT_LOCK, "backup.yml -e components=postgres,redis,qdrant,uploads,models,configs"),
     "weekly": ("0 2 * * 0", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=weekly"),
