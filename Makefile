@@ -9,16 +9,17 @@ PLAYBOOK := ansible-playbook
 # MariaDB backup type of the demo's backup (auto, full or incremental)
 BACKUP_TYPE ?= auto
 
-.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity pytest clean bench
+.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench
 
 ## demo: bootstrap, lab up with sample data, a backup, a DR drill, summary
 demo: lab-seed
 	$(PLAYBOOK) playbooks/backup.yml -e backup_type=$(BACKUP_TYPE)
 	$(PLAYBOOK) playbooks/drill.yml
+	$(PLAYBOOK) playbooks/health.yml
 	$(PLAYBOOK) playbooks/lab_status.yml
 
-## test: every quality gate, then the whole test suite against the running lab
-test: lab-seed lint sanity pytest
+## test: every quality gate, the molecule scenarios, then the whole test suite against the running lab
+test: lab-seed lint sanity molecule pytest
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -46,6 +47,11 @@ lint: bootstrap
 
 sanity: bootstrap
 	scripts/sanity.sh
+
+## molecule: every role scenario and site.yml on fresh Debian 12 containers (molecule/)
+molecule: images
+	scripts/images.sh molecule-host
+	scripts/molecule.sh
 
 pytest: bootstrap
 	python -m pytest

@@ -173,6 +173,13 @@ ansible_facts:
           - index: "3"
             uuid: GPU-00000000-0000-0000-0000-000000000003
             pci_bus_id: "00000000:41:00.0"
+    gpu_device_ids:
+      description:
+        - Group name to the UUIDs of its GPUs (RV(ansible_facts.gpu_split) reduced to what Compose's
+          C(device_ids) takes). UUIDs, not indexes, because indexes can change across reboots.
+      returned: when O(groups) is given
+      type: dict
+      sample: {llm: [GPU-00000000-0000-0000-0000-000000000000], embed: [GPU-00000000-0000-0000-0000-000000000003]}
 """
 
 import os
@@ -251,6 +258,8 @@ def main():
             facts['gpu_split'] = plan_gpu_split(gpus, params['groups'], allow_mismatch=params['allow_mismatch'])
         except ValueError as exc:
             module.fail_json(msg=str(exc), ansible_facts=facts)
+        facts['gpu_device_ids'] = dict((group, [gpu['uuid'] for gpu in assigned])
+                                       for group, assigned in facts['gpu_split'].items())
 
     module.exit_json(changed=False, gpu_present=True, ansible_facts=facts)
 

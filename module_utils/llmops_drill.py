@@ -13,6 +13,7 @@ import json
 import os
 
 from ansible.module_utils.llmops_backupset import parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_report import gauge
 
 REPORT_JSON = "report.json"
 
@@ -137,7 +138,7 @@ def metrics(report):
         ("llmops_drill_rto_seconds", "Measured RTO of the last DR drill.", report["rto_seconds"]),
         ("llmops_drill_rpo_seconds", "Measured RPO of the last DR drill.", report["rpo_seconds"] or 0),
     ]:
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name, "%s %r" % (name, float(value))]
+        gauge(lines, name, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
 
 

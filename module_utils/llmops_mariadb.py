@@ -62,10 +62,10 @@ def query(target, conn, sql, password=None, timeout=600):
     return [line.split("\t") for line in out.splitlines() if line]
 
 
-def server_info(target, conn, password=None):
+def server_info(target, conn, password=None, timeout=600):
     """Version, binary log settings and the current binlog position of the server."""
     rows = query(target, conn, "SELECT @@version, @@log_bin, @@binlog_format, @@log_bin_basename, @@datadir, "
-                               "@@server_id, @@gtid_current_pos;", password)
+                               "@@server_id, @@gtid_current_pos;", password, timeout=timeout)
     version, log_bin, binlog_format, basename, datadir, server_id, gtid = (rows[0] + [""] * 7)[:7]
     return {
         "version": version,

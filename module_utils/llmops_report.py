@@ -93,37 +93,38 @@ def update_state(root, manifest, now=None):
     return state
 
 
+def gauge(lines, name, help_text, samples):
+    """Append a Prometheus gauge (HELP, TYPE, one line per ``(labels, value)`` sample) to ``lines``."""
+    lines.append("# HELP %s %s" % (name, help_text))
+    lines.append("# TYPE %s gauge" % name)
+    for labels, value in samples:
+        label_text = ",".join('%s="%s"' % (k, v) for k, v in sorted(labels.items()))
+        lines.append("%s%s %s" % (name, "{%s}" % label_text if label_text else "", repr(float(value))))
+
+
 def metrics(state, disk, now=None):
     """Prometheus text exposition of the state and the backup storage."""
     def ts(value):
         return parse_time(value).timestamp() if value else 0
 
     lines = []
-
-    def gauge(name, help_text, samples):
-        lines.append("# HELP %s %s" % (name, help_text))
-        lines.append("# TYPE %s gauge" % name)
-        for labels, value in samples:
-            label_text = ",".join('%s="%s"' % (k, v) for k, v in sorted(labels.items()))
-            lines.append("%s%s %s" % (name, "{%s}" % label_text if label_text else "", repr(float(value))))
-
     comps = sorted(state.get("components", {}).items())
-    gauge("llmops_backup_last_success_timestamp_seconds", "End of the last successful backup of the component.",
+    gauge(lines, "llmops_backup_last_success_timestamp_seconds", "End of the last successful backup of the component.",
           [({"component": n}, ts(c.get("last_success"))) for n, c in comps])
-    gauge("llmops_backup_last_run_success", "1 when the component's last backup succeeded.",
+    gauge(lines, "llmops_backup_last_run_success", "1 when the component's last backup succeeded.",
           [({"component": n}, 1 if c.get("last_status") == "success" else 0) for n, c in comps])
-    gauge("llmops_backup_duration_seconds", "Duration of the component's last successful backup.",
+    gauge(lines, "llmops_backup_duration_seconds", "Duration of the component's last successful backup.",
           [({"component": n}, c.get("duration_s") or 0) for n, c in comps])
-    gauge("llmops_backup_size_bytes", "Size of the component's last successful backup.",
+    gauge(lines, "llmops_backup_size_bytes", "Size of the component's last successful backup.",
           [({"component": n}, c.get("bytes") or 0) for n, c in comps])
     last_ok = state.get("last_successful_set") or {}
-    gauge("llmops_backup_set_last_success_timestamp_seconds", "End of the newest successful backup set.",
+    gauge(lines, "llmops_backup_set_last_success_timestamp_seconds", "End of the newest successful backup set.",
           [({}, ts(last_ok.get("ended")))])
-    gauge("llmops_backup_set_last_run_success", "1 when the newest backup set succeeded.",
+    gauge(lines, "llmops_backup_set_last_run_success", "1 when the newest backup set succeeded.",
           [({}, 1 if (state.get("last_set") or {}).get("status") == "success" else 0)])
-    gauge("llmops_backup_storage_total_bytes", "Size of the backup file system.", [({}, disk["total"])])
-    gauge("llmops_backup_storage_free_bytes", "Free bytes on the backup file system.", [({}, disk["free"])])
-    gauge("llmops_backup_storage_used_bytes", "Used bytes on the backup file system.", [({}, disk["used"])])
+    gauge(lines, "llmops_backup_storage_total_bytes", "Size of the backup file system.", [({}, disk["total"])])
+    gauge(lines, "llmops_backup_storage_free_bytes", "Free bytes on the backup file system.", [({}, disk["free"])])
+    gauge(lines, "llmops_backup_storage_used_bytes", "Used bytes on the backup file system.", [({}, disk["used"])])
     return "\n".join(lines) + "\n"
 
 

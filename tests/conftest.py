@@ -113,6 +113,22 @@ def lab() -> Lab:
                stack_root=LAB_STATE / "stack")
 
 
+def fake_nvidia_smi(tmp_path: Path, fixture: str | None = None, rc: int = 0, stdout: str = "") -> Path:
+    """An executable stand-in for nvidia-smi that records its argv in tmp_path/argv and prints a real
+    capture from tests/data/nvidia-smi/ (so the module's command line and parsing are the real ones)."""
+    script = tmp_path / "bin" / "nvidia-smi"
+    script.parent.mkdir(exist_ok=True)
+    body = f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{tmp_path / 'argv'}'\n"
+    if fixture:
+        body += f"cat '{REPO / 'tests' / 'data' / 'nvidia-smi' / fixture}'\n"
+    if stdout:
+        body += f"printf '%s\\n' \"{stdout}\"\n"
+    body += f"exit {rc}\n"
+    script.write_text(body)
+    script.chmod(0o755)
+    return script
+
+
 def run_module(module: str, args: dict, *, check_mode: bool = False, inventory: str = "lab",
                host: str = "lab", extra_vars: dict | None = None) -> dict:
     """Run one of our modules through `ansible` (as a play would) and return its result dict.

@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import LAB_STATE, VENV_BIN, run_playbook
+from tests.conftest import LAB_STATE, VENV_BIN, fake_nvidia_smi, run_module, run_playbook
 
 GIB = {"g": 1, "m": 1 / 1024}
-SPLIT = {"ai": ["0", "1", "2"], "appdb": ["3"]}
+UUID = "GPU-00000000-0000-0000-0000-00000000000%d"
 
 
 def schema_check(path) -> None:
@@ -31,8 +31,18 @@ def compose_config(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory):
-    """Render (only) the production projects on this machine with test secrets and a 3+1 split."""
+def gpu_plan(tmp_path_factory):
+    """The 3+1 split as site.yml plans it: gpu_facts on real nvidia-smi output of 4 Ada GPUs whose
+    indexes are not in PCI bus order (tests/data/nvidia-smi/README.md says how it was assembled)."""
+    smi = fake_nvidia_smi(tmp_path_factory.mktemp("smi"), "ada-4gpu-reordered__query-gpu.csv")
+    result = run_module("gpu_facts", {"nvidia_smi_path": str(smi), "groups": {"ai": 3, "appdb": 1}})
+    assert not result.get("failed"), result
+    return result["ansible_facts"]["gpu_device_ids"]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, gpu_plan):
+    """Render (only) the production projects on this machine with test secrets and the planned split."""
     root = tmp_path_factory.mktemp("prod")
     secrets = root / "vault.yml"
     names = ["mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"]
@@ -42,7 +52,7 @@ def production(tmp_path_factory):
              "ansible_python_interpreter": str(VENV_BIN / "python"),
              "stack_deploy": False, "stack_root": str(root / "stack"), "appdb_storage_path": str(root / "appdb"),
              "ai_storage_path": str(root / "ai"), "app_uploads_path": str(root / "appdb/uploads"),
-             "models_path": str(root / "ai/models"), "gpu_split_device_ids": SPLIT}
+             "models_path": str(root / "ai/models"), "gpu_split_device_ids": gpu_plan}
     run_playbook("stack.yml", "-e", json.dumps(extra), "-e", f"@{secrets}", inventory="production")
     return root / "stack"
 
@@ -53,7 +63,9 @@ def test_production_files_validate_against_compose_and_its_schema(production, pr
     compose_config(production / project / "compose.yml")
 
 
-def test_production_uses_official_images_and_the_3_plus_1_gpu_split(production):
+def test_production_uses_official_images_and_the_3_plus_1_gpu_split(production, gpu_plan):
+    # PCI bus order 01, 21, 41 (indexes 1, 3, 0) to the AI group, 61 (index 2) to app/DB
+    assert gpu_plan == {"ai": [UUID % 1, UUID % 3, UUID % 0], "appdb": [UUID % 2]}
     appdb = compose_config(production / "appdb" / "compose.yml")["services"]
     ai = compose_config(production / "ai" / "compose.yml")["services"]
     assert set(appdb) == {"api", "mariadb", "postgres", "redis", "search"}
@@ -68,7 +80,8 @@ def test_production_uses_official_images_and_the_3_plus_1_gpu_split(production):
             assert all(isinstance(i, str) for i in dev["device_ids"])
             gpu_services[name] = dev["device_ids"]
             assert svc["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert gpu_services == {"api": ["3"], "llm": SPLIT["ai"], "embedding": SPLIT["ai"], "training": SPLIT["ai"]}
+    assert gpu_services == {"api": gpu_plan["appdb"], "llm": gpu_plan["ai"], "embedding": gpu_plan["ai"],
+                            "training": gpu_plan["ai"]}
 
 
 def test_production_memory_limits_fit_each_group(production):

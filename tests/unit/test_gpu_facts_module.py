@@ -1,4 +1,4 @@
-"""Runs the real gpu_facts module end to end, the way Ansible does: `ansible localhost -m gpu_facts`.
+"""Runs the real gpu_facts module end to end, the way Ansible does: `ansible lab -m gpu_facts`.
 
 nvidia-smi is replaced by a small shell script that prints a real capture (tests/data/nvidia-smi/),
 so the module's command line, its parsing and its error handling are all the real ones.
@@ -6,18 +6,10 @@ so the module's command line, its parsing and its error handling are all the rea
 
 from __future__ import annotations
 
-import json
-import os
-import stat
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "nvidia-smi"
-VENV_BIN = REPO / ".venv" / "bin"
+from tests.conftest import fake_nvidia_smi, run_module
+
 EXPECTED_ARGS = [
     "--query-gpu=index,uuid,name,pci.bus_id,memory.total,driver_version,compute_cap,mig.mode.current",
     "--format=csv",
@@ -28,48 +20,8 @@ DRIVER_DOWN = (
 )
 
 
-def fake_nvidia_smi(tmp_path: Path, fixture: str | None = None, rc: int = 0, stdout: str = "") -> Path:
-    """Write an executable stand-in for nvidia-smi that records its argv and prints a capture."""
-    script = tmp_path / "bin" / "nvidia-smi"
-    script.parent.mkdir(exist_ok=True)
-    body = f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{tmp_path / 'argv'}'\n"
-    if fixture:
-        body += f"cat '{DATA / fixture}'\n"
-    if stdout:
-        body += f"printf '%s\\n' \"{stdout}\"\n"
-    body += f"exit {rc}\n"
-    script.write_text(body)
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
-
-
 def run_gpu_facts(args: dict, check: bool = False) -> dict:
-    """`ansible localhost -m gpu_facts -a ARGS` with the repo's ansible.cfg; returns the host's result."""
-    cmd = [
-        str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-        "-e", f"ansible_python_interpreter={sys.executable}",
-        "-m", "gpu_facts", "-a", json.dumps(args),
-    ]
-    if check:
-        cmd.append("--check")
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    try:
-        doc, _ = json.JSONDecoder().raw_decode(proc.stdout, proc.stdout.index("{"))
-        result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"no result from gpu_facts (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}") from exc
-    assert (proc.returncode != 0) == bool(result.get("failed")), (proc.returncode, result)
-    return result
+    return run_module("gpu_facts", args, check_mode=check)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +59,9 @@ def test_four_gpu_host_split_3_plus_1_by_bus_id(tmp_path):
     assert split["embed"] == [
         {"index": "2", "uuid": "GPU-00000000-0000-0000-0000-000000000002", "pci_bus_id": "00000000:61:00.0"}
     ]
+    # what Compose's device_ids get: UUIDs in PCI bus order
+    assert facts["gpu_device_ids"] == {"llm": [f"GPU-00000000-0000-0000-0000-00000000000{i}" for i in (1, 3, 0)],
+                                       "embed": ["GPU-00000000-0000-0000-0000-000000000002"]}
 
 
 def test_check_mode_gives_the_same_facts(tmp_path):

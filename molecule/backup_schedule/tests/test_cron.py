@@ -23,6 +23,7 @@ EXPECTED = {
     "monthly": ("0 4 1 * *", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=monthly"),
     "cleanup": ("0 3 * * *", WAIT_LOCK, "cleanup.yml"),
     "drill": ("0 5 1 1,4,7,10 *", WAIT_LOCK, "drill.yml"),
+    "health": ("0 7 * * *", "flock -n /run/lock/llmops-health.lock", "health.yml"),
 }
 
 
