@@ -30,6 +30,7 @@ import re
 import secrets
 import shutil
 import socket
+import time
 
 try:
     from ansible.module_utils.llmops_pipeline import fsync_dir, hash_file
@@ -75,6 +76,12 @@ def utc(now=None):
 def isoformat(now):
     """``2025-01-31T02:00:00Z`` for an instant."""
     return utc(now).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_times(started, t0):
+    """The ``started`` / ``ended`` / ``duration_s`` of a component entry: ``started`` is the wall-clock
+    start (datetime), ``t0`` the matching ``time.monotonic()`` (durations immune to clock steps)."""
+    return {"started": isoformat(started), "ended": isoformat(utc()), "duration_s": round(time.monotonic() - t0, 3)}
 
 
 def parse_time(value):

@@ -23,10 +23,10 @@ import time
 
 from ansible.module_utils.llmops_backupset import (
     BackupSetError,
-    isoformat,
     list_sets,
     load_manifest,
     parse_time,
+    run_times,
     utc,
     write_file_atomic,
 )
@@ -220,9 +220,7 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         "tool_version": _key_values(backup_info).get("tool_version"),
         "server_version": info["version"],
         "backup_type": backup_type,
-        "started": isoformat(started),
-        "ended": isoformat(utc()),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **run_times(started, t0),
         "bytes": result.bytes_out,
         "bytes_raw": result.bytes_in,
         "files": [{"path": dest, "sha256": result.sha256, "size": result.bytes_out}],

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from ansible.module_utils.llmops_backupset import isoformat, utc
+from ansible.module_utils.llmops_backupset import run_times, utc
 from ansible.module_utils.llmops_exec import ExecError
 from ansible.module_utils.llmops_pipeline import decompress_to, redact_text, run_pipeline
 
@@ -395,9 +395,7 @@ def backup(target, dest_dir, databases=None, conn=None, password=None, include_g
         "tool_version": tool_version(target),
         "server_version": version,
         "format": fmt,
-        "started": isoformat(started),
-        "ended": isoformat(utc()),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **run_times(started, t0),
         "bytes": sum(f["size"] for f in files),
         "files": files,
         "databases": sorted(selected),

@@ -25,7 +25,7 @@ import os
 import time
 import uuid
 
-from ansible.module_utils.llmops_backupset import isoformat, utc
+from ansible.module_utils.llmops_backupset import run_times, utc
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
 
@@ -186,9 +186,7 @@ def backup(client, dest, collections=None, full_storage=False):
         "tool": "qdrant snapshot API",
         "server_version": version,
         "url": client.url,
-        "started": isoformat(started),
-        "ended": isoformat(utc()),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **run_times(started, t0),
         "bytes": sum(f["size"] for f in files),
         "compressed": False,
         "files": files,

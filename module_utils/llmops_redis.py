@@ -24,7 +24,7 @@ import secrets
 import shutil
 import time
 
-from ansible.module_utils.llmops_backupset import isoformat, utc
+from ansible.module_utils.llmops_backupset import isoformat, run_times, utc
 from ansible.module_utils.llmops_exec import ExecError
 from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to, run_pipeline
 
@@ -319,9 +319,7 @@ def backup(target, conn, dest_dir, password=None, method="bgsave", rdb_dir="/dat
         "server_version": before["redis_version"],
         "redis_version": before["redis_version"],
         "method": method,
-        "started": isoformat(started),
-        "ended": isoformat(utc()),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **run_times(started, t0),
         "bytes": result.bytes_out,
         "bytes_raw": result.bytes_in,
         "files": [{"path": dest, "sha256": result.sha256, "size": result.bytes_out}],

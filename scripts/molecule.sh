@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS=.state/molecule
 mkdir -p "$LOGS"
+# molecule and the ansible it drives come from the project venv (make bootstrap).
+export PATH="$PWD/.venv/bin:$PATH"
 export PY_COLORS=0 NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 # molecule writes its ansible.cfg; collections come from the project (Galaxy is not reachable).
 export ANSIBLE_COLLECTIONS_PATH="$PWD/collections"
@@ -27,7 +29,7 @@ for s in "${scenarios[@]}"; do
   summary+=("$(printf '%-26s %-7s %4ss  %s' "$s" "$status" "$((SECONDS - start))" "${verify:-}")")
   echo "${summary[-1]}"
   if [ "$status" = FAILED ]; then
-    grep -E 'fatal:|FAILED|Error|CRITICAL|failed=[1-9]' "$LOGS/$s.log" | tail -n 15 >&2 || true
+    { grep -E 'fatal:|FAILED!|ERROR|CRITICAL|failed=[1-9]' "$LOGS/$s.log" || tail -n 5 "$LOGS/$s.log"; } | tail -n 15 >&2
     echo "molecule: $s failed, full log: $LOGS/$s.log" >&2
   fi
 done
