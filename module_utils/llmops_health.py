@@ -15,10 +15,10 @@ import os
 import subprocess
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.llmops_backupset import parse_time, read_json, utc
 from ansible.module_utils.llmops_report import STATE_FILE, gauge, storage
+from ansible.module_utils.urls import open_url
 
 RANK = {"ok": 0, "skipped": 0, "warning": 1, "critical": 2}
 
@@ -68,9 +68,9 @@ def parse_meminfo(text):
     """{field: kB} from /proc/meminfo."""
     out = {}
     for line in text.splitlines():
-        name, _, rest = line.partition(":")
+        name, sep, rest = line.partition(":")
         parts = rest.split()
-        if parts and parts[0].isdigit():
+        if sep and parts and parts[0].isdigit():
             out[name.strip()] = int(parts[0])
     return out
 
@@ -166,12 +166,12 @@ def check_container(name, state):
     return result(check, "ok", 1, "running, %s" % (health or "no health check"))
 
 
-def check_http(name, url, warn_ms, crit_ms, timeout=10.0, opener=urllib.request.urlopen):
+def check_http(name, url, warn_ms, crit_ms, timeout=10.0):
     """An HTTP GET answering 2xx, timed; slow answers warn (``warn_ms``) or fail (``crit_ms``)."""
     check = "http %s" % name
     started = time.monotonic()
     try:
-        with opener(url, timeout=timeout) as resp:
+        with open_url(url, timeout=timeout, validate_certs=True) as resp:
             resp.read()
             code = resp.status
     except urllib.error.HTTPError as exc:

@@ -77,3 +77,10 @@ def test_base_and_docker(host):
     daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
     assert daemon["log-opts"]["max-size"] == "50m"
     assert daemon.get("default-runtime", "runc") != "nvidia"
+
+
+def test_health_metrics_written(host):
+    text = host.file("/var/lib/node_exporter/textfile_collector/llmops_health.prom").content_string
+    for name in ("appdb-mariadb", "appdb-postgres", "appdb-redis", "ai-qdrant"):
+        assert f'llmops_container_healthy{{container="llmops-molecule-{name}-1"}} 1.0' in text
+    assert 'llmops_health_check_status{check="backup"} 2.0' in text
