@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import json
+
+from ansible.module_utils.llmops_report import update_state
 
 from tests.conftest import run_module, run_playbook
 
@@ -15,11 +16,10 @@ STEADY = ["-e", "health_cpu_crit_per_core=1000", "-e", "health_cpu_warn_per_core
 
 
 def _fresh_state(root, hours_ago):
+    """The backup state a successful run ``hours_ago`` leaves (written by the report's own update_state)."""
     ended = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
     root.mkdir(parents=True, exist_ok=True)
-    (root / ".backup_state.json").write_text(json.dumps({
-        "last_successful_set": {"id": "llmops_test", "ended": ended, "status": "success"},
-        "last_set": {"id": "llmops_test", "ended": ended, "status": "success"}}))
+    update_state(str(root), {"id": "llmops_test", "status": "success", "ended": ended, "components": {}})
 
 
 def test_healthy_lab_passes_and_writes_metrics(lab, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import http.server
-import json
 import threading
 
 import pytest
@@ -24,6 +23,7 @@ from ansible.module_utils.llmops_health import (
     parse_meminfo,
     report_lines,
 )
+from ansible.module_utils.llmops_report import update_state
 
 MEMINFO = """MemTotal:       24562428 kB
 MemFree:         1523112 kB
@@ -100,9 +100,11 @@ def test_mariadb_connections_and_binlog(rows, info, status):
 
 
 def _state(tmp_path, last_ok_ended, last_status="success"):
-    state = {"last_successful_set": {"id": "llmops_a", "ended": last_ok_ended},
-             "last_set": {"id": "llmops_b", "status": last_status, "ended": "2026-11-23T02:00:00Z"}}
-    (tmp_path / ".backup_state.json").write_text(json.dumps(state))
+    """The backup state as backup runs leave it (written by the report's own update_state)."""
+    update_state(str(tmp_path), {"id": "llmops_a", "status": "success", "ended": last_ok_ended, "components": {}})
+    if last_status != "success":
+        update_state(str(tmp_path), {"id": "llmops_b", "status": last_status, "ended": "2026-11-23T02:00:00Z",
+                                     "components": {}})
 
 
 NOW = datetime.datetime(2026, 11, 23, 7, 0, tzinfo=datetime.UTC)
