@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -111,6 +112,34 @@ def check_name(name, what="set name"):
         raise BackupSetError("invalid %s %r: use letters, digits, '_', '.', '-' (not starting with '.')"
                              % (what, name))
     return name
+
+
+_PLAIN_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_MAX_ENCODED = 160
+
+
+def encode_name(name):
+    """A single, safe path component for a store's object name (database, collection, file name...).
+
+    Names are data, never paths: a name may hold ``/``, ``..``, newlines, quotes, Korean, emoji.
+    Plain names (letters, digits, ``_``, ``.``, ``-``, not starting with ``.``) are kept as they are;
+    any other is percent-encoded (UTF-8, ``%XX``; ``%`` itself included), and a result longer than
+    160 characters is cut and suffixed with ``~`` and 16 hex digits of the name's sha256, so that
+    it stays unique and within every file system's limit. The mapping is not meant to be decoded:
+    a module records ``{name: encoded}`` in its manifest entry and a restore reads it from there.
+    """
+    if not isinstance(name, str) or name == "":
+        raise BackupSetError("cannot encode the empty or non-text name %r as a file name" % (name,))
+    if _PLAIN_FILE_NAME_RE.match(name):
+        return name
+    encoded = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in "_-")) else
+                      "".join("%%%02X" % b for b in ch.encode("utf-8", "surrogatepass")) for ch in name)
+    if encoded.startswith(".") or encoded.startswith("-"):
+        encoded = "%%%02X" % ord(encoded[0]) + encoded[1:]
+    if len(encoded) > _MAX_ENCODED:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        encoded = encoded[:_MAX_ENCODED - 17] + "~" + digest
+    return encoded
 
 
 def stamp_time(set_id):
