@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from ansible.module_utils.llmops_pipeline import STDERR_TAIL_BYTES, redact_text
 
@@ -129,3 +130,76 @@ class ImageTarget(ExecTarget):
         for name in sorted(env_names):
             argv += ["-e", name]
         return argv + ["--entrypoint", tool_argv[0], self.image] + tool_argv[1:]
+
+
+class ScratchServer(ExecTarget):
+    """A throw-away server of ``image`` (``docker run -d --network none``) on a data folder, for reading
+    an artefact the way the real server would: fingerprints taken from what a backup holds, never
+    from the live server at another moment.
+
+    ``server_argv`` is the server's command (its first word the entrypoint), ``mounts`` maps host
+    folders to container folders, ``ready_argv`` is run with ``docker exec`` until it exits 0.
+    Use as a context manager; the container is removed on exit, whatever happened. Being an
+    ``ExecTarget``, the store's own query functions run against it unchanged.
+    """
+
+    def __init__(self, image, server_argv, mounts=None, ready_argv=None, user=None, docker="docker",
+                 ready_timeout=300, name_prefix="llmops-scratch"):
+        super().__init__(container="%s-%s" % (name_prefix, os.urandom(6).hex()), user=user, docker=docker)
+        self.image_name = image
+        self.server_argv = [str(a) for a in server_argv]
+        self.mounts = dict(mounts or {})
+        self.ready_argv = list(ready_argv or [])
+        self.ready_timeout = ready_timeout
+
+    def __repr__(self):
+        return "ScratchServer(image=%r, container=%r)" % (self.image_name, self.container)
+
+    def describe(self):
+        return "a scratch server of %s" % self.image_name
+
+    def start(self):
+        argv = ["run", "-d", "--rm", "--network", "none", "--name", self.container]
+        if self.user:
+            argv += ["-u", self.user]
+        for host, inside in sorted(self.mounts.items()):
+            argv += ["-v", "%s:%s" % (host, inside)]
+        self._docker_text(argv + ["--entrypoint", self.server_argv[0], self.image_name] + self.server_argv[1:])
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            try:
+                self.run(self.ready_argv, timeout=30)
+                return self
+            except ExecError as exc:
+                if not self._running():
+                    raise ExecError("the scratch server of %s stopped while starting: %s"
+                                    % (self.image_name, self.logs())) from exc
+                if time.monotonic() > deadline:
+                    raise ExecError("the scratch server of %s was not ready within %s s: %s"
+                                    % (self.image_name, self.ready_timeout, self.logs())) from exc
+            time.sleep(0.2)
+
+    def _running(self):
+        proc = subprocess.run([self.docker, "inspect", "--format", "{{.State.Running}}", self.container],
+                              capture_output=True, timeout=60, check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == b"true"
+
+    def logs(self, tail=20):
+        proc = subprocess.run([self.docker, "logs", "--tail", str(tail), self.container], capture_output=True,
+                              timeout=60, check=False)
+        return redact_text((proc.stdout + proc.stderr).decode("utf-8", "replace").strip()[-STDERR_TAIL_BYTES:], [])
+
+    def stop(self):
+        subprocess.run([self.docker, "rm", "-f", "-v", self.container], capture_output=True, timeout=120,
+                       check=False)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info):
+        self.stop()
+        return False
