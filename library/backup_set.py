@@ -20,7 +20,14 @@ description:
     the folder to C(<root>/<name>_YYYYmmdd_HHMMSS) and, only when every component succeeded, points
     C(<root>/latest) at it. A failed set is still finalized (its good artefacts may matter) with
     C(status=failed) in its manifest, and never becomes C(latest).
-  - O(command=verify) re-hashes a set against C(SHA256SUMS) and its manifest and fails on any difference.
+  - O(command=finalize) reads C(SHA256SUMS) back before the rename; a set whose C(SHA256SUMS) does not list exactly
+    its files with the hashes of the manifest is finalized as failed. C(SHA256SUMS) escapes file names as GNU
+    C(sha256sum) does, so names with newlines, backslashes or any other byte are checked too.
+  - O(command=verify) re-hashes a set against C(SHA256SUMS) and its manifest and fails on any difference. Every
+    path read back from a set must stay inside it (no absolute path, no C(..), no symbolic link leading out).
+  - O(command=verified) appends a verification record (O(method), O(result), O(components), O(by), O(details)) to
+    the set's C(verification.json) and rewrites C(verification.json.sha256); the checksummed manifest is never
+    rewritten. O(command=list) shows per set whether its newest restore test passed.
   - O(command=list) lists the finalized sets; O(command=retention) deletes the sets the retention policy does
     not keep; O(command=cleanup) removes abandoned C(.partial) folders.
   - Run exclusion - one backup run per O(root) at a time - belongs to the caller, because a lock cannot
@@ -37,6 +44,7 @@ attributes:
       - O(command=retention) and O(command=cleanup) return the sets or folders they would delete.
       - O(command=component) and O(command=finalize) accept the path of a set that O(command=begin) only pretended
         to create in check mode.
+      - O(command=verified) checks its input and the existing records and returns the record it would append.
   diff_mode:
     support: none
     description: There is no diff.
@@ -46,7 +54,7 @@ options:
       - What to do, see the description.
     type: str
     required: true
-    choices: [begin, component, finalize, verify, list, retention, cleanup]
+    choices: [begin, component, finalize, verify, verified, list, retention, cleanup]
   root:
     description:
       - The folder that holds the backup sets. O(command=begin) creates it with mode 0700 when missing.
@@ -62,6 +70,7 @@ options:
     description:
       - For O(command=component) and O(command=finalize), the C(.partial) folder that O(command=begin) returned.
       - For O(command=verify), the set to verify; defaults to C(<root>/latest).
+      - For O(command=verified), the set the record is about (a path or a set id); required.
     type: path
   component:
     description:
@@ -102,6 +111,32 @@ options:
       - For O(command=begin), start even when another run's C(.partial) folder looks alive.
     type: bool
     default: false
+  method:
+    description:
+      - For O(command=verified), how the set was checked; V(checksums) (C(SHA256SUMS) and manifest) or V(restore)
+        (restored and its data checked, for example by a DR drill).
+    type: str
+    choices: [checksums, restore]
+  result:
+    description:
+      - For O(command=verified), the outcome of the check.
+    type: str
+    choices: [passed, failed]
+  components:
+    description:
+      - For O(command=verified), the outcome per component - component name to V(passed), V(failed) or another
+        word such as V(skipped).
+    type: dict
+    default: {}
+  details:
+    description:
+      - For O(command=verified), free text such as the drill report's path or the first problem found.
+    type: str
+    default: ''
+  by:
+    description:
+      - For O(command=verified), who or what checked the set; defaults to C(<user>@<host>) of the module's run.
+    type: str
   complete_only:
     description:
       - For O(command=list), list only complete sets with C(status=success).
@@ -195,6 +230,17 @@ EXAMPLES = r"""
     command: verify
     root: /backup
 
+- name: Record that a DR drill restored the set and its data checked out
+  backup_set:
+    command: verified
+    root: /backup
+    path: "{{ final.path }}"
+    method: restore
+    result: passed
+    components: {mariadb: passed, postgres: passed}
+    by: dr-drill
+    details: /backup/drills/20260131/report.json
+
 - name: Show what retention would delete
   backup_set:
     command: retention
@@ -216,12 +262,12 @@ EXAMPLES = r"""
 RETURN = r"""
 set_id:
   description: The set id, C(<name>_YYYYmmdd_HHMMSS).
-  returned: when O(command) is begin, component, finalize or verify
+  returned: when O(command) is begin, component, finalize, verify or verified
   type: str
   sample: llmops_20260131_020000
 path:
-  description: The C(.partial) folder (begin, component) or the finalized set (finalize, verify).
-  returned: when O(command) is begin, component, finalize or verify
+  description: The C(.partial) folder (begin, component) or the finalized set (finalize, verify, verified).
+  returned: when O(command) is begin, component, finalize, verify or verified
   type: str
   sample: /backup/.llmops_20260131_020000.partial
 status:
@@ -230,7 +276,9 @@ status:
   type: str
   sample: success
 problems:
-  description: Why a finalized set failed (missing or failed components, files that differ).
+  description:
+    - Why a finalized set failed (missing or failed components, files that differ, C(SHA256SUMS) that does not read
+      back as the files of the set).
   returned: when O(command=finalize)
   type: list
   elements: str
@@ -254,12 +302,34 @@ verify:
   sample: {ok: true, checked: 5, bytes: 123456, missing: [], extra: [], mismatched: [], errors: []}
 sets:
   description:
-    - The finalized sets, oldest first, with id, path, status, started, ended, bytes, components, complete
-      and latest.
+    - The finalized sets, oldest first, with id, path, status, started, ended, bytes, components, complete,
+      latest and verification.
+    - C(verification) summarizes C(verification.json) - C(restore_tested) (the newest restore record passed),
+      C(restore_tested_time), C(last_method), C(last_result), C(last_time), C(last_details) (of the newest record)
+      and C(error) (why the records cannot be trusted, for example when they do not match their checksum).
   returned: when O(command=list)
   type: list
   elements: dict
-  sample: [{id: llmops_20260131_020000, status: success, complete: true, latest: true}]
+  sample: [{id: llmops_20260131_020000, status: success, complete: true, latest: true,
+            verification: {restore_tested: true, restore_tested_time: "2026-02-01T03:00:00Z", last_method: restore,
+                           last_result: passed, last_time: "2026-02-01T03:00:00Z", last_details: "", error: null}}]
+restore_tested:
+  description: The newest complete successful set whose newest restore record passed, and when, or null.
+  returned: when O(command=list)
+  type: dict
+  sample: {id: llmops_20260131_020000, time: "2026-02-01T03:00:00Z"}
+record:
+  description: The verification record appended (or, in check mode, that would be appended).
+  returned: when O(command=verified)
+  type: dict
+  sample: {time: "2026-02-01T03:00:00Z", method: restore, result: passed, components: {mariadb: passed},
+           by: dr-drill, details: ""}
+verification:
+  description: The set's verification summary after the record (see RV(sets)).
+  returned: when O(command=verified)
+  type: dict
+  sample: {restore_tested: true, restore_tested_time: "2026-02-01T03:00:00Z", last_method: restore,
+           last_result: passed, last_time: "2026-02-01T03:00:00Z", last_details: "", error: null}
 keep:
   description: Set id to the reasons it is kept.
   returned: when O(command=retention)
@@ -291,6 +361,7 @@ warnings_list:
   sample: []
 """
 
+import getpass
 import os
 import shutil
 import socket
@@ -307,16 +378,22 @@ from ansible.module_utils.llmops_backupset import (
     hash_set_files,
     heartbeat,
     isoformat,
+    json_safe,
     list_partials,
     list_sets,
+    load_manifest,
     parse_partial,
     parse_time,
     partial_age,
     partial_path,
     read_json,
+    record_verification,
+    relative_problem,
     resolve_set,
     set_id_for,
     utc,
+    verification_record,
+    verification_summary,
     verify_set,
     write_json,
     write_manifest,
@@ -339,6 +416,9 @@ def _component_files(partial, data):
         if not full.startswith(partial.rstrip('/') + os.sep):
             raise BackupSetError('file %s is not inside the set %s' % (path, partial))
         entry['path'] = os.path.relpath(full, partial)
+        problem = relative_problem(entry['path'])
+        if problem:
+            raise BackupSetError('file %r of the set %s %s' % (path, partial, problem))
         if entry.get('size') is not None:
             entry['size'] = int(entry['size'])
         files.append(entry)
@@ -470,8 +550,12 @@ def do_finalize(module, root):
     manifest['problems'] = problems
     written = write_manifest(partial, manifest, files=files)
     final = finalize_set(partial, root, written['status'])
-    module.exit_json(changed=True, set_id=set_id, path=final, status=written['status'],
-                     problems=written['problems'], latest=written['status'] == 'success', manifest=written)
+    # finalize_set reads SHA256SUMS back and fails the set when it does not match: report what it wrote.
+    written = load_manifest(final)
+    # json_safe: file names that are not UTF-8 (an uploads tree may hold some) are shown escaped.
+    module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=final, status=written['status'],
+                                      problems=written['problems'], latest=written['status'] == 'success',
+                                      manifest=written)))
 
 
 def do_verify(module, root):
@@ -483,16 +567,42 @@ def do_verify(module, root):
         for key in ('missing', 'extra', 'mismatched', 'errors'):
             if result[key]:
                 details.append('%s: %s' % (key, ', '.join(result[key][:10])))
-        module.fail_json(msg='backup set %s failed verification (%s); do not restore from it'
-                             % (path, '; '.join(details)), set_id=set_id, path=path, status=result['status'],
-                         verify=result)
-    module.exit_json(changed=False, set_id=set_id, path=path, status=result['status'], verify=result)
+        module.fail_json(**json_safe(dict(msg='backup set %s failed verification (%s); do not restore from it'
+                                              % (path, '; '.join(details)), set_id=set_id, path=path,
+                                          status=result['status'], verify=result)))
+    module.exit_json(changed=False, set_id=set_id, path=path, status=result['status'], verify=json_safe(result))
+
+
+def _default_by():
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return '%s@%s' % (user, socket.gethostname())
+
+
+def do_verified(module, root):
+    _require(module, 'path', 'method', 'result')
+    path = resolve_set(root, module.params['path'])
+    record = verification_record(dict(
+        method=module.params['method'], result=module.params['result'],
+        components=module.params['components'] or {}, details=module.params['details'] or '',
+        by=module.params['by'] or _default_by()))
+    set_id = os.path.basename(os.path.realpath(path))
+    doc = record_verification(path, record, dry_run=module.check_mode)
+    summary = dict(verification_summary(doc), error=None)
+    module.exit_json(changed=True, set_id=set_id, path=path, record=doc['records'][-1], verification=summary,
+                     msg='check mode: nothing written' if module.check_mode else 'recorded')
 
 
 def do_list(module, root):
     sets = list_sets(root, complete_only=module.params['complete_only'])
-    latest = next((s['id'] for s in list_sets(root) if s['latest']), None)
-    module.exit_json(changed=False, sets=sets, latest=latest)
+    everything = list_sets(root)
+    latest = next((s['id'] for s in everything if s['latest']), None)
+    tested = next((dict(id=s['id'], time=s['verification']['restore_tested_time'])
+                   for s in reversed(everything) if s['complete'] and s['status'] == 'success'
+                   and s['verification']['restore_tested']), None)
+    module.exit_json(**json_safe(dict(changed=False, sets=sets, latest=latest, restore_tested=tested)))
 
 
 def do_retention(module, root):
@@ -535,7 +645,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             command=dict(type='str', required=True,
-                         choices=['begin', 'component', 'finalize', 'verify', 'list', 'retention', 'cleanup']),
+                         choices=['begin', 'component', 'finalize', 'verify', 'verified', 'list', 'retention',
+                                  'cleanup']),
             root=dict(type='path', required=True),
             name=dict(type='str', default='llmops'),
             path=dict(type='path'),
@@ -545,6 +656,11 @@ def main():
             expected_components=dict(type='list', elements='str', default=[]),
             stale_after=dict(type='int', default=7200),
             force=dict(type='bool', default=False),
+            method=dict(type='str', choices=['checksums', 'restore']),
+            result=dict(type='str', choices=['passed', 'failed']),
+            components=dict(type='dict', default={}),
+            details=dict(type='str', default=''),
+            by=dict(type='str'),
             complete_only=dict(type='bool', default=False),
             dry_run=dict(type='bool', default=False),
             policy=dict(type='dict', default={}, options=policy_options),
@@ -553,7 +669,7 @@ def main():
     )
     root = os.path.abspath(module.params['root'])
     handlers = dict(begin=do_begin, component=do_component, finalize=do_finalize, verify=do_verify,
-                    list=do_list, retention=do_retention, cleanup=do_cleanup)
+                    verified=do_verified, list=do_list, retention=do_retention, cleanup=do_cleanup)
     try:
         handlers[module.params['command']](module, root)
     except BackupSetError as exc:

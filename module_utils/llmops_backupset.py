@@ -8,13 +8,23 @@ Layout of a root (``/backup`` for instance)::
         .components/<component>.json          one manifest entry per component, merged at finalize
     <root>/<name>_YYYYmmdd_HHMMSS/            a finalized set (status success or failed)
         backup_manifest.json                  schema_version 1, see write_manifest
-        SHA256SUMS                            ``<sha256>  <relative path>`` for every other file
+        SHA256SUMS                            ``<sha256>  <relative path>`` for every other file,
+                                              escaped as GNU ``sha256sum`` does (see sums_line)
         <artefacts>                           e.g. mariadb/full.mbstream.zst, postgres/app.dump.zst
+        verification.json                     added after finalize: checksum / restore test records
+        verification.json.sha256              its checksum (``sha256sum -c`` format)
     <root>/latest -> <name>_YYYYmmdd_HHMMSS   newest successful set (symlink, replaced atomically)
 
 Timestamps are UTC. A set's id is its folder name ``<name>_YYYYmmdd_HHMMSS``. A set whose run
 failed is still finalized (its good artefacts may matter) but says ``status: failed``, never
-becomes ``latest`` and is not listed by ``list_sets(complete_only=True)``.
+becomes ``latest`` and is not listed by ``list_sets(complete_only=True)``. ``finalize_set`` reads
+SHA256SUMS back before the rename: a set whose SHA256SUMS does not list exactly its files is
+finalized as failed.
+
+Everything read back from a set (manifest, SHA256SUMS) is untrusted: ``confined_path`` turns an
+entry into a file path only when it stays inside the set. The checksummed manifest is never
+rewritten after finalize; what later checks found (``sha256sum``, a restore test) is appended to
+``verification.json`` by ``record_verification``.
 
 Stdlib only; modules import it as ``from ansible.module_utils.llmops_backupset import ...``.
 """
@@ -42,6 +52,15 @@ SCHEMA_VERSION = 1
 FORMAT = "llmops-backupset"
 MANIFEST = "backup_manifest.json"
 SUMS = "SHA256SUMS"
+VERIFICATION = "verification.json"
+VERIFICATION_SUMS = VERIFICATION + ".sha256"
+VERIFICATION_FORMAT = "llmops-verification"
+VERIFICATION_SCHEMA_VERSION = 1
+VERIFICATION_METHODS = ("checksums", "restore")
+VERIFICATION_RESULTS = ("passed", "failed")
+# Files of a finalized set that SHA256SUMS does not list: SHA256SUMS itself, and the verification
+# records appended after finalize (they carry their own checksum).
+UNLISTED = (SUMS, VERIFICATION, VERIFICATION_SUMS)
 OWNER = ".owner.json"
 COMPONENTS_DIR = ".components"
 LATEST = "latest"
@@ -50,11 +69,16 @@ STAMP_FORMAT = "%Y%m%d_%H%M%S"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}_\d{6})$")
 _PARTIAL_RE = re.compile(r"^\.(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*_\d{8}_\d{6})\.partial$")
-_SUMS_LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_SUMS_LINE_RE = re.compile(rb"([0-9a-fA-F]{64}) [ *](.+)", re.S)
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BackupSetError(Exception):
     """A backup set operation cannot be done; the message tells the operator what to do."""
+
+
+class SumsFormatError(BackupSetError, ValueError):
+    """A SHA256SUMS text has a line that is not ``[\\]<sha256>  <name>`` (also a ``ValueError``)."""
 
 
 class SetLockError(BackupSetError):
@@ -334,19 +358,104 @@ def cleanup_partials(root, older_than, now=None, dry_run=False):
     return removed
 
 
+# --------------------------------------------------------------------------------------------
+# paths read back from a set
+
+
+def relative_problem(relative):
+    """Why ``relative`` is not a canonical path relative to a set (None when it is one).
+
+    Canonical: a non-empty ``str`` (``bytes`` are decoded with ``os.fsdecode``), no NUL, not absolute,
+    no empty, ``.`` or ``..`` component (so one file has exactly one spelling).
+    """
+    if isinstance(relative, bytes):
+        relative = os.fsdecode(relative)
+    if not isinstance(relative, str) or relative == "":
+        return "is not a non-empty path"
+    if "\0" in relative:
+        return "holds a NUL byte"
+    if relative.startswith("/"):
+        return "is absolute"
+    parts = relative.split("/")
+    if ".." in parts:
+        return "has a '..' component"
+    if "" in parts or "." in parts:
+        return "is not canonical (empty or '.' component)"
+    return None
+
+
+def confined_path(set_path, relative, follow=True):
+    """The absolute path of the manifest / SHA256SUMS entry ``relative`` of the set ``set_path``.
+
+    Raises ``BackupSetError`` naming the entry unless it is relative, canonical (no ``..``, ``.`` or
+    empty component), holds no NUL and resolves (``os.path.realpath``, symbolic links followed) inside
+    the set. With ``follow=False`` the entry itself may be a symbolic link (a link recorded in the
+    manifest, whose target may point anywhere): only the folder holding it must resolve inside.
+    The returned path is ``<set_path>/<relative>`` (not resolved), so that ``lstat`` / ``readlink``
+    see the entry itself.
+    """
+    set_path = os.path.abspath(os.fspath(set_path))
+    problem = relative_problem(relative)
+    if problem:
+        raise BackupSetError("entry %r of set %s %s; the set's manifest or SHA256SUMS was tampered with or "
+                             "damaged: do not restore from it" % (relative, set_path, problem))
+    if isinstance(relative, bytes):
+        relative = os.fsdecode(relative)
+    full = os.path.join(set_path, relative)
+    real_root = os.path.realpath(set_path)
+    if follow:
+        resolved = os.path.realpath(full)
+    else:
+        resolved = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
+    if not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise BackupSetError("entry %r of set %s resolves to %s, outside the set (a symbolic link escapes it); "
+                             "do not restore from this set" % (relative, set_path, resolved))
+    return full
+
+
+def json_safe(obj):
+    """``obj`` (dicts, lists, strings...) with every string made valid UTF-8 for a module's result.
+
+    File names that are not valid UTF-8 reach Python as ``str`` with surrogate escapes, which
+    Ansible refuses in a module's response; such a string is shown with ``\\xNN`` for each byte
+    that is not UTF-8 (display only: the set's files keep their names, its manifest the exact ones).
+    """
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            try:
+                return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return dict((json_safe(k), json_safe(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _walk_error(exc):
+    raise exc
+
+
 def _set_files(path, links=False):
-    """Relative paths of every file under ``path`` except SHA256SUMS (sorted).
+    """Relative paths of every file under ``path`` except SHA256SUMS and the verification records
+    (``UNLISTED``, at the top of the set only), sorted.
 
     Symbolic links (an uploads tree may hold some) are left out, or with ``links=True`` are the
     only ones returned: SHA256SUMS cannot check a link, so the manifest records its target instead.
+    A folder that cannot be read raises ``OSError`` (a silently skipped folder would leave files
+    unlisted).
     """
     files = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in os.walk(path, onerror=_walk_error):
         dirnames.sort()
         for filename in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             full = os.path.join(dirpath, filename)
             rel = os.path.relpath(full, path)
-            if rel == SUMS or os.path.islink(full) != links:
+            if rel in UNLISTED or os.path.islink(full) != links:
                 continue
             files.append(rel)
     return sorted(files)
@@ -358,7 +467,7 @@ def set_links(path):
 
 
 def hash_set_files(path):
-    """Hash every regular file of a set except the manifest and SHA256SUMS.
+    """Hash every regular file of a set except the manifest, SHA256SUMS and the verification records.
 
     Returns ``[{path, size, sha256}]`` sorted by path; symbolic links are left out (see
     ``set_links``); a special file (fifo, device) raises.
@@ -375,31 +484,220 @@ def hash_set_files(path):
     return entries
 
 
+# --------------------------------------------------------------------------------------------
+# SHA256SUMS
+
+
+def _name_bytes(path):
+    """The bytes of a file name as the file system has them (``os.fsencode`` of a ``str``)."""
+    try:
+        name = path if isinstance(path, bytes) else os.fsencode(path)
+    except (TypeError, UnicodeError) as exc:
+        raise BackupSetError("file name %r cannot be written to %s (not a name the file system gave: %s); "
+                             "report this as a bug" % (path, SUMS, exc)) from exc
+    if not name or b"\0" in name:
+        raise BackupSetError("file name %r cannot be written to %s (empty or holds NUL)" % (path, SUMS))
+    return name
+
+
+def _sort_key(path):
+    """A total order on names (byte order for ordinary names), whatever the manifest holds."""
+    return str(path).encode("utf-8", "surrogatepass")
+
+
+def sums_line(path, sha256):
+    """One SHA256SUMS line (bytes) exactly as GNU ``sha256sum`` (coreutils 9.1) writes it.
+
+    ``path`` is taken as the file system gives it: a ``str`` is encoded with ``os.fsencode`` (so a
+    name that is not valid UTF-8 round-trips through surrogateescape), ``bytes`` are used as they
+    are. When the name holds a backslash, a newline or a carriage return, the line starts with a
+    backslash and in the name ``\\`` becomes ``\\\\``, newline ``\\n`` and CR ``\\r``; every other
+    byte is written raw. Raises ``BackupSetError`` for a name that no file can have (NUL, not
+    encodable) or a digest that is not 64 hex digits.
+    """
+    name = _name_bytes(path)
+    digest = str(sha256).lower()
+    if not _HEX64_RE.match(digest):
+        raise BackupSetError("%r is not a sha256 (64 hex digits) for %r" % (sha256, path))
+    if b"\\" in name or b"\n" in name or b"\r" in name:
+        name = name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+        return b"\\" + digest.encode("ascii") + b"  " + name + b"\n"
+    return digest.encode("ascii") + b"  " + name + b"\n"
+
+
+def format_sums(sums):
+    """SHA256SUMS content (bytes) for ``{path: sha256}``, sorted by the names' bytes."""
+    items = sorted((_name_bytes(path), path, digest) for path, digest in sums.items())
+    return b"".join(sums_line(item[1], item[2]) for item in items)
+
+
+def _unescape_name(name, number):
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        byte = name[i:i + 1]
+        if byte != b"\\":
+            out += byte
+            i += 1
+            continue
+        escape = name[i + 1:i + 2]
+        if escape == b"\\":
+            out += b"\\"
+        elif escape == b"n":
+            out += b"\n"
+        elif escape == b"r":
+            out += b"\r"
+        else:
+            raise SumsFormatError("line %d: bad escape %r in an escaped name (only \\\\, \\n and \\r exist): %r"
+                                  % (number, (b"\\" + escape).decode("latin-1"), name[:200]))
+        i += 2
+    return bytes(out)
+
+
+def parse_sums(data):
+    """Parse SHA256SUMS into ``{path: sha256}``; raise ``SumsFormatError`` (a ``ValueError``) on a bad line.
+
+    ``data`` is the file's bytes (a ``str`` is encoded with ``os.fsencode``). Both forms GNU
+    ``sha256sum`` writes are read: ``<sha256>  <name>`` (name raw) and ``\\<sha256>  <name>`` (name
+    escaped, see ``sums_line``); ``*`` in place of the second space (binary mode) is accepted, as is
+    a CR before the newline (GNU ignores it too). Paths are returned as ``str`` through
+    ``os.fsdecode``, so any byte name round-trips. Empty lines, bad escapes, NUL bytes and a name
+    listed twice are errors. Digests are returned in lower case.
+    """
+    if isinstance(data, str):
+        data = os.fsencode(data)
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    sums = {}
+    for number, line in enumerate(lines, 1):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        escaped = line.startswith(b"\\")
+        match = _SUMS_LINE_RE.fullmatch(line[1:] if escaped else line)
+        if not match:
+            raise SumsFormatError("line %d is not '<sha256>  <path>' (or '\\<sha256>  <escaped path>'): %r"
+                                  % (number, line[:200]))
+        name = match.group(2)
+        if b"\0" in name:
+            raise SumsFormatError("line %d: the name holds a NUL byte: %r" % (number, line[:200]))
+        if escaped:
+            name = _unescape_name(name, number)
+        path = os.fsdecode(name)
+        if path in sums:
+            raise SumsFormatError("line %d lists %r a second time" % (number, path))
+        sums[path] = match.group(1).decode("ascii").lower()
+    return sums
+
+
+def read_sums(set_path):
+    """``parse_sums`` of ``<set_path>/SHA256SUMS``; raises ``OSError`` or ``SumsFormatError``."""
+    with open(os.path.join(os.fspath(set_path), SUMS), "rb") as handle:
+        return parse_sums(handle.read())
+
+
+# --------------------------------------------------------------------------------------------
+# manifest and finalize
+
+
 def write_manifest(partial_dir, manifest, files=None):
     """Write ``backup_manifest.json`` and ``SHA256SUMS`` into ``partial_dir``; return the manifest.
 
     Adds ``schema_version`` and ``format``, ``files`` (path, size, sha256 of every file of the set
-    except the manifest and SHA256SUMS; ``files`` from ``hash_set_files`` saves hashing twice) and
-    ``totals``. SHA256SUMS lists every file except itself, the manifest included, as
-    ``<sha256>  <relative path>`` sorted by path, so that ``cd set && sha256sum -c SHA256SUMS``
-    accepts it. Files and folders are fsynced.
+    except the manifest, SHA256SUMS and the verification records; ``files`` from ``hash_set_files``
+    saves hashing twice) and ``totals``. SHA256SUMS lists every file except itself, the manifest
+    included, one ``sums_line`` each (GNU ``sha256sum`` escaping) sorted by the names' bytes, so that
+    ``cd set && sha256sum -c SHA256SUMS`` accepts it, and is written as bytes: names are used as the
+    file system gives them. Files and folders are fsynced. A ``files`` path that is not relative and
+    canonical raises ``BackupSetError``.
     """
     manifest = dict(manifest)
     manifest["schema_version"] = SCHEMA_VERSION
     manifest["format"] = FORMAT
     entries = hash_set_files(partial_dir) if files is None else [dict(e) for e in files]
+    for entry in entries:
+        problem = relative_problem(entry.get("path"))
+        if problem:
+            raise BackupSetError("file entry %r %s; a set lists paths relative to its folder"
+                                 % (entry.get("path"), problem))
     manifest["files"] = entries
     manifest["totals"] = {"files": len(entries), "bytes": sum(e["size"] for e in entries)}
     manifest["links"] = set_links(partial_dir)
     write_json(os.path.join(partial_dir, MANIFEST), manifest)
     sums = {e["path"]: e["sha256"] for e in entries}
     sums[MANIFEST] = hash_file(os.path.join(partial_dir, MANIFEST))[0]
-    text = "".join("%s  %s\n" % (sums[p], p) for p in sorted(sums))
-    write_file_atomic(os.path.join(partial_dir, SUMS), text.encode("utf-8"))
+    write_file_atomic(os.path.join(partial_dir, SUMS), format_sums(sums))
     dirs = {os.path.dirname(os.path.join(partial_dir, e["path"])) for e in entries}
     for directory in sorted(dirs | {os.path.abspath(partial_dir)}):
         fsync_dir(directory)
     return manifest
+
+
+def sums_problems(path, manifest):
+    """Why the SHA256SUMS of the set (or partial) ``path`` does not match ``manifest`` (``[]`` when it does).
+
+    SHA256SUMS is read back through ``parse_sums`` and must list exactly the regular files present
+    (``UNLISTED`` aside) with the sha256 the manifest records (the manifest's own sha256 is
+    recomputed, other files are not re-hashed: their hashes come from ``hash_set_files``); sizes on
+    disk must match the manifest, every entry must stay inside the set (``confined_path``), the
+    manifest's links must be the set's links, and the verification file names must not be taken by
+    an artefact. Each problem names the file and says what to do.
+    """
+    path = os.path.abspath(os.fspath(path))
+    redo = "fix the cause and run the backup again"
+    try:
+        sums = read_sums(path)
+    except (OSError, ValueError) as exc:
+        return ["%s cannot be read back (%s); %s" % (SUMS, exc, redo)]
+    problems = []
+    table = {}
+    for entry in manifest.get("files") or []:
+        table[entry.get("path")] = entry
+    expected = {rel: str(entry.get("sha256") or "").lower() for rel, entry in table.items()}
+    try:
+        expected[MANIFEST] = hash_file(os.path.join(path, MANIFEST))[0]
+    except OSError as exc:
+        problems.append("file %r: cannot be read (%s); %s" % (MANIFEST, exc, redo))
+    present = set(_set_files(path))
+    for rel in sorted(set(sums) | set(expected) | present, key=_sort_key):
+        try:
+            full = confined_path(path, rel)
+        except BackupSetError as exc:
+            problems.append("file %r: %s" % (rel, exc))
+            continue
+        if rel == "-":
+            problems.append("file '-': sha256sum -c reads standard input for this name; write the artefact under "
+                            "a component folder and run the backup again")
+        elif rel not in sums and rel in expected:
+            problems.append("file %r: not listed in %s as read back (its name does not survive the sha256sum "
+                            "escaping); rename it at the source or report a bug, then run the backup again"
+                            % (rel, SUMS))
+        elif rel not in sums:
+            problems.append("file %r: in the set but neither in the manifest nor in %s (written after the manifest, "
+                            "or left out of write_manifest's files); %s" % (rel, SUMS, redo))
+        elif rel not in expected:
+            problems.append("file %r: listed in %s but not in the manifest; %s" % (rel, SUMS, redo))
+        elif sums[rel] != expected[rel]:
+            problems.append("file %r: %s says sha256 %s, the manifest %s; %s" % (rel, SUMS, sums[rel], expected[rel],
+                                                                                 redo))
+        if rel not in present:
+            problems.append("file %r: listed but not a regular file of the set; %s" % (rel, redo))
+        elif rel in table and table[rel].get("size") is not None:
+            size = os.lstat(full).st_size
+            if str(size) != str(table[rel]["size"]):
+                problems.append("file %r: %d bytes on disk, the manifest says %s (changed after it was hashed); %s"
+                                % (rel, size, table[rel]["size"], redo))
+    recorded = {link.get("path"): link.get("target") for link in manifest.get("links") or []}
+    actual = {link["path"]: link["target"] for link in set_links(path)}
+    for rel in sorted(set(recorded) | set(actual), key=_sort_key):
+        if recorded.get(rel) != actual.get(rel):
+            problems.append("symbolic link %r: the manifest records target %r, the set holds %r; %s"
+                            % (rel, recorded.get(rel), actual.get(rel), redo))
+    for name in (VERIFICATION, VERIFICATION_SUMS):
+        if os.path.lexists(os.path.join(path, name)):
+            problems.append("file %r: this name is reserved for the verification records added after finalize; "
+                            "write the artefact under a component folder and run the backup again" % name)
+    return problems
 
 
 def _update_latest(root, set_id):
@@ -416,8 +714,12 @@ def _update_latest(root, set_id):
 def finalize_set(partial_dir, root, status):
     """Rename a partial set to ``<root>/<name>_YYYYmmdd_HHMMSS`` and return the new path.
 
-    The manifest must already be written and say the same ``status``. Only a ``success`` set
-    replaces ``<root>/latest`` (atomically: temp symlink + rename).
+    The manifest must already be written and say the same ``status``. Before the rename SHA256SUMS
+    is read back and compared with the manifest and the files present (``sums_problems``); if it
+    does not match, the manifest is rewritten with ``status: failed`` and the problems appended to
+    its ``problems``, so the set never becomes ``latest`` (read the final status with
+    ``load_manifest`` on the returned path). Only a ``success`` set replaces ``<root>/latest``
+    (atomically: temp symlink + rename).
     """
     if status not in ("success", "failed"):
         raise BackupSetError("status must be 'success' or 'failed', got %r" % (status,))
@@ -434,6 +736,11 @@ def finalize_set(partial_dir, root, status):
     final = os.path.join(root, set_id)
     if os.path.lexists(final):
         raise BackupSetError("%s already exists" % final)
+    problems = sums_problems(partial_dir, manifest)
+    if problems:
+        manifest["status"] = status = "failed"
+        manifest["problems"] = list(manifest.get("problems") or []) + problems
+        write_manifest(partial_dir, manifest, files=manifest.get("files") or [])
     os.rename(partial_dir, final)
     fsync_dir(root)
     if status == "success":
@@ -441,8 +748,37 @@ def finalize_set(partial_dir, root, status):
     return final
 
 
+def _manifest_path_problems(manifest):
+    """Entries of a loaded manifest whose ``path`` is not relative and canonical."""
+    entries = [("files", e) for e in manifest.get("files") or []]
+    entries += [("links", e) for e in manifest.get("links") or []]
+    components = manifest.get("components") or {}
+    if not isinstance(components, dict):
+        return ["components is not a mapping"]
+    for cname, comp in sorted(components.items()):
+        if not isinstance(comp, dict):
+            return ["component %r is not a mapping" % (cname,)]
+        files = comp.get("files") or []
+        if not isinstance(files, list):
+            return ["component %r: files is not a list" % (cname,)]
+        entries += [("component %s files" % cname, e) for e in files]
+    problems = []
+    for where, entry in entries:
+        if not isinstance(entry, dict):
+            problems.append("%s: entry %r is not a mapping" % (where, entry))
+            continue
+        problem = relative_problem(entry.get("path"))
+        if problem:
+            problems.append("%s: path %r %s" % (where, entry.get("path"), problem))
+    return problems
+
+
 def load_manifest(path):
-    """Load and check ``backup_manifest.json`` of a set (or partial); raise ``BackupSetError``."""
+    """Load and check ``backup_manifest.json`` of a set (or partial); raise ``BackupSetError``.
+
+    Every ``path`` it lists (``files``, ``links``, each component's ``files``) must be relative and
+    canonical (``confined_path`` checks, once a path is used, that it also resolves inside the set).
+    """
     file_path = os.path.join(os.fspath(path), MANIFEST)
     try:
         manifest = read_json(file_path)
@@ -454,11 +790,181 @@ def load_manifest(path):
         raise BackupSetError("%s: unsupported schema_version %r (expected %d)"
                              % (file_path, manifest.get("schema_version") if isinstance(manifest, dict) else None,
                                 SCHEMA_VERSION))
+    for key in ("files", "links"):
+        if not isinstance(manifest.get(key) or [], list):
+            raise BackupSetError("%s: %s is not a list; the manifest is damaged, do not restore from this set"
+                                 % (file_path, key))
+    problems = _manifest_path_problems(manifest)
+    if problems:
+        raise BackupSetError("%s lists paths outside the set (%s); the manifest was tampered with or damaged: do "
+                             "not restore from this set" % (file_path, "; ".join(problems[:5])))
     return manifest
 
 
+# --------------------------------------------------------------------------------------------
+# verification records (appended after finalize, the manifest stays as checksummed)
+
+
+def _empty_verification(set_id):
+    return {"format": VERIFICATION_FORMAT, "schema_version": VERIFICATION_SCHEMA_VERSION, "set_id": set_id,
+            "records": []}
+
+
+def read_verification(set_path):
+    """The verification records of a set: ``{format, schema_version, set_id, records}``.
+
+    A set without ``verification.json`` gives the empty document. Raises ``BackupSetError`` when
+    ``verification.json.sha256`` is missing or does not match (tampered with, or a writer died
+    between the two writes), or when the document is not this format or names another set.
+    """
+    set_path = os.path.realpath(os.fspath(set_path))
+    set_id = os.path.basename(set_path)
+    doc_path = os.path.join(set_path, VERIFICATION)
+    sum_path = os.path.join(set_path, VERIFICATION_SUMS)
+    what = "inspect them; to start a fresh record move both %s and %s out of the set" % (
+        VERIFICATION, VERIFICATION_SUMS)
+    if not os.path.lexists(doc_path) and not os.path.lexists(sum_path):
+        return _empty_verification(set_id)
+    try:
+        with open(doc_path, "rb") as handle:
+            data = handle.read()
+        with open(sum_path, "rb") as handle:
+            sums = parse_sums(handle.read())
+    except (OSError, ValueError) as exc:
+        raise BackupSetError("cannot read the verification records of %s (%s); %s" % (set_path, exc, what)) from exc
+    if set(sums) != {VERIFICATION}:
+        listed = ", ".join(repr(name) for name in sorted(sums))
+        raise BackupSetError("%s must list %s only, it lists %s; %s" % (sum_path, VERIFICATION, listed, what))
+    if hashlib.sha256(data).hexdigest() != sums[VERIFICATION]:
+        raise BackupSetError("%s does not match %s (tampered with, or a writer died between the two writes); %s"
+                             % (doc_path, VERIFICATION_SUMS, what))
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise BackupSetError("%s is not JSON (%s); %s" % (doc_path, exc, what)) from exc
+    if not isinstance(doc, dict) or doc.get("format") != VERIFICATION_FORMAT or \
+            doc.get("schema_version") != VERIFICATION_SCHEMA_VERSION or not isinstance(doc.get("records"), list):
+        raise BackupSetError("%s is not a %s document of schema_version %d; %s"
+                             % (doc_path, VERIFICATION_FORMAT, VERIFICATION_SCHEMA_VERSION, what))
+    if doc.get("set_id") != set_id:
+        raise BackupSetError("%s records set %r, not %s (copied from another set?); %s"
+                             % (doc_path, doc.get("set_id"), set_id, what))
+    return doc
+
+
+def _check_record(record):
+    """A clean copy of a verification record, or ``BackupSetError``."""
+    if not isinstance(record, dict):
+        raise BackupSetError("a verification record is a mapping, got %r" % (record,))
+    unknown = sorted(set(record) - {"time", "method", "result", "components", "by", "details"})
+    if unknown:
+        raise BackupSetError("unknown verification record key(s) %s; use time, method, result, components, by, "
+                             "details" % ", ".join(unknown))
+    method, result = record.get("method"), record.get("result")
+    if method not in VERIFICATION_METHODS:
+        raise BackupSetError("verification method must be one of %s, got %r"
+                             % (", ".join(VERIFICATION_METHODS), method))
+    if result not in VERIFICATION_RESULTS:
+        raise BackupSetError("verification result must be one of %s, got %r"
+                             % (", ".join(VERIFICATION_RESULTS), result))
+    components = record.get("components") or {}
+    if not isinstance(components, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in components.items()):
+        raise BackupSetError("verification components must map component names to a result such as 'passed' or "
+                             "'failed', got %r" % (components,))
+    when = record.get("time")
+    try:
+        when = isoformat(parse_time(when)) if when else isoformat(utc())
+    except (TypeError, ValueError) as exc:
+        raise BackupSetError("verification time %r is not an ISO 8601 instant" % (when,)) from exc
+    by = record.get("by") or ""
+    details = record.get("details") or ""
+    if not isinstance(by, str) or not isinstance(details, str):
+        raise BackupSetError("verification 'by' and 'details' are text")
+    return {"time": when, "method": method, "result": result, "components": dict(sorted(components.items())),
+            "by": by, "details": details}
+
+
+def verification_record(record):
+    """The record ``record_verification`` would append (checked, ``time`` defaulting to now)."""
+    return _check_record(record)
+
+
+def record_verification(set_path, record, dry_run=False):
+    """Append a verification record to ``<set>/verification.json`` and return the new document.
+
+    ``record``: ``{"method": "checksums"|"restore", "result": "passed"|"failed", "components":
+    {name: "passed"|"failed"|...}, "by": str, "details": str}`` and optionally ``time`` (ISO UTC,
+    default now). The set must be finalized (manifest and SHA256SUMS present); the manifest is not
+    touched. The document is written atomically, then ``verification.json.sha256`` (``sha256sum -c``
+    format) atomically after it, under an exclusive ``flock`` on the set folder so that two writers
+    do not lose a record. Existing records that fail ``read_verification`` are not appended to.
+    With ``dry_run`` every check is made and the document that would be written is returned, but
+    nothing is written.
+    """
+    set_path = os.path.realpath(os.fspath(set_path))
+    clean = _check_record(record)
+    if not os.path.isdir(set_path) or not _SET_RE.match(os.path.basename(set_path)):
+        raise BackupSetError("%s is not a finalized backup set (<root>/<name>_YYYYmmdd_HHMMSS)" % set_path)
+    load_manifest(set_path)
+    if not os.path.isfile(os.path.join(set_path, SUMS)):
+        raise BackupSetError("%s has no %s: it is not a complete set, verify a finalized one" % (set_path, SUMS))
+    if dry_run:
+        doc = read_verification(set_path)
+        doc["records"].append(clean)
+        return doc
+    fd = os.open(set_path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        doc = read_verification(set_path)
+        doc["records"].append(clean)
+        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        write_file_atomic(os.path.join(set_path, VERIFICATION), data)
+        write_file_atomic(os.path.join(set_path, VERIFICATION_SUMS),
+                          sums_line(VERIFICATION, hashlib.sha256(data).hexdigest()))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return doc
+
+
+def verification_summary(doc):
+    """``{restore_tested, restore_tested_time, last_method, last_result, last_time, last_details}``
+    of a verification document.
+
+    ``restore_tested``: the newest ``restore`` record passed (``restore_tested_time`` is its time,
+    None otherwise); ``last_*``: the newest record of any method. Newest = latest ``time``, the later
+    record on a tie.
+    """
+    records = []
+    for index, rec in enumerate((doc or {}).get("records") or []):
+        try:
+            records.append((parse_time(rec["time"]), index, rec))
+        except (KeyError, TypeError, ValueError):
+            continue
+    records.sort(key=lambda item: item[:2])
+    last = records[-1][2] if records else {}
+    restores = [item[2] for item in records if item[2].get("method") == "restore"]
+    tested = bool(restores) and restores[-1].get("result") == "passed"
+    return {"restore_tested": tested, "last_method": last.get("method"), "last_result": last.get("result"),
+            "last_time": last.get("time"), "last_details": last.get("details"),
+            "restore_tested_time": restores[-1].get("time") if tested else None}
+
+
+def verification_state(set_path):
+    """``verification_summary`` of a set's records, plus ``error`` (None, or why they cannot be read)."""
+    try:
+        summary = verification_summary(read_verification(set_path))
+        summary["error"] = None
+    except BackupSetError as exc:
+        summary = verification_summary(None)
+        summary["error"] = str(exc)
+    return summary
+
+
 def summarize(path, manifest):
-    """The list/retention view of a set: id, times, status and per-component summary."""
+    """The list/retention view of a set: id, times, status, per-component summary and ``verification``
+    (``verification_state``)."""
     set_id = os.path.basename(os.path.abspath(path))
     components = {}
     for cname, comp in sorted((manifest.get("components") or {}).items()):
@@ -481,6 +987,7 @@ def summarize(path, manifest):
         "ended": manifest.get("ended"),
         "bytes": (manifest.get("totals") or {}).get("bytes"),
         "components": components,
+        "verification": verification_state(path),
     }
 
 
@@ -517,6 +1024,15 @@ def list_sets(root, complete_only=False):
     return out
 
 
+def newest_restore_tested(root):
+    """``(set_id, restore_tested_time)`` of the newest complete, successful set whose newest ``restore``
+    verification record passed, or None."""
+    for item in reversed(list_sets(root, complete_only=True)):
+        if item["verification"]["restore_tested"]:
+            return item["id"], item["verification"]["restore_tested_time"]
+    return None
+
+
 def resolve_set(root, ref=None):
     """Path of a set given ``None``/``latest``, a set id or a path."""
     root = os.path.abspath(os.fspath(root))
@@ -532,25 +1048,14 @@ def resolve_set(root, ref=None):
     return os.path.join(root, ref)
 
 
-def parse_sums(text):
-    """Parse SHA256SUMS text into ``{path: sha256}``; raise ``ValueError`` on a bad line."""
-    sums = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        match = _SUMS_LINE_RE.match(line)
-        if not match:
-            raise ValueError("line %d is not '<sha256>  <path>': %r" % (number, line[:200]))
-        sums[match.group(2)] = match.group(1)
-    return sums
-
-
 def verify_set(path):
     """Re-hash every file of a set against SHA256SUMS and the manifest; never raises.
 
     Returns ``{path, ok, status, checked, bytes, missing, extra, mismatched, errors}``:
     ``missing``: listed but absent; ``extra``: present but unlisted; ``mismatched``: content
-    differs from SHA256SUMS (or the manifest disagrees with SHA256SUMS); ``errors``: anything else.
+    differs from SHA256SUMS (or the manifest disagrees with SHA256SUMS, or its size differs);
+    ``errors``: anything else, such as an entry that escapes the set (``confined_path``). The
+    verification records (``verification.json`` and its ``.sha256``) are not part of the check.
     """
     path = os.path.abspath(os.fspath(path))
     result = {"path": path, "ok": False, "status": None, "checked": 0, "bytes": 0,
@@ -559,8 +1064,7 @@ def verify_set(path):
         result["errors"].append("%s is not a folder" % path)
         return result
     try:
-        with open(os.path.join(path, SUMS), encoding="utf-8") as handle:
-            sums = parse_sums(handle.read())
+        sums = read_sums(path)
     except (OSError, ValueError) as exc:
         result["errors"].append("cannot read %s: %s" % (SUMS, exc))
         sums = None
@@ -570,24 +1074,35 @@ def verify_set(path):
         result["status"] = manifest.get("status")
     except BackupSetError as exc:
         result["errors"].append(str(exc))
-    present = set(_set_files(path))
+    try:
+        present = set(_set_files(path))
+    except OSError as exc:
+        result["errors"].append("cannot list the set's files: %s" % exc)
+        present = set()
     listed = dict(sums or {})
+    sizes = {}
     if manifest is not None:
         for entry in manifest.get("files") or []:
             rel = entry.get("path")
-            if sums is not None and rel in sums and sums[rel] != entry.get("sha256"):
+            if sums is not None and rel in sums and sums[rel] != str(entry.get("sha256") or "").lower():
                 result["mismatched"].append(rel)
                 result["errors"].append("%s: manifest sha256 differs from %s" % (rel, SUMS))
             if sums is not None and rel not in sums:
                 result["errors"].append("%s: in the manifest but not in %s" % (rel, SUMS))
             listed.setdefault(rel, entry.get("sha256"))
+            if entry.get("size") is not None:
+                sizes[rel] = entry["size"]
     for rel in sorted(listed):
-        full = os.path.join(path, rel)
-        if os.path.isabs(rel) or rel.split("/")[0] == ".." or not os.path.abspath(full).startswith(path + os.sep):
-            result["errors"].append("%s: path escapes the set" % rel)
+        try:
+            full = confined_path(path, rel)
+        except BackupSetError as exc:
+            result["errors"].append(str(exc))
             continue
         if rel not in present:
             result["missing"].append(rel)
+            continue
+        if not os.path.isfile(full):
+            result["errors"].append("%s: not a regular file" % rel)
             continue
         try:
             digest, size = hash_file(full)
@@ -596,13 +1111,28 @@ def verify_set(path):
             continue
         result["checked"] += 1
         result["bytes"] += size
-        if digest != listed[rel] and rel not in result["mismatched"]:
+        mismatch = digest != str(listed[rel] or "").lower()
+        if rel in sizes:
+            try:
+                mismatch = mismatch or int(sizes[rel]) != size
+            except (TypeError, ValueError):
+                mismatch = True
+        if mismatch and rel not in result["mismatched"]:
             result["mismatched"].append(rel)
     result["extra"] = sorted(present - set(listed))
     if manifest is not None:
-        recorded = {link["path"]: link["target"] for link in manifest.get("links") or []}
-        actual = {link["path"]: link["target"] for link in set_links(path)}
+        recorded = {link.get("path"): link.get("target") for link in manifest.get("links") or []}
+        try:
+            actual = {link["path"]: link["target"] for link in set_links(path)}
+        except OSError as exc:
+            result["errors"].append("cannot read the set's symbolic links: %s" % exc)
+            actual = {}
         for rel in sorted(set(recorded) | set(actual)):
+            try:
+                confined_path(path, rel, follow=False)
+            except BackupSetError as exc:
+                result["errors"].append(str(exc))
+                continue
             if rel not in actual:
                 result["missing"].append(rel)
             elif rel not in recorded:

@@ -73,6 +73,18 @@ def test_lifecycle(tmp_path):
         {"name": "sums", "ansible.builtin.command": {"cmd": "sha256sum -c SHA256SUMS", "chdir": "{{ final.path }}"},
          "register": "sums"},
         step("verified", {"command": "verify", "root": root}),
+        step("tested_dry", {"command": "verified", "root": root, "path": "{{ final.path }}", "method": "restore",
+                            "result": "passed", "components": {"redis": "passed"}, "by": "drill"}, check=True),
+        {"name": "no_record", "ansible.builtin.stat": {"path": "{{ final.path }}/verification.json"},
+         "register": "no_record"},
+        step("tested", {"command": "verified", "root": root, "path": "{{ final.set_id }}", "method": "restore",
+                        "result": "passed", "components": {"redis": "passed"}, "by": "drill",
+                        "details": "report.json"}),
+        step("checked", {"command": "verified", "root": root, "path": "{{ final.path }}", "method": "checksums",
+                         "result": "passed"}),
+        {"name": "record_sums", "ansible.builtin.command": {"cmd": "sha256sum -c --strict verification.json.sha256",
+                                                           "chdir": "{{ final.path }}"}, "register": "record_sums"},
+        step("reverified", {"command": "verify", "root": root}),
         step("listed", {"command": "list", "root": root}),
         step("planned", {"command": "retention", "root": root, "policy": policy}, check=True),
         {"name": "still_there", "ansible.builtin.stat": {"path": f"{root}/{ancient}"},
@@ -94,6 +106,22 @@ def test_lifecycle(tmp_path):
         {"path": "redis/dump.rdb.zst", "sha256": r["art"]["stdout"].split()[0], "size": 11}]
     assert r["sums"]["rc"] == 0
     assert r["verified"]["verify"]["ok"] and r["verified"]["set_id"] == begun["set_id"]
+    dry = r["tested_dry"]
+    assert dry["changed"] and dry["record"]["method"] == "restore" and dry["verification"]["restore_tested"]
+    assert not r["no_record"]["stat"]["exists"]
+    tested = r["tested"]
+    assert tested["changed"] and tested["set_id"] == begun["set_id"] and tested["verification"]["restore_tested"]
+    assert tested["record"] == {"time": tested["record"]["time"], "method": "restore", "result": "passed",
+                                "components": {"redis": "passed"}, "by": "drill", "details": "report.json"}
+    assert r["checked"]["record"]["by"]  # defaults to <user>@<host>
+    assert "@" in r["checked"]["record"]["by"] and r["checked"]["verification"]["last_method"] == "checksums"
+    assert r["record_sums"]["rc"] == 0
+    assert r["reverified"]["verify"]["ok"]  # the records are not part of the checksummed set
+    assert bs.read_verification(final["path"])["records"][0] == tested["record"]
+    newest = r["listed"]["sets"][-1]["verification"]
+    assert newest["restore_tested"] and newest["restore_tested_time"] == tested["record"]["time"]
+    assert newest["last_method"] == "checksums" and newest["error"] is None
+    assert r["listed"]["restore_tested"] == {"id": begun["set_id"], "time": tested["record"]["time"]}
     assert [s["id"] for s in r["listed"]["sets"]] == [ancient, begun["set_id"]]
     assert r["listed"]["latest"] == begun["set_id"]
     assert r["planned"]["delete"] == [ancient] and r["planned"]["deleted"] == [] and r["planned"]["changed"]
@@ -118,6 +146,16 @@ def test_failed_component_and_bad_input(tmp_path):
         step("final", {"command": "finalize", "root": root, "path": "{{ begun.path }}",
                        "expected_components": ["pg", "redis"]}),
         step("nothing", {"command": "verify", "root": root}, fail=True),
+        step("no_method", {"command": "verified", "root": root, "path": "{{ final.path }}", "result": "passed"},
+             fail=True),
+        step("bad_method", {"command": "verified", "root": root, "path": "{{ final.path }}", "method": "eyeball",
+                            "result": "passed"}, fail=True),
+        step("bad_components", {"command": "verified", "root": root, "path": "{{ final.path }}",
+                                "method": "restore", "result": "failed", "components": {"pg": ["x"]}}, fail=True),
+        step("not_a_set", {"command": "verified", "root": root, "path": "{{ begun.path }}", "method": "restore",
+                           "result": "failed"}, fail=True),
+        step("failed_test", {"command": "verified", "root": root, "path": "{{ final.path }}", "method": "restore",
+                             "result": "failed", "components": {"pg": "failed"}, "details": "pg_restore failed"}),
         step("cleaned", {"command": "cleanup", "root": root, "stale_after": 0}),
     ])
     assert r["bad"]["failed"] and "data.status" in r["bad"]["msg"]
@@ -129,6 +167,12 @@ def test_failed_component_and_bad_input(tmp_path):
     assert not os.path.lexists(os.path.join(root, "latest"))
     assert os.path.isdir(final["path"]) and bs.list_sets(root, complete_only=True) == []
     assert r["nothing"]["failed"] and "no 'latest' set" in r["nothing"]["msg"]
+    assert r["no_method"]["failed"] and "command=verified needs method" in r["no_method"]["msg"]
+    assert r["bad_method"]["failed"] and "value of method must be one of" in r["bad_method"]["msg"]
+    assert r["bad_components"]["failed"] and "components must map" in r["bad_components"]["msg"]
+    assert r["not_a_set"]["failed"] and "not a finalized backup set" in r["not_a_set"]["msg"]
+    assert r["failed_test"]["changed"] and not r["failed_test"]["verification"]["restore_tested"]
+    assert r["failed_test"]["verification"]["last_result"] == "failed"
     assert r["cleaned"]["would_delete"] == [] and not r["cleaned"]["changed"]
 
 
@@ -140,3 +184,28 @@ def test_adhoc_list_in_check_mode(tmp_path):
     proc = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout.split("=>", 1)[1])["sets"] == []
+
+
+def test_hostile_file_names_through_the_module(tmp_path):
+    """Names with newlines, backslashes, CR, Korean, emoji and bytes that are not UTF-8: finalize succeeds,
+    `sha256sum -c` accepts the set, and the results Ansible gets back are valid UTF-8."""
+    root = str(tmp_path / "backups")
+    maker = ("import os, sys; p = os.fsencode(sys.argv[1]) + b'/uploads'; os.makedirs(p + b'/d\\n\\xff'); "
+             "open(p + b'/d\\n\\xff/x\\\\y\\r', 'wb').write(b'1'); "
+             "open(p + '/한국어 😀 $(x)'.encode(), 'wb').close()")
+    r = run_playbook(tmp_path, [
+        step("begun", {"command": "begin", "root": root}),
+        {"name": "files", "ansible.builtin.command": {"argv": [sys.executable, "-c", maker, "{{ begun.path }}"]}},
+        step("component", {"command": "component", "root": root, "path": "{{ begun.path }}", "component": "uploads",
+                           "data": {"status": "success"}}),
+        step("final", {"command": "finalize", "root": root, "path": "{{ begun.path }}"}),
+        {"name": "sums", "register": "sums", "ansible.builtin.command": {
+            "cmd": "sha256sum -c --strict --quiet SHA256SUMS", "chdir": "{{ final.path }}"}},
+        step("verified", {"command": "verify", "root": root}),
+        step("listed", {"command": "list", "root": root}),
+    ])
+    assert r["final"]["status"] == "success" and r["final"]["problems"] == [], r["final"]["problems"]
+    assert [f["path"] for f in r["final"]["manifest"]["files"]] == ["uploads/d\n\\xff/x\\y\r", "uploads/한국어 😀 $(x)"]
+    assert r["sums"]["rc"] == 0 and r["verified"]["verify"]["ok"]
+    assert bs.load_manifest(r["final"]["path"])["files"][0]["path"] == "uploads/d\n\udcff/x\\y\r"
+    assert r["listed"]["latest"] == r["begun"]["set_id"]

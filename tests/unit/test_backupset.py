@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -176,3 +178,384 @@ def test_symbolic_links_are_recorded_by_target_and_verified(tmp_path):
 ])
 def test_diff_fingerprints(expected, actual, only, problems):
     assert bs.diff_fingerprints(expected, actual, only_expected=only) == problems
+
+
+# --------------------------------------------------------------------------------------------
+# SHA256SUMS escaping, read back at finalize
+
+# File names as the file system holds them (bytes): every case GNU sha256sum escapes or writes raw.
+HOSTILE = [
+    b"plain.txt",
+    b"new\nline",
+    b"back\\slash",
+    b"carriage\rreturn",
+    b"both\\\nand\r",
+    "한국어 문서.txt".encode(),
+    "emoji 😀🚀".encode(),
+    b"quote's \"double\"",
+    b"$(touch pwned) `x`",
+    b"with space",
+    b"with\ttab",
+    b"trailing space ",
+    b"-leading-dash",
+    b"not utf8 \xff\xfe",
+    b"*star",
+]
+
+
+def _gnu_line(folder, name):
+    proc = subprocess.run([b"sha256sum", b"--", name], cwd=folder, capture_output=True, check=True)
+    return proc.stdout
+
+
+def test_sums_line_is_byte_for_byte_gnu_sha256sum(tmp_path):
+    version = subprocess.run(["sha256sum", "--version"], capture_output=True, text=True, check=True).stdout
+    assert "GNU coreutils" in version
+    gnu = b""
+    for i, name in enumerate(HOSTILE):
+        (tmp_path / os.fsdecode(name)).write_bytes(b"x" * i)
+        digest = bs.hash_file(os.path.join(tmp_path, os.fsdecode(name)))[0]
+        expected = _gnu_line(tmp_path, name)
+        assert bs.sums_line(os.fsdecode(name), digest) == expected, name
+        assert bs.sums_line(name, digest) == expected, name
+        gnu += expected
+    parsed = bs.parse_sums(gnu)
+    assert set(parsed) == {os.fsdecode(n) for n in HOSTILE}
+    ours = bs.format_sums(parsed)
+    assert sorted(ours.split(b"\n")) == sorted(gnu.split(b"\n")) and bs.parse_sums(ours) == parsed
+    (tmp_path / "SUMS").write_bytes(bs.format_sums(parsed))
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SUMS"], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_parse_sums_forms():
+    digest = "ab" * 32
+    assert bs.parse_sums(f"{digest}  a b\n{digest} *star\n") == {"a b": digest, "star": digest}
+    assert bs.parse_sums(f"\\{digest}  x\\\\y\\nz\\r\n".encode()) == {"x\\y\nz\r": digest}
+    assert bs.parse_sums(f"{digest.upper()}  crlf\r\n") == {"crlf": digest}
+    assert bs.parse_sums(f"{digest}  no newline at end") == {"no newline at end": digest}
+    assert bs.parse_sums(f"{digest}  raw\\kept\n") == {"raw\\kept": digest}  # unescaped line: raw, as GNU
+    assert bs.parse_sums(b"") == {}
+    assert bs.parse_sums(f"{digest}  bad\xff".encode("utf-8", "surrogateescape") + b"\xff\n") == \
+        {"bad\xff\udcff": digest}
+
+
+ZERO, ONE = "0" * 64, "1" * 64
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    (f"{ZERO}  a\n\n{ONE}  b\n", "line 2 is not"),
+    (f"{ZERO} a\n", "line 1 is not"),
+    (f"{ZERO}  \n", "line 1 is not"),
+    (f"{ZERO[1:]}  a\n", "line 1 is not"),
+    (f"{'g' * 64}  a\n", "line 1 is not"),
+    (f" {ZERO}  a\n", "line 1 is not"),
+    (f"\\{ZERO}  a\\tb\n", "bad escape"),
+    (f"\\{ZERO}  a\\\n", "bad escape"),
+    (f"{ZERO}  a\n{ONE}  a\n", "second time"),
+    (f"{ZERO}  a\0b\n", "NUL"),
+])
+def test_parse_sums_rejects_malformed_lines(text, match):
+    with pytest.raises(bs.SumsFormatError, match=match):
+        bs.parse_sums(text.encode())
+    with pytest.raises(ValueError):  # callers that catch ValueError keep working
+        bs.parse_sums(text)
+
+
+def test_sums_line_refuses_impossible_names():
+    with pytest.raises(bs.BackupSetError, match="NUL"):
+        bs.sums_line("a\0b", "0" * 64)
+    with pytest.raises(bs.BackupSetError, match="not a name the file system gave"):
+        bs.sums_line("lone \ud800 surrogate", "0" * 64)
+    with pytest.raises(bs.BackupSetError, match="not a sha256"):
+        bs.sums_line("a", "xyz")
+
+
+def test_hostile_names_set_finalizes_and_sha256sum_accepts_it(tmp_path):
+    """Files and folders with every hostile name, a symlink and an empty file: finalize, then the
+    real `sha256sum -c` and verify_set both accept the set."""
+    root = tmp_path / "backups"
+    partial = bs.begin_set(root, "llmops", T0)
+    os.unlink(os.path.join(partial, bs.OWNER))
+    os.rmdir(os.path.join(partial, bs.COMPONENTS_DIR))
+    base = os.fsencode(partial)
+    os.makedirs(os.path.join(base, b"uploads"))
+    for i, name in enumerate(HOSTILE):
+        folder = os.path.join(base, b"uploads", b"dir " + name)
+        os.makedirs(folder)
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(name * (i + 1))
+        with open(os.path.join(base, b"uploads", name), "wb") as handle:
+            handle.write(b"top " + name)
+    open(os.path.join(base, b"uploads", b"empty"), "wb").close()
+    os.symlink(b"dir new\nline/new\nline", os.path.join(base, b"uploads", b"link\nto \xff"))
+    bs.write_manifest(partial, {"id": "llmops_20260131_020000", "status": "success", "components": {}})
+    path = bs.finalize_set(partial, str(root), "success")
+    manifest = bs.load_manifest(path)
+    assert manifest["status"] == "success" and "problems" not in manifest
+    assert os.readlink(root / "latest") == "llmops_20260131_020000"
+    assert manifest["totals"]["files"] == 2 * len(HOSTILE) + 1
+    assert manifest["links"] == [{"path": "uploads/link\nto \udcff", "target": "dir new\nline/new\nline"}]
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=path, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count(b": OK\n") == 2 * len(HOSTILE) + 2
+    sums = (open(os.path.join(path, "SHA256SUMS"), "rb")).read()
+    assert sums.count(b"\n") == 2 * len(HOSTILE) + 2  # one line per file: newlines in names are escaped
+    result = bs.verify_set(path)
+    assert result["ok"], result
+    assert result["checked"] == 2 * len(HOSTILE) + 2
+    with open(os.path.join(base.replace(b".llmops_20260131_020000.partial", b"llmops_20260131_020000"),
+                           b"uploads", b"dir new\nline", b"new\nline"), "ab") as handle:
+        handle.write(b"!")
+    assert bs.verify_set(path)["mismatched"] == ["uploads/dir new\nline/new\nline"]
+
+
+def _partial_with_files(root, files):
+    partial = bs.begin_set(root, "llmops", T0)
+    os.unlink(os.path.join(partial, bs.OWNER))
+    os.rmdir(os.path.join(partial, bs.COMPONENTS_DIR))
+    for rel, data in files.items():
+        full = os.path.join(partial, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as handle:
+            handle.write(data)
+    return partial
+
+
+def test_finalize_fails_a_set_whose_sums_do_not_read_back(tmp_path):
+    root = tmp_path / "backups"
+    partial = _partial_with_files(root, {"uploads/new\nline": b"n", "uploads/ok": b"o"})
+    bs.write_manifest(partial, {"id": "llmops_20260131_020000", "status": "success", "components": {}})
+    sums_path = os.path.join(partial, "SHA256SUMS")
+    # What a writer without GNU escaping would produce: the name split over two lines.
+    text = open(sums_path, "rb").read().replace(b"\\", b"", 1).replace(b"new\\nline", b"new\nline")
+    open(sums_path, "wb").write(text)
+    path = bs.finalize_set(partial, str(root), "success")
+    manifest = bs.load_manifest(path)
+    assert manifest["status"] == "failed"
+    assert any("SHA256SUMS cannot be read back" in p for p in manifest["problems"]), manifest["problems"]
+    assert not os.path.lexists(root / "latest")
+    assert bs.list_sets(root, complete_only=True) == []
+    # finalize rewrote SHA256SUMS with the failed manifest: the failed set is consistent, and says why it failed.
+    assert bs.verify_set(path)["status"] == "failed"
+
+
+def test_finalize_fails_a_set_with_unlisted_or_changed_files(tmp_path):
+    root = tmp_path / "backups"
+    partial = _partial_with_files(root, {"a/one": b"1", "a/two": b"22"})
+    files = bs.hash_set_files(partial)
+    bs.write_manifest(partial, {"status": "success", "components": {}},
+                      files=[f for f in files if f["path"] == "a/one"])
+    with open(os.path.join(partial, "a", "one"), "ab") as handle:  # changed after it was hashed
+        handle.write(b"more")
+    path = bs.finalize_set(partial, str(root), "success")
+    manifest = bs.load_manifest(path)
+    assert manifest["status"] == "failed" and not os.path.lexists(root / "latest")
+    problems = "\n".join(manifest["problems"])
+    assert "file 'a/two': in the set but neither in the manifest nor in SHA256SUMS" in problems
+    assert "file 'a/one': 5 bytes on disk, the manifest says 1" in problems
+    assert "run the backup again" in problems
+    # The failed set's own SHA256SUMS still matches its (rewritten) manifest.
+    assert bs.read_sums(path)["backup_manifest.json"] == bs.hash_file(os.path.join(path, "backup_manifest.json"))[0]
+
+
+def test_finalize_refuses_reserved_verification_names(tmp_path):
+    root = tmp_path / "backups"
+    partial = _partial_with_files(root, {"verification.json": b"{}"})
+    bs.write_manifest(partial, {"status": "success", "components": {}})
+    path = bs.finalize_set(partial, str(root), "success")
+    manifest = bs.load_manifest(path)
+    assert manifest["status"] == "failed"
+    assert any("reserved for the verification records" in p for p in manifest["problems"])
+
+
+# --------------------------------------------------------------------------------------------
+# paths read back from a set are confined to it
+
+
+def test_confined_path(tmp_path):
+    path = make_set(tmp_path, T0)
+    assert bs.confined_path(path, "postgres/app.dump.zst") == os.path.join(path, "postgres/app.dump.zst")
+    assert bs.confined_path(path, b"postgres/app.dump.zst") == os.path.join(path, "postgres/app.dump.zst")
+    os.symlink("../postgres", os.path.join(path, "mariadb", "inside"))
+    assert bs.confined_path(path, "mariadb/inside/app.dump.zst")  # a link that stays inside is fine
+    os.symlink("/etc", os.path.join(path, "mariadb", "etc"))
+    os.symlink("../../..", os.path.join(path, "mariadb", "up"))
+    for bad, why in [("/etc/passwd", "is absolute"), ("../llmops_20260131_020000/x", "'..' component"),
+                     ("mariadb/../../x", "'..' component"), ("a\0b", "NUL"), ("", "non-empty"),
+                     ("./mariadb", "not canonical"), ("mariadb//full", "not canonical"),
+                     ("mariadb/etc/passwd", "outside the set"), ("mariadb/up", "outside the set"),
+                     ("mariadb/etc", "outside the set"), (None, "non-empty")]:
+        with pytest.raises(bs.BackupSetError, match=why) as info:
+            bs.confined_path(path, bad)
+        assert repr(bad) in str(info.value)
+    # A recorded link may point anywhere: with follow=False only its folder must be inside.
+    assert bs.confined_path(path, "mariadb/etc", follow=False) == os.path.join(path, "mariadb/etc")
+    with pytest.raises(bs.BackupSetError, match="outside the set"):
+        bs.confined_path(path, "mariadb/up/x", follow=False)
+
+
+def _rewrite_sums(path, extra_lines):
+    sums = bs.read_sums(path)
+    sums.update(extra_lines)
+    with open(os.path.join(path, "SHA256SUMS"), "wb") as handle:
+        handle.write(bs.format_sums(sums))
+
+
+def test_verify_refuses_entries_that_escape(tmp_path):
+    path = make_set(tmp_path, T0)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"secret")
+    digest = bs.hash_file(str(outside))[0]
+    _rewrite_sums(path, {"../outside.txt": digest})
+    result = bs.verify_set(path)
+    assert not result["ok"] and any("'../outside.txt'" in e and "'..' component" in e for e in result["errors"])
+    assert result["checked"] == 3  # the escaping entry was not read
+    path2 = make_set(tmp_path, T0 + datetime.timedelta(days=1))
+    os.symlink(str(tmp_path), os.path.join(path2, "mariadb", "escape"))
+    _rewrite_sums(path2, {"mariadb/escape/outside.txt": digest})
+    result = bs.verify_set(path2)
+    assert not result["ok"] and any("outside the set" in e for e in result["errors"]), result
+
+
+def test_load_manifest_refuses_absolute_and_escaping_paths(tmp_path):
+    for bad in ["/etc/passwd", "../x", "a/../../x", "a\0b", ""]:
+        path = make_set(tmp_path, T0)
+        mpath = os.path.join(path, "backup_manifest.json")
+        manifest = json.load(open(mpath))
+        manifest["components"]["mariadb"]["files"] = [{"path": bad, "sha256": "0" * 64, "size": 1}]
+        open(mpath, "w").write(json.dumps(manifest))
+        with pytest.raises(bs.BackupSetError, match="lists paths outside the set") as info:
+            bs.load_manifest(path)
+        assert "do not restore" in str(info.value)
+        assert not bs.verify_set(path)["ok"]
+        assert bs.list_sets(tmp_path) == []  # an untrusted manifest is not offered for restore or retention
+        shutil.rmtree(path)
+        os.unlink(tmp_path / "latest")
+    path = make_set(tmp_path, T0)
+    mpath = os.path.join(path, "backup_manifest.json")
+    manifest = json.load(open(mpath))
+    manifest["links"] = [{"path": "/srv/x", "target": "y"}]
+    open(mpath, "w").write(json.dumps(manifest))
+    with pytest.raises(bs.BackupSetError, match="links: path '/srv/x' is absolute"):
+        bs.load_manifest(path)
+
+
+def test_write_manifest_refuses_non_relative_files(tmp_path):
+    partial = _partial_with_files(tmp_path, {"a": b"1"})
+    with pytest.raises(bs.BackupSetError, match="is absolute"):
+        bs.write_manifest(partial, {"status": "success"}, files=[{"path": os.path.join(partial, "a"), "size": 1,
+                                                                   "sha256": "0" * 64}])
+
+
+# --------------------------------------------------------------------------------------------
+# verification records
+
+
+def test_verification_records(tmp_path):
+    old = make_set(tmp_path, T0)
+    path = make_set(tmp_path, T0 + datetime.timedelta(days=1))
+    failed = make_set(tmp_path, T0 + datetime.timedelta(days=2), status="failed")
+    assert bs.read_verification(path) == {"format": "llmops-verification", "schema_version": 1,
+                                          "set_id": "llmops_20260201_020000", "records": []}
+    assert bs.newest_restore_tested(tmp_path) is None
+    item = bs.list_sets(tmp_path)[1]
+    assert item["verification"] == {"restore_tested": False, "last_method": None, "last_result": None,
+                                    "last_time": None, "last_details": None, "restore_tested_time": None,
+                                    "error": None}
+    manifest_before = open(os.path.join(path, "backup_manifest.json"), "rb").read()
+
+    doc = bs.record_verification(path, {"method": "checksums", "result": "passed", "by": "test",
+                                        "time": "2026-02-02T00:00:00Z"})
+    assert doc["records"][0]["components"] == {} and doc["records"][0]["details"] == ""
+    assert bs.record_verification(old, {"method": "restore", "result": "passed", "time": "2026-02-05T00:00:00Z"})
+    assert bs.newest_restore_tested(tmp_path) == ("llmops_20260131_020000", "2026-02-05T00:00:00Z")
+    bs.record_verification(path, {"method": "restore", "result": "passed", "components": {"mariadb": "passed"},
+                                  "by": "drill", "details": "report.json", "time": "2026-02-03T00:00:00Z"})
+    assert bs.newest_restore_tested(tmp_path) == ("llmops_20260201_020000", "2026-02-03T00:00:00Z")
+    bs.record_verification(failed, {"method": "restore", "result": "passed"})
+    assert bs.newest_restore_tested(tmp_path)[0] == "llmops_20260201_020000"  # failed sets never count
+
+    doc = bs.read_verification(path)
+    assert [r["method"] for r in doc["records"]] == ["checksums", "restore"]
+    assert doc["records"][1] == {"time": "2026-02-03T00:00:00Z", "method": "restore", "result": "passed",
+                                 "components": {"mariadb": "passed"}, "by": "drill", "details": "report.json"}
+    assert stat.S_IMODE(os.stat(os.path.join(path, "verification.json")).st_mode) == 0o600
+    check = subprocess.run(["sha256sum", "-c", "--strict", "verification.json.sha256"], cwd=path,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # The set itself is unchanged and still verifies: the two files are not part of it.
+    assert open(os.path.join(path, "backup_manifest.json"), "rb").read() == manifest_before
+    assert bs.verify_set(path)["ok"]
+    assert bs.hash_set_files(path) == bs.load_manifest(path)["files"]
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # ... but nothing else new is ignored.
+    open(os.path.join(path, "verification.json.bak"), "w").write("x")
+    assert bs.verify_set(path)["extra"] == ["verification.json.bak"]
+    os.unlink(os.path.join(path, "verification.json.bak"))
+
+    summary = {s["id"]: s["verification"] for s in bs.list_sets(tmp_path)}["llmops_20260201_020000"]
+    assert summary["restore_tested"] and summary["restore_tested_time"] == "2026-02-03T00:00:00Z"
+    assert summary["last_method"] == "restore" and summary["last_result"] == "passed"
+    assert summary["last_details"] == "report.json"
+    # A newer failed restore test withdraws the status; the last checksum pass does not restore it.
+    bs.record_verification(path, {"method": "restore", "result": "failed", "components": {"redis": "failed"}})
+    bs.record_verification(path, {"method": "checksums", "result": "passed"})
+    summary = bs.verification_state(path)
+    assert not summary["restore_tested"] and summary["restore_tested_time"] is None
+    assert summary["last_method"] == "checksums" and summary["last_result"] == "passed"
+    assert bs.newest_restore_tested(tmp_path) == ("llmops_20260131_020000", "2026-02-05T00:00:00Z")
+    # Through the latest symlink: the set id is the real folder's.
+    bs.record_verification(tmp_path / "latest", {"method": "checksums", "result": "passed"})
+    assert bs.read_verification(tmp_path / "latest")["set_id"] == "llmops_20260201_020000"
+
+
+def test_verification_dry_run_and_bad_input(tmp_path):
+    path = make_set(tmp_path, T0)
+    doc = bs.record_verification(path, {"method": "restore", "result": "passed"}, dry_run=True)
+    assert len(doc["records"]) == 1 and not os.path.exists(os.path.join(path, "verification.json"))
+    for record, match in [({"method": "eyeball", "result": "passed"}, "method must be one of"),
+                          ({"method": "restore", "result": "ok"}, "result must be one of"),
+                          ({"method": "restore", "result": "passed", "components": {"m": 1}}, "components must map"),
+                          ({"method": "restore", "result": "passed", "time": "yesterday"}, "not an ISO 8601"),
+                          ({"method": "restore", "result": "passed", "extra": 1}, "unknown verification record"),
+                          ("passed", "is a mapping")]:
+        with pytest.raises(bs.BackupSetError, match=match):
+            bs.record_verification(path, record)
+    partial = bs.begin_set(tmp_path, "other", T0)
+    with pytest.raises(bs.BackupSetError, match="not a finalized backup set"):
+        bs.record_verification(partial, {"method": "restore", "result": "passed"})
+    assert not os.path.exists(os.path.join(path, "verification.json"))
+
+
+def test_verification_tampering_is_detected(tmp_path):
+    path = make_set(tmp_path, T0)
+    bs.record_verification(path, {"method": "restore", "result": "failed"})
+    doc_path = os.path.join(path, "verification.json")
+    text = open(doc_path).read()
+    open(doc_path, "w").write(text.replace('"failed"', '"passed"'))
+    with pytest.raises(bs.BackupSetError, match="does not match verification.json.sha256"):
+        bs.read_verification(path)
+    with pytest.raises(bs.BackupSetError, match="does not match"):  # nothing is appended to tampered records
+        bs.record_verification(path, {"method": "restore", "result": "passed"})
+    state = bs.list_sets(tmp_path)[0]["verification"]
+    assert not state["restore_tested"] and "does not match" in state["error"]
+    assert bs.newest_restore_tested(tmp_path) is None
+    assert bs.verify_set(path)["ok"]  # the set's artefacts are still what SHA256SUMS says
+    os.unlink(os.path.join(path, "verification.json.sha256"))
+    with pytest.raises(bs.BackupSetError, match="cannot read the verification records"):
+        bs.read_verification(path)
+    # Records copied from another set are refused.
+    other = make_set(tmp_path, T0 + datetime.timedelta(days=1))
+    bs.record_verification(other, {"method": "restore", "result": "passed"})
+    for name in ("verification.json", "verification.json.sha256"):
+        shutil.copy(os.path.join(other, name), os.path.join(path, name))
+    with pytest.raises(bs.BackupSetError, match="copied from another set"):
+        bs.read_verification(path)
+
+
+def test_json_safe():
+    assert bs.json_safe({"a\udcff": ["b\udcfe", ("ok 한",)], "n": 1, "x": None}) == \
+        {"a\\xff": ["b\\xfe", ["ok 한"]], "n": 1, "x": None}
+    assert bs.json_safe("lone \ud800") == "lone \\ud800"
