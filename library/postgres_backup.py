@@ -11,16 +11,26 @@ DOCUMENTATION = r"""
 module: postgres_backup
 short_description: Back up PostgreSQL databases with pg_dump and the roles with pg_dumpall --globals-only
 description:
-  - Dumps every selected database with C(pg_dump --format=custom) through zstd into C(<dest>/<db>.dump.zst)
-    (or, with O(format=directory), C(pg_dump --format=directory --jobs) streamed out as C(<db>.dir.tar.zst)),
+  - Dumps every selected database with C(pg_dump --format=custom) through zstd into C(<dest>/<file>.dump.zst)
+    (or, with O(format=directory), C(pg_dump --format=directory --jobs) streamed out as C(<file>.dir.tar.zst)),
     computing the sha256 in the same pass, and returns the manifest entry of the component for C(backup_set).
+  - C(<file>) is the database name when it is plain (letters, digits, C(_), C(.), C(-)) and its percent-encoded
+    form otherwise, so a name holding C(/), C(..), quotes, newlines, Korean or emoji is always one file inside
+    O(dest); the entry records the file of each database (C(database_details.<db>.file)), which a restore reads.
+    Names reach the tools as single arguments or quoted libpq connection strings, never through a shell, and
+    every session uses the UTF8 client encoding.
   - Each database is fingerprinted (row count and an order-independent hash of the rows of every table, the
     sequences' last values, counts of views, functions and triggers) and dumped in one exported snapshot, so
-    the recorded fingerprint is exactly what a restore of the dump must give.
+    the recorded fingerprint is exactly what a restore of the dump must give, also while applications write.
+    Sequences are not transactional, so their values are read back from the dump itself; the time just before
+    the snapshot is recorded (C(database_details.<db>.snapshot_at)); every transaction committed before it is in
+    the dump.
+  - A database that fails does not stop the others; the module then fails with a message naming each failed
+    database and its cause.
   - Every dump is validated afterwards by streaming it back (its sha256 checked) into C(pg_restore --list),
     which must list TABLE DATA entries when the database has tables.
   - Roles, memberships and tablespaces go to C(<dest>/globals.sql.zst) (C(pg_dumpall --globals-only)), and
-    with O(plain_sql=true) a plain SQL copy of each database to C(<dest>/<db>.sql.zst).
+    with O(plain_sql=true) a plain SQL copy of each database to C(<dest>/<file>.sql.zst).
   - By default the tools run inside the server's container as the OS user C(postgres), which the local socket
     authenticates without a password; with O(container) empty they run on this host and connect over TCP, the
     password travelling in the E(PGPASSWORD) environment variable, never on a command line.
@@ -30,8 +40,8 @@ attributes:
   check_mode:
     support: full
     description:
-      - Connects and returns the server version, the databases that would be dumped and their sizes, but
-        writes nothing (not even O(dest)); C(changed) says that a backup would be made.
+      - Connects and returns the server version, the databases that would be dumped, their sizes and file names,
+        but writes nothing (not even O(dest)); C(changed) says that a backup would be made.
   diff_mode:
     support: none
     description: There is no diff.
@@ -77,7 +87,7 @@ options:
     type: bool
     default: true
   plain_sql:
-    description: Also write a plain SQL copy of each database (C(pg_dump --format=plain)) into C(<db>.sql.zst).
+    description: Also write a plain SQL copy of each database (C(pg_dump --format=plain)) into C(<file>.sql.zst).
     type: bool
     default: false
   format:
@@ -155,7 +165,12 @@ component:
     duration_s: 4.2
     bytes: 234182
     databases: [analytics, rag]
+    database_details:
+      rag: {file: rag.dump.zst, plain_sql_file: null, size_on_server: 10894695, bytes_raw: 1203322,
+            snapshot_at: "2026-01-31T02:00:01.123456Z", sequences_from_dump: 1}
     files: [{path: /backup/.llmops_20260131_020000.partial/postgres/rag.dump.zst, sha256: "...", size: 231491}]
+    globals_file: globals.sql.zst
+    fingerprint_keys: quote_ident
     fingerprint:
       rag:
         tables: {public.chunks: {rows: 6000, md5: "056ca6ace0fc8173d5a5ad22ee9cbbb8"}}
@@ -175,6 +190,11 @@ databases:
   returned: success
   type: dict
   sample: {analytics: 7814503, rag: 10894695}
+artefacts:
+  description: The file name (in O(dest)) of each database's dump, written or, in check mode, that would be written.
+  returned: success
+  type: dict
+  sample: {rag: rag.dump.zst, "a/b": a%2Fb.dump.zst}
 estimated_bytes:
   description: In check mode, the total size of those databases on the server (the dumps are much smaller).
   returned: check mode
@@ -187,7 +207,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_exec import ExecError, ExecTarget
 from ansible.module_utils.llmops_pipeline import PipelineError
-from ansible.module_utils.llmops_postgres import PostgresError, backup, select_databases, server_version
+from ansible.module_utils.llmops_postgres import (
+    PostgresError,
+    artefact_files,
+    backup,
+    select_databases,
+    server_version,
+)
 
 
 def main():
@@ -218,19 +244,23 @@ def main():
     try:
         if module.check_mode:
             selected = select_databases(target, p["databases"], conn, password)
-            what = ", ".join(sorted(selected)) or "no database"
+            names = artefact_files(selected, p["format"], p["plain_sql"])
+            what = ", ".join(repr(db) for db in sorted(selected)) or "no database"
             if p["globals"]:
                 what += " and the globals"
             module.exit_json(changed=True, server_version=server_version(target, conn, password), databases=selected,
+                             artefacts={db: n["dump"] for db, n in names.items()},
                              estimated_bytes=sum(selected.values()), msg="would dump %s into %s" % (what, p["dest"]))
         select_databases(target, p["databases"], conn, password)  # fail before creating anything
         os.makedirs(p["dest"], mode=0o700, exist_ok=True)
         entry = backup(target, p["dest"], databases=p["databases"], conn=conn, password=password,
                        include_globals=p["globals"], plain_sql=p["plain_sql"], fmt=p["format"], jobs=p["jobs"],
                        zstd_level=p["zstd_level"], zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None)
-        sizes = {db: d["size_on_server"] for db, d in entry["database_details"].items()}
-        module.exit_json(changed=True, server_version=entry["server_version"], databases=sizes, component=entry)
-    except (PostgresError, ExecError, PipelineError, ValueError) as exc:
+        details = entry["database_details"]
+        module.exit_json(changed=True, server_version=entry["server_version"], component=entry,
+                         databases={db: d["size_on_server"] for db, d in details.items()},
+                         artefacts={db: d["file"] for db, d in details.items()})
+    except (PostgresError, ExecError, PipelineError, OSError, ValueError) as exc:
         module.fail_json(msg="PostgreSQL backup failed: %s" % exc)
 
 

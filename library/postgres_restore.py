@@ -17,10 +17,16 @@ description:
     it is unpacked). A role that already exists is tolerated (its attributes and password are then set as
     recorded); any other error fails the step.
   - O(step=restore), for each database of the set (or of O(databases)), streams its dump (sha256 checked) into a
-    scratch file at the target, refuses new connections to the live database, ends its sessions and renames it to
-    C(<db><safety_suffix>) (the safety copy, instant, inside the server, kept unconnectable), then runs
-    C(pg_restore --create --exit-on-error --jobs) from that file. The database comes back with the owner,
-    encoding, locale, privileges and settings of the dump; the grants on its objects come with it.
+    scratch file at the target, checks that the dump holds that database, refuses new connections to the live
+    database, ends its sessions and renames it to C(<db><safety_suffix>) (the safety copy, instant, inside the
+    server, kept unconnectable), then runs C(pg_restore --create --exit-on-error --jobs) from that file. The
+    database comes back with the owner, encoding, locale, privileges and settings of the dump; the grants on its
+    objects come with it.
+  - The manifest is not trusted. Each database's dump is the file its entry records for it (C(database_details)),
+    which must be one plain file name listed with a sha256 among the component's files and a regular file inside
+    the set; a path is never built from a database name. Database and role names may hold anything PostgreSQL
+    accepts (quotes, backslashes, newlines, C(/), Korean, emoji...); they reach SQL quoted and the tools as
+    single arguments, never through a shell.
   - O(step=verify) compares the restored databases' live fingerprint with the one in the set's manifest.
   - O(step=rollback) drops the databases the restore created and renames their safety copies back.
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), drops the safety copies.
@@ -59,7 +65,8 @@ options:
     elements: str
   safety_suffix:
     description:
-      - Suffix of the safety copy's name (C(<db><suffix>)); the whole name must fit in 63 bytes.
+      - Suffix of the safety copy's name (C(<db><suffix>)). When that name would be longer than PostgreSQL's 63 bytes,
+        C(<db>) is cut to fit and marked with C(~) and 8 hex digits of its sha256.
     type: str
     default: __pre_restore
   keep_safety_copy:
@@ -144,6 +151,13 @@ databases:
   returned: when O(step=restore)
   type: dict
   sample: {rag: {safety_copy: rag__pre_restore_20260131_020000, artefact: /backup/llmops_x/postgres/rag.dump.zst}}
+summary:
+  description:
+    - The databases restored (or to restore, in check mode), for a summary line; a name that is not plain is
+      shown JSON-quoted (O(step=restore)).
+  returned: when O(step=restore)
+  type: str
+  sample: rag, "a/b"
 differences:
   description: How the live data differs from the manifest's fingerprint (O(step=verify)).
   returned: when O(step=verify)
@@ -172,6 +186,8 @@ from ansible.module_utils.llmops_postgres import PostgresError
 from ansible.module_utils.llmops_postgres_restore import (
     check_plan,
     component_artefacts,
+    database_names,
+    display_names,
     drop_databases,
     read_state,
     restore_databases,
@@ -211,8 +227,14 @@ def main():
     password = p["login_password"]
     timeout = p["timeout"] or None
     try:
-        entry = load_manifest(p["set_path"])["components"]["postgres"]
-        dumps, globals_file = component_artefacts(p["set_path"], entry)
+        entry = (load_manifest(p["set_path"]).get("components") or {}).get("postgres")
+        if not isinstance(entry, dict):
+            module.fail_json(msg="PostgreSQL restore step %s failed: the set %s has no postgres component"
+                             % (step, p["set_path"]))
+        if step in ("globals", "restore"):
+            dumps, globals_file = component_artefacts(p["set_path"], entry)
+        else:  # verify, rollback and cleanup need the names only, never the artefacts
+            dumps, globals_file = dict.fromkeys(database_names(entry)), None
         selected = select_restore(dumps, p["databases"])
         if step == "globals":
             if not globals_file:
@@ -224,13 +246,13 @@ def main():
         if step == "restore":
             if module.check_mode:
                 module.exit_json(changed=True, databases=check_plan(target, selected, p["safety_suffix"], conn,
-                                                                    password))
+                                                                    password), summary=display_names(selected))
             done = restore_databases(target, dumps, selected, p["staging"], p["safety_suffix"], conn, password,
                                      jobs=p["jobs"], scratch_dir=p["scratch_dir"], timeout=timeout)
-            module.exit_json(changed=True, databases=done)
+            module.exit_json(changed=True, databases=done, summary=display_names(done))
         if step == "verify":
             differences = verify(target, entry.get("fingerprint") or {}, selected, conn, password,
-                                 timeout=timeout or 600)
+                                 timeout=timeout or 600, keys=entry.get("fingerprint_keys") or "legacy")
             if differences:
                 module.fail_json(msg="the restored PostgreSQL data differs from the backup's fingerprint: %s"
                                  % "; ".join(differences[:20]), differences=differences)
@@ -252,7 +274,7 @@ def main():
                 if os.path.exists(p["staging"]):
                     shutil.rmtree(p["staging"])
             module.exit_json(changed=bool(removed), removed=removed)
-    except (BackupSetError, PostgresError, ExecError, PipelineError, KeyError, OSError, ValueError) as exc:
+    except (BackupSetError, PostgresError, ExecError, PipelineError, KeyError, OSError, ValueError, TypeError) as exc:
         module.fail_json(msg="PostgreSQL restore step %s failed: %s" % (step, exc))
 
 

@@ -93,6 +93,12 @@ def test_dump_restores_with_bare_tools_to_equal_data(lab, own_db, scratch, tmp_p
     assert comp["status"] == "success" and comp["type"] == "postgres" and comp["backup_type"] == "full"
     assert comp["databases"] == [own_db] and comp["server_version"].startswith("15.")
     assert comp["pg_restore_list_entries"][own_db]["table_data"] == 2  # docs and empty_one
+    # the files of each database are recorded (a restore reads them from here), with the snapshot's time
+    detail = comp["database_details"][own_db]
+    assert (detail["file"], detail["plain_sql_file"]) == (f"{own_db}.dump.zst", f"{own_db}.sql.zst")
+    assert detail["snapshot_at"] <= comp["ended"] and detail["sequences_from_dump"] == 2  # docs_id_seq, ticket_seq
+    assert comp["globals_file"] == "globals.sql.zst" and comp["fingerprint_keys"] == "quote_ident"
+    assert result["artefacts"] == {own_db: f"{own_db}.dump.zst"}
 
     # Files: where the set expects them, 0600 in a 0700 folder, sha256/size as sha256sum sees them.
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
@@ -114,7 +120,8 @@ def test_dump_restores_with_bare_tools_to_equal_data(lab, own_db, scratch, tmp_p
     assert recorded["sequences"]["public.ticket_seq"] == 106
     assert (recorded["views"], recorded["functions"], recorded["triggers"]) == (1, 1, 1)
 
-    assert b"CREATE ROLE app_reader" in _unzstd(dest / "globals.sql.zst")
+    globals_sql = _unzstd(dest / "globals.sql.zst")
+    assert b"CREATE ROLE app_reader" in globals_sql and b"SET client_encoding = 'UTF8';" in globals_sql
 
     # Restore the custom dump with pg_restore and the plain copy with psql, each into a scratch database.
     source_rows = lab.psql(ROWS_SQL, own_db)
@@ -160,6 +167,7 @@ def test_check_mode_writes_nothing(own_db, tmp_path):
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and "would dump" in result["msg"]
     assert list(result["databases"]) == [own_db] and result["databases"][own_db] > 0
+    assert result["artefacts"] == {own_db: f"{own_db}.dump.zst"}
     assert result["server_version"].startswith("15.") and "component" not in result
     assert not dest.exists()
 
@@ -169,5 +177,5 @@ def test_unknown_database_fails_clearly_without_partial_file(own_db, tmp_path):
     missing = _name("t_pg_missing")
     result = run_module("postgres_backup", {"dest": str(dest), "databases": [own_db, missing]})
     assert result.get("failed")
-    assert missing in result["msg"] and "not found" in result["msg"]
+    assert repr(missing) in result["msg"] and "not found" in result["msg"]
     assert not dest.exists() or not any(dest.iterdir())
