@@ -18,7 +18,10 @@ description:
     succeeded (C(--incremental-lsn) = that backup's C(to_lsn)); the chain (parent set id, from/to LSN) is
     recorded, as are the binary log file, position and GTID of the backup.
   - The entry holds a data fingerprint (row count and C(CHECKSUM TABLE) of every table, counts of views,
-    routines and triggers) that a restore is verified against.
+    routines and triggers) that a restore is verified against. It is taken from the artefact itself: the
+    backup (with its chain, for an incremental) is prepared in a staging folder and read by a throw-away,
+    network-less server of the server's own image, so it describes the backup's consistent point however
+    busy the live server is. Names are read as C(HEX) in a utf8mb4 session, so any name the server allows works.
   - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
     not yet archived into O(binlog_dir)), so that point-in-time restore is possible between backups. It
     reports whether C(binlog_format) is ROW.
@@ -93,6 +96,17 @@ options:
   login_unix_socket:
     description: The unix socket to use instead of the client's default.
     type: str
+  image:
+    description:
+      - The image of the throw-away server that fingerprints the artefact. Defaults to the image of O(container).
+      - Without a container and without an image, the fingerprint is read from the live server after the stream
+        (C(fingerprint_source=live-server)), which is exact only when nothing writes meanwhile.
+    type: str
+  staging:
+    description:
+      - Folder where the artefact is prepared to be fingerprinted (removed afterwards). Defaults to
+        C(<backup_root>/.staging/mariadb-fingerprint-<pid>).
+    type: path
   parallel:
     description: Number of threads C(mariadb-backup) copies files with (C(--parallel)).
     type: int
@@ -145,6 +159,7 @@ component:
     binlog: {file: mysql-bin.000012, position: 385, gtid: "0-1-17"}
     files: [{path: /backup/.llmops_20260131_080000.partial/mariadb/mariadb.mbstream.zst, sha256: "...", size: 123}]
     fingerprint: {llmops_app: {tables: {users: {rows: 500, checksum: "123"}}, views: 1, routines: 2, triggers: 1}}
+    fingerprint_source: artefact
 backup_type:
   description: The backup type taken (or that would be taken in check mode).
   returned: success
@@ -195,6 +210,8 @@ def main():
             login_host=dict(type="str"),
             login_port=dict(type="int", default=3306),
             login_unix_socket=dict(type="str"),
+            image=dict(type="str"),
+            staging=dict(type="path"),
             parallel=dict(type="int", default=2),
             zstd_level=dict(type="int", default=3),
             zstd_threads=dict(type="int", default=0),
@@ -233,9 +250,15 @@ def main():
             module.exit_json(changed=True, backup_type=backup_type, server=info, base=base_set,
                              msg="would take a %s backup into %s" % (backup_type, p["dest"]))
         os.makedirs(p["dest"], mode=0o700, exist_ok=True)
+        image = p["image"] or (target.image() if target.container else None)
+        if not image:
+            module.warn("no image to fingerprint the artefact with: the fingerprint is read from the live server "
+                        "and a restore's verification is exact only if nothing wrote during the backup")
+        staging = p["staging"] or os.path.join(p["backup_root"], ".staging", "mariadb-fingerprint-%d" % os.getpid())
         entry = backup(target, conn, p["dest"], backup_type=backup_type, base_set=base_set, base_entry=base_entry,
                        password=password, parallel=p["parallel"], zstd_level=p["zstd_level"],
-                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None)
+                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None, backup_root=p["backup_root"],
+                       image=image, staging=staging)
         if info["binlog_format"] != "ROW" or not info["log_bin"]:
             module.warn("binary log off or not in ROW format: point-in-time restore will not be possible")
         module.exit_json(changed=True, backup_type=backup_type, server=info, component=entry)

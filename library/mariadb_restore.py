@@ -20,7 +20,8 @@ description:
     an empty datadir (C(mariadb-backup --copy-back)), owned by the server's user.
   - O(step=replay) (server running) replays the archived binary logs from the backup's position up to
     O(target_time) and returns the point actually reached.
-  - O(step=verify) compares the live data's fingerprint with the one in the set's manifest.
+  - O(step=verify) compares the live data's fingerprint with the one in the set's manifest (taken from the
+    backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base.
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
 author:
@@ -114,6 +115,41 @@ reached:
   description: Time (UTC) of the last binary log event replayed (O(step=replay)); null when none was needed.
   returned: when O(step=replay)
   type: str
+target_time:
+  description: The target, in UTC.
+  returned: when O(step=replay)
+  type: str
+start_position:
+  description: The binary log position the replay started from (where the backup ends).
+  returned: when O(step=replay)
+  type: int
+archive_end:
+  description: Time (UTC) of the newest event in the archived binary logs.
+  returned: when O(step=replay)
+  type: str
+covered:
+  description:
+    - Whether the archive reaches O(target_time). When false the data stops at RV(archive_end), not at the target
+      (archive the binary logs more often, or restore them from the server's own folder first).
+  returned: when O(step=replay)
+  type: bool
+events:
+  description: Number of binary log events replayed.
+  returned: when O(step=replay)
+  type: int
+binlogs:
+  description: The archived binary logs read.
+  returned: when O(step=replay)
+  type: list
+  elements: str
+summary:
+  description: What was compared and where the fingerprint came from, for the recovery record (O(step=verify)).
+  returned: when O(step=verify)
+  type: str
+fingerprint_source:
+  description: V(artefact) (taken from the backup itself) or V(live-server) (read after the backup).
+  returned: when O(step=verify)
+  type: str
 differences:
   description: How the live data differs from the manifest's fingerprint (O(step=verify)).
   returned: when O(step=verify)
@@ -203,11 +239,15 @@ def main():
             logs = binlogs_to_replay(archive, binlog.get("file", ""))
             os.makedirs(os.path.join(p["staging"], "binlogs"), mode=0o700, exist_ok=True)
             # --stop-datetime stops before the first event at or after the given second
-            reached = replay_binlogs(target, conn, logs, binlog.get("position", 4),
-                                     target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
-                                     target_time, os.path.join(p["staging"], "binlogs"), password=p["login_password"])
-            reached = reached or parse_time(manifest.get("ended"))
-            module.exit_json(changed=True, reached=isoformat(reached), target_time=isoformat(target_time),
+            replayed = replay_binlogs(target, conn, logs, binlog.get("position", 4),
+                                      target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
+                                      target_time, os.path.join(p["staging"], "binlogs"), password=p["login_password"])
+            module.exit_json(changed=True, reached=isoformat(replayed["reached"]) if replayed["reached"] else None,
+                             target_time=isoformat(target_time), start_position=int(binlog.get("position", 4)),
+                             archive_end=isoformat(replayed["archive_end"]) if replayed["archive_end"] else None,
+                             covered=bool(replayed["archive_end"]
+                                          and replayed["archive_end"] >= target_time.replace(microsecond=0)),
+                             events=replayed["events"],
                              binlogs=[os.path.basename(x) for x in logs])
         if step == "verify":
             actual = fingerprint(target, conn, p["login_password"])
@@ -216,7 +256,12 @@ def main():
                 module.fail_json(msg="the restored MariaDB data differs from the backup's fingerprint: %s"
                                  % "; ".join(differences[:20]), differences=differences)
             tables = sum(len(d.get("tables", {})) for d in actual.values())
-            module.exit_json(changed=False, differences=[], tables=tables)
+            source = entry.get("fingerprint_source", "live-server")
+            summary = ("%d tables in %d databases matched the set's fingerprint (row counts and CHECKSUM TABLE), "
+                       "taken from %s" % (tables, len(actual), "the backup itself" if source == "artefact" else
+                                          "the live server after the backup"))
+            module.exit_json(changed=False, differences=[], tables=tables, fingerprint_source=source,
+                             summary=summary)
         if step == "rollback":
             if module.check_mode:
                 module.exit_json(changed=True, msg="would put %s back" % safety)

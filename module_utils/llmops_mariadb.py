@@ -30,7 +30,7 @@ from ansible.module_utils.llmops_backupset import (
     utc,
     write_file_atomic,
 )
-from ansible.module_utils.llmops_exec import ExecError, ImageTarget
+from ansible.module_utils.llmops_exec import ExecError, ImageTarget, ScratchServer
 from ansible.module_utils.llmops_pipeline import decompress_to, hash_file, run_pipeline
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
@@ -47,8 +47,12 @@ def _env(password):
 
 
 def client_argv(conn, *args):
-    """``mariadb`` client argv for ``conn`` (dict: user, host, port, socket)."""
-    argv = ["mariadb", "--batch", "--skip-column-names", "--user=%s" % conn.get("user", "root")]
+    """``mariadb`` client argv for ``conn`` (dict: user, host, port, socket).
+
+    The session's character set is always utf8mb4, so that names and values travel unmangled.
+    """
+    argv = ["mariadb", "--batch", "--skip-column-names", "--default-character-set=utf8mb4",
+            "--user=%s" % conn.get("user", "root")]
     if conn.get("host"):
         argv += ["--host=%s" % conn["host"], "--port=%d" % int(conn.get("port") or 3306), "--protocol=tcp"]
     elif conn.get("socket"):
@@ -56,10 +60,38 @@ def client_argv(conn, *args):
     return argv + list(args)
 
 
+_BATCH_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "\\": "\\", "Z": "\x1a", "b": "\b"}
+
+
+def unescape_batch(field):
+    """Undo the escaping of ``mariadb --batch`` output (tab, newline, backslash, NUL...) in one field."""
+    if "\\" not in field:
+        return field
+    out = []
+    chars = iter(field)
+    for ch in chars:
+        if ch != "\\":
+            out.append(ch)
+            continue
+        nxt = next(chars, "")
+        out.append(_BATCH_ESCAPES.get(nxt, nxt))
+    return "".join(out)
+
+
 def query(target, conn, sql, password=None, timeout=600):
-    """Run ``sql`` (fed on stdin) and return the rows as lists of strings."""
+    """Run ``sql`` (fed on stdin) and return the rows as lists of strings.
+
+    ``--batch`` escapes tab, newline, backslash and NUL inside values, so splitting a line on the
+    real tab is exact; each field is unescaped afterwards. Names should still be asked for as
+    ``HEX()`` where they are to be used again (``unhex_name``).
+    """
     out = target.text(client_argv(conn), env=_env(password), stdin=sql.encode("utf-8"), timeout=timeout)
-    return [line.split("\t") for line in out.splitlines() if line]
+    return [[unescape_batch(field) for field in line.split("\t")] for line in out.split("\n") if line]
+
+
+def unhex_name(value):
+    """A name the server returned as ``HEX(name)`` (utf8mb4 session), decoded."""
+    return bytes.fromhex(value).decode("utf-8")
 
 
 def server_info(target, conn, password=None, timeout=600):
@@ -88,38 +120,48 @@ def fingerprint(target, conn, password=None, databases=None):
     Returns ``{db: {"tables": {table: {"rows": n, "checksum": "..."}}, "views": n, "routines": n,
     "triggers": n}}`` for every non-system schema (or ``databases``). A restore is correct when
     its fingerprint equals the one recorded at backup time.
+
+    Names are read as ``HEX()`` and every statement's result is read by position (one row per
+    statement), so a name may hold any character the server allows (dots, tabs, newlines,
+    quotes, Korean...). Taken at the backup from the artefact itself (``fingerprint_artefact``).
     """
     excluded = ",".join("'%s'" % s for s in SYSTEM_SCHEMAS)
     # S608: every name below is quoted by _quote / _sql_string; nothing comes from a user
-    rows = query(target, conn, "SELECT table_schema, table_name, table_type FROM information_schema.tables "  # noqa: S608
-                               "WHERE table_schema NOT IN (%s) ORDER BY 1, 2;" % excluded, password)
+    rows = query(target, conn, "SELECT HEX(table_schema), HEX(table_name), table_type "  # noqa: S608
+                               "FROM information_schema.tables WHERE table_schema NOT IN (%s) "
+                               "ORDER BY table_schema, table_name;" % excluded, password)
     result = {}
-    statements = []
-    for schema, table, kind in rows:
+    tables = []
+    for hex_schema, hex_table, kind in rows:
+        schema, table = unhex_name(hex_schema), unhex_name(hex_table)
         if databases and schema not in databases:
             continue
         entry = result.setdefault(schema, {"tables": {}, "views": 0, "routines": 0, "triggers": 0})
         if kind == "VIEW":
             entry["views"] += 1
             continue
-        full = "%s.%s" % (_quote(schema), _quote(table))
-        statements.append("SELECT 'rows', %s, %s, COUNT(*) FROM %s;" % (  # noqa: S608
-            _sql_string(schema), _sql_string(table), full))
-        statements.append("CHECKSUM TABLE %s EXTENDED;" % full)
         entry["tables"][table] = {}
+        tables.append((schema, table))
+    statements = []
+    for schema, table in tables:
+        full = "%s.%s" % (_quote(schema), _quote(table))
+        statements.append("SELECT COUNT(*) FROM %s;" % full)  # noqa: S608
+        statements.append("CHECKSUM TABLE %s EXTENDED;" % full)
     schemas_sql = ",".join(_sql_string(s) for s in result) or "''"
-    statements.append("SELECT 'routines', routine_schema, '', COUNT(*) FROM information_schema.routines "  # noqa: S608
+    statements.append("SELECT 'objects', HEX(routine_schema), 'routines', COUNT(*) FROM information_schema.routines "  # noqa: S608
                       "WHERE routine_schema IN (%s) GROUP BY routine_schema;" % schemas_sql)
-    statements.append("SELECT 'triggers', trigger_schema, '', COUNT(*) FROM information_schema.triggers "  # noqa: S608
+    statements.append("SELECT 'objects', HEX(trigger_schema), 'triggers', COUNT(*) FROM information_schema.triggers "  # noqa: S608
                       "WHERE trigger_schema IN (%s) GROUP BY trigger_schema;" % schemas_sql)
-    for row in query(target, conn, "\n".join(statements), password):
-        if row[0] == "rows":
-            result[row[1]]["tables"][row[2]]["rows"] = int(row[3])
-        elif row[0] in ("routines", "triggers"):
-            result[row[1]][row[0]] = int(row[3])
-        else:  # CHECKSUM TABLE: "schema.table<TAB>checksum"
-            schema, table = row[0].split(".", 1)
-            result[schema]["tables"][table]["checksum"] = row[1]
+    out = query(target, conn, "\n".join(statements), password)
+    if len(out) < 2 * len(tables):
+        raise MariaDBError("the fingerprint query returned %d rows for %d tables" % (len(out), len(tables)))
+    for index, (schema, table) in enumerate(tables):
+        count, checksum = out[2 * index], out[2 * index + 1]
+        # CHECKSUM TABLE: "<schema>.<table>" then the checksum: the last field whatever the name holds
+        result[schema]["tables"][table] = {"rows": int(count[0]), "checksum": checksum[-1]}
+    for row in out[2 * len(tables):]:
+        if len(row) == 4 and row[0] == "objects":
+            result[unhex_name(row[1])][row[2]] = int(row[3])
     return result
 
 
@@ -185,8 +227,16 @@ def plan_backup_type(requested, base_entry, now=None, full_interval_hours=24):
 
 
 def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry=None, password=None,
-           parallel=2, zstd_level=3, zstd_threads=0, timeout=None, progress=None):
-    """Stream ``mariadb-backup --backup`` into ``dest_dir/mariadb.mbstream.zst``; return the manifest entry."""
+           parallel=2, zstd_level=3, zstd_threads=0, timeout=None, progress=None, backup_root=None, image=None,
+           staging=None):
+    """Stream ``mariadb-backup --backup`` into ``dest_dir/mariadb.mbstream.zst``; return the manifest entry.
+
+    The fingerprint describes the artefact: with ``image`` (the server's image) the backup (with its
+    chain, for an incremental) is prepared in ``staging`` and fingerprinted by a throw-away server
+    of that image (``fingerprint_artefact``), so it holds exactly what a restore brings back, however
+    busy the live server was. Without an image (tools on the host) it is read from the live server
+    after the stream and marked ``fingerprint_source: live-server`` (exact only on an idle server).
+    """
     started = utc()
     t0 = time.monotonic()
     info = server_info(target, conn, password)
@@ -212,7 +262,17 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
             target.run(["rm", "-rf", lsn_dir])
         except ExecError:
             pass
-    fp = fingerprint(target, conn, password)
+    stream_s = round(time.monotonic() - t0, 3)
+    if image:
+        chain = []
+        if backup_type == "incremental":
+            chain = restore_chain(backup_root, os.path.join(backup_root, base_set))
+        chain.append(("this backup", dest, result.sha256))
+        fp = fingerprint_artefact(image, chain, staging or os.path.join(dest_dir, ".fingerprint"), timeout=timeout)
+        fp_source = "artefact"
+    else:
+        fp = fingerprint(target, conn, password)
+        fp_source = "live-server"
     entry = {
         "status": "success",
         "type": "mariadb",
@@ -221,6 +281,7 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         "server_version": info["version"],
         "backup_type": backup_type,
         **run_times(started, t0),
+        "stream_s": stream_s,
         "bytes": result.bytes_out,
         "bytes_raw": result.bytes_in,
         "files": [{"path": dest, "sha256": result.sha256, "size": result.bytes_out}],
@@ -230,6 +291,7 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         "binlog": _binlog_info(backup_info),
         "gtid_current_pos": info["gtid_current_pos"],
         "fingerprint": fp,
+        "fingerprint_source": fp_source,
     }
     if backup_type == "incremental":
         entry["parent"] = base_set
@@ -239,6 +301,34 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         entry["chain"] = []
         entry["chain_full_started"] = entry["started"]
     return entry
+
+
+SCRATCH_SOCKET = "/var/lib/mysql/.llmops-scratch.sock"
+
+
+def scratch_server(image, datadir):
+    """A throw-away ``mariadbd`` of ``image`` on ``datadir`` (no network, no grants, no binary log)."""
+    return ScratchServer(
+        image,
+        ["mariadbd", "--user=root", "--datadir=/var/lib/mysql", "--skip-networking", "--skip-grant-tables",
+         "--skip-log-bin", "--socket=%s" % SCRATCH_SOCKET, "--pid-file=/var/lib/mysql/.llmops-scratch.pid"],
+        mounts={datadir: "/var/lib/mysql"},
+        ready_argv=["mariadb-admin", "--socket=%s" % SCRATCH_SOCKET, "ping", "--silent"],
+        name_prefix="llmops-mariadb-scratch")
+
+
+def fingerprint_artefact(image, chain, staging, timeout=None):
+    """The fingerprint of what ``chain``'s artefacts hold: prepared in ``staging`` and read by a scratch server.
+
+    ``chain`` is ``[(label, artefact path, sha256)]``, full first (``restore_chain``). The staging
+    folder is removed afterwards, whatever happened.
+    """
+    try:
+        prepared = stage_restore(image, chain, staging, timeout=timeout)
+        with scratch_server(image, prepared) as scratch:
+            return fingerprint(scratch, {"user": "root", "socket": SCRATCH_SOCKET})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def archive_binlogs(target, conn, archive_dir, password=None, zstd_level=3, flush=True, timeout=None):
@@ -404,7 +494,8 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
 
     The logs are decompressed into ``staging``, copied into the server's container and decoded with
     its own ``mariadb-binlog --start-position --stop-datetime`` (UTC); the SQL is kept in staging and
-    applied with the ``mariadb`` client. Returns the time of the last event replayed.
+    applied with the ``mariadb`` client. Returns ``{"reached": time of the last event replayed, "events": n,
+    "archive_end": time of the newest event in the archive}`` (times UTC, None when there is none).
     """
     inside = "/tmp/llmops-replay-%s" % secrets.token_hex(4)
     local = []
@@ -423,23 +514,42 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
                 "--stop-datetime=%s" % stop_datetime.strftime("%Y-%m-%d %H:%M:%S")]
         argv += ["%s/%s" % (inside, os.path.basename(p)) for p in local]
         run_pipeline(target.argv(argv), sql, compress=False, timeout=timeout, source_name="mariadb-binlog")
+        # where the archive ends: the newest event of its last log (a log closed by FLUSH ends with its Rotate)
+        archive_end = None
+        if local:
+            last_log = target.run(["mariadb-binlog", "%s/%s" % (inside, os.path.basename(local[-1]))],
+                                  timeout=timeout or 3600)
+            for line in last_log.splitlines():
+                archive_end = _event_time(line) or archive_end
     finally:
         try:
             target.run(["rm", "-rf", inside])
         except ExecError:
             pass
     reached = None
+    events = 0
     with open(sql, "rb") as handle:
         for line in handle:
-            match = re.match(rb"^#(\d{6}) +(\d{1,2}:\d\d:\d\d) ", line)
-            if match:
-                reached = match.group(1).decode() + " " + match.group(2).decode()
+            stamp = _event_time(line)
+            if stamp:
+                reached = stamp
+                events += 1
     env = _env(password)
     decompress_to(sql, target.argv(client_argv(conn), env_names=env.keys(), interactive=True), compressed=False,
                   env=env, timeout=timeout, consumer_name="mariadb (replay)")
-    if reached:
-        reached = datetime.datetime.strptime(reached, "%y%m%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
-    return reached
+    return {"reached": reached, "events": events, "archive_end": archive_end}
+
+
+_EVENT_RE = re.compile(rb"^#(\d{6}) +(\d{1,2}:\d\d:\d\d) ")
+
+
+def _event_time(line):
+    """The UTC time of a ``mariadb-binlog`` event header line (``#260131 14:03:00 server id ...``), or None."""
+    match = _EVENT_RE.match(line)
+    if not match:
+        return None
+    return datetime.datetime.strptime("%s %s" % (match.group(1).decode(), match.group(2).decode()),
+                                      "%y%m%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
 
 
 def prune_binlogs(backup_root, archive_dir, keep_days, now=None, dry_run=False):

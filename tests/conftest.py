@@ -76,7 +76,7 @@ class Lab:
         return proc
 
     def mariadb(self, sql: str, database: str = "") -> list[list[str]]:
-        argv = ["mariadb", "-N", "-B", *([database] if database else [])]
+        argv = ["mariadb", "--default-character-set=utf8mb4", "-N", "-B", *([database] if database else [])]
         out = self.exec("mariadb", *argv, stdin=sql.encode()).stdout
         return [line.split("\t") for line in out.decode().splitlines()]
 
