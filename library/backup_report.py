@@ -34,9 +34,17 @@ options:
     type: path
     required: true
   manifest:
-    description: The set's manifest, as returned by C(backup_set) with C(command=finalize).
+    description:
+      - The set's manifest, as returned by C(backup_set) with C(command=finalize). One of O(manifest) and
+        O(verification) is required.
     type: dict
-    required: true
+  verification:
+    description:
+      - A restore test of a set instead of a backup run (written by the drill role). Keys C(set_id), C(set_ended),
+        C(result) (V(passed) or V(failed)), C(details), C(duration_s). A failed test raises a critical alert; the
+        state keeps the newest set whose test passed, for the C(llmops_backup_restore_tested_set_timestamp_seconds)
+        metric.
+    type: dict
   metrics_path:
     description: The C(.prom) file to write; no metrics when omitted.
     type: path
@@ -101,16 +109,19 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
-            manifest=dict(type="dict", required=True),
+            manifest=dict(type="dict"),
+            verification=dict(type="dict"),
             metrics_path=dict(type="path"),
             max_age_hours=dict(type="float", default=26),
             warn_free_pct=dict(type="float", default=20),
             crit_free_pct=dict(type="float", default=10),
         ),
+        required_one_of=[("manifest", "verification")],
         supports_check_mode=True,
     )
     p = module.params
     manifest = p["manifest"]
+    verification = p["verification"]
     try:
         disk = storage(p["root"])
         if module.check_mode:
@@ -119,15 +130,16 @@ def main():
             except (OSError, ValueError):
                 state = {}
         else:
-            state = update_state(p["root"], manifest)
+            state = update_state(p["root"], manifest, verification)
             if p["metrics_path"]:
                 os.makedirs(os.path.dirname(p["metrics_path"]), exist_ok=True)
                 write_file_atomic(p["metrics_path"], metrics(state, disk).encode("utf-8"), mode=0o644)
     except OSError as exc:
         module.fail_json(msg="cannot write the backup state or metrics: %s" % exc)
-    rows = summary_rows(manifest)
-    module.exit_json(changed=not module.check_mode, rows=rows, table=table(rows), storage=disk,
-                     alerts=alerts(manifest, state, disk, p["max_age_hours"], p["warn_free_pct"], p["crit_free_pct"]),
+    rows = summary_rows(manifest) if manifest else []
+    module.exit_json(changed=not module.check_mode, rows=rows, table=table(rows) if manifest else [], storage=disk,
+                     alerts=alerts(manifest, state, disk, p["max_age_hours"], p["warn_free_pct"], p["crit_free_pct"],
+                                   verification=verification),
                      state=json.loads(json.dumps(state)))
 
 

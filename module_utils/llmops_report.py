@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 
-from ansible.module_utils.llmops_backupset import parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import isoformat, parse_time, read_json, utc, write_file_atomic
 
 STATE_FILE = ".backup_state.json"
 
@@ -69,26 +69,41 @@ def table(rows):
     return out
 
 
-def update_state(root, manifest, now=None):
-    """Record this run's successful components in the state file; return the merged state."""
+def update_state(root, manifest=None, verification=None, now=None):
+    """Record a run in the state file (the one writer of its format); return the merged state.
+
+    ``manifest``: a backup run, its components' last status / success. ``verification``: a restore
+    test of a set (``{"set_id", "set_ended", "result": passed|failed, "time", "details"}``), kept as
+    ``restore_test.last`` and, when it passed and its set is the newest so tested, ``restore_test.newest_passed``.
+    """
     path = os.path.join(root, STATE_FILE)
     try:
         state = read_json(path)
     except (OSError, ValueError):
         state = {}
     state.setdefault("components", {})
-    ended = manifest.get("ended") or manifest.get("started")
-    for name, entry in manifest.get("components", {}).items():
-        item = state["components"].setdefault(name, {})
-        item["last_status"] = entry.get("status")
-        item["last_run"] = ended
-        if entry.get("status") == "success":
-            item["last_success"] = ended
-            item["duration_s"] = entry.get("duration_s")
-            item["bytes"] = sum(int(f.get("size") or 0) for f in entry.get("files", []))
-    state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
-    if manifest.get("status") == "success":
-        state["last_successful_set"] = state["last_set"]
+    if manifest:
+        ended = manifest.get("ended") or manifest.get("started")
+        for name, entry in manifest.get("components", {}).items():
+            item = state["components"].setdefault(name, {})
+            item["last_status"] = entry.get("status")
+            item["last_run"] = ended
+            if entry.get("status") == "success":
+                item["last_success"] = ended
+                item["duration_s"] = entry.get("duration_s")
+                item["bytes"] = sum(int(f.get("size") or 0) for f in entry.get("files", []))
+        state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
+        if manifest.get("status") == "success":
+            state["last_successful_set"] = state["last_set"]
+    if verification:
+        record = {k: verification.get(k) for k in ("set_id", "set_ended", "result", "details", "duration_s")}
+        record["time"] = verification.get("time") or isoformat(utc(now))
+        tests = state.setdefault("restore_test", {})
+        tests["last"] = record
+        newest = tests.get("newest_passed") or {}
+        if record["result"] == "passed" and (not newest.get("set_ended") or (
+                record["set_ended"] and parse_time(record["set_ended"]) >= parse_time(newest["set_ended"]))):
+            tests["newest_passed"] = record
     write_file_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
     return state
 
@@ -125,13 +140,28 @@ def metrics(state, disk, now=None):
     gauge(lines, "llmops_backup_storage_total_bytes", "Size of the backup file system.", [({}, disk["total"])])
     gauge(lines, "llmops_backup_storage_free_bytes", "Free bytes on the backup file system.", [({}, disk["free"])])
     gauge(lines, "llmops_backup_storage_used_bytes", "Used bytes on the backup file system.", [({}, disk["used"])])
+    tests = state.get("restore_test") or {}
+    gauge(lines, "llmops_backup_restore_tested_set_timestamp_seconds",
+          "End of the newest backup set whose restore test passed (0: none yet).",
+          [({}, ts((tests.get("newest_passed") or {}).get("set_ended")))])
+    if tests.get("last"):
+        gauge(lines, "llmops_backup_restore_test_last_success", "1 when the last restore test of a set passed.",
+              [({"set": tests["last"].get("set_id") or ""}, 1 if tests["last"].get("result") == "passed" else 0)])
+        gauge(lines, "llmops_backup_restore_test_last_timestamp_seconds", "When the last restore test ran.",
+              [({}, ts(tests["last"].get("time")))])
     return "\n".join(lines) + "\n"
 
 
-def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_pct=10, now=None):
+def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_pct=10, now=None,
+           verification=None):
     """The alerts this run raises, each ``{"severity": critical|warning, "summary": ...}``."""
     found = []
-    if manifest.get("status") != "success":
+    if verification and verification.get("result") != "passed":
+        found.append({"severity": "critical", "summary": "restore test of backup set %s FAILED: %s; the set cannot be "
+                                                         "trusted: read the drill report, fix the cause and back up "
+                                                         "again" % (verification.get("set_id"),
+                                                                    verification.get("details") or "no details")})
+    if manifest and manifest.get("status") != "success":
         failed = [n for n, e in manifest.get("components", {}).items() if e.get("status") != "success"]
         found.append({"severity": "critical", "summary": "backup set %s FAILED (components: %s): %s" % (
             manifest.get("id"), ", ".join(sorted(failed)) or "none recorded", "; ".join(manifest.get("problems", [])))})

@@ -17,6 +17,7 @@ from ansible.module_utils.llmops_backupset import (
     load_manifest,
     parse_time,
     resolve_set,
+    verification_state,
     verify_set,
 )
 from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay, restore_chain
@@ -130,10 +131,23 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
     if needed > free:
         problems.append("not enough disk: the restore needs about %d bytes in %s, %d are free" % (
             needed, staging_root, free))
+    verification = verification_state(set_path)
+    if verification.get("error"):
+        tested = "unknown: the set's verification record cannot be trusted (%s)" % verification["error"]
+    elif verification.get("restore_tested"):
+        tested = "restore-tested: passed on %s (restored into a scratch stack, every component matched its " \
+                 "fingerprint)" % verification.get("restore_tested_time")
+    elif verification.get("last_method") == "restore":
+        tested = "restore test FAILED on %s: %s" % (verification.get("last_time"), verification.get("last_details")
+                                                     or "see the drill's report")
+    else:
+        tested = "not restore-tested yet (checksums verified only; playbooks/verify.yml tests it)"
     return {
         "ok": not problems,
         "problems": problems,
         "set_id": manifest["id"],
+        "verification": verification,
+        "restore_tested": tested,
         "set_path": set_path,
         "set_ended": manifest.get("ended"),
         "components": selected,

@@ -22,6 +22,7 @@ EXPECTED = {
     "weekly": ("0 2 * * 0", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=weekly"),
     "monthly": ("0 4 1 * *", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=monthly"),
     "cleanup": ("0 3 * * *", WAIT_LOCK, "cleanup.yml"),
+    "restore-test": ("30 2 * * *", WAIT_LOCK, "verify.yml"),
     "drill": ("0 5 1 1,4,7,10 *", WAIT_LOCK, "drill.yml"),
     "health": ("0 7 * * *", "flock -n /run/lock/llmops-health.lock", "health.yml"),
 }

@@ -25,6 +25,16 @@ def _human(size):
     return str(size)
 
 
+def _cause(status):
+    """A failed component's cause in one line: its ``msg``, else the end of what the module printed
+    (a traceback's last line, stderr), so that the summary and the alert never say only 'no result'."""
+    for key in ("msg", "exception", "module_stderr", "stderr", "module_stdout"):
+        text = str(status.get(key) or "").strip()
+        if text and not (key == "msg" and text.startswith("MODULE FAILURE") and status.get("module_stderr")):
+            return text.splitlines()[-1][-2000:] if key != "msg" else text
+    return "the module ended without saying why (rc %s); run the component alone with -vvv" % status.get("rc")
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("jobs", "paths", "interval", "timeout"))
@@ -73,6 +83,8 @@ class ActionModule(ActionBase):
                 if status.get("finished") or status.get("failed") and not status.get("started"):
                     self._status(jid, async_dir, task_vars, mode="cleanup")
                     status.pop("invocation", None)
+                    if status.get("failed"):
+                        status["msg"] = _cause(status)
                     done[name] = status
                     del pending[name]
                     display.display("  backup: %s %s after %ds" % (
