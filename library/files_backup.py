@@ -26,7 +26,13 @@ description:
   - O(mode=configs) mirrors O(paths) (files or folders, by absolute path) with C(rsync -a --delete) into a Git
     worktree at C(<backup_root>/configs.git-worktree) (mode 0700, created on first use), and commits as
     C(llmops-backup <backup@localhost>) when something changed; the history is kept forever. Global and system
-    Git configuration are neither read nor touched. The set gets C(configs_commit.json) naming the commit.
+    Git configuration are neither read nor touched, nor hooks, fsmonitor or the paths' own C(.gitattributes) (content
+    is kept byte for byte) and C(.gitignore) (every file is committed). Folders named C(.git) are not copied. The set
+    gets C(configs_commit.json) naming the commit and recording what Git does not keep (every entry's mode, empty
+    folders), which O(mode=configs) of C(files_restore) puts back.
+  - Names are content. Files keep their real names (newlines, quotes, leading dashes...) in the copies; sockets, fifos
+    and devices are not copied. No tool output is parsed by lines (Git only in its C(-z) forms, with
+    C(core.quotePath=false)).
   - Returns the manifest entry of the component for C(backup_set).
 author:
   - llmops contributors (!UNKNOWN)
@@ -34,8 +40,10 @@ attributes:
   check_mode:
     support: full
     description:
-      - Writes nothing; reports what would be copied (C(rsync --dry-run --itemize-changes)), which model versions
-        would be stored or pruned (hash comparison with the store) and what would be committed.
+      - Writes nothing; reports what would be copied (compared with the previous set's tree by kind, mode, size,
+        modification time and link target, as rsync's quick check does), which model versions would be stored or
+        pruned (hash comparison with the store) and what would be committed (content hashes against the history
+        worktree). Trees are walked by Python, never parsed from a tool's output.
   diff_mode:
     support: none
     description: There is no diff.
@@ -126,10 +134,13 @@ component:
   description:
     - The manifest entry for C(backup_set) (not in check mode). Besides the common keys, by O(mode)
     - V(tree) C(tree_dir) (inside the set), C(file_count), C(tree_bytes), C(bytes_new) (not hard-linked),
-      C(files_new), C(files_linked), C(linked_from) (set id or null), C(full_archive), C(fingerprint.tree_sha256).
+      C(files_new), C(files_linked), C(linked_from) (set id or null), C(deleted) (entries of the previous set's tree
+      that are gone), C(full_archive), C(fingerprint.tree_sha256) (the tree hash of the copy in the set).
     - V(models) C(models) (per model its C(links) and C(versions) with C(sha256), C(store), C(new)),
-      C(stored_new), C(reused), C(pruned).
-    - V(configs) C(repo), C(commit), C(changed), C(config_files).
+      C(stored_new), C(reused), C(pruned); each version's C(sha256) is the tree hash of the store's copy.
+    - V(configs) C(repo), C(commit), C(changed), C(config_files), C(fingerprint.paths) (per path the kind, mode and
+      tree hash with modes of its mirror in the history worktree).
+    - Every fingerprint describes the backup's own copy, read after the copy (C(fingerprint_of=copy)).
   returned: success and not check mode
   type: dict
   sample:
@@ -143,6 +154,7 @@ component:
     bytes_new: 2048
     linked_from: llmops_20260130_020000
     fingerprint: {tree_sha256: "...", files: 40, bytes: 81920}
+    fingerprint_of: copy
 check:
   description: In check mode, what would be done (C(would_copy), C(would_delete), C(stored_new), C(pruned),
     C(would_commit)...).
@@ -197,6 +209,8 @@ def main():
         module.fail_json(msg="files backup (mode=%s) failed: %s" % (mode, exc))
     if check:
         module.exit_json(changed=entry.pop("changed"), check=entry)
+    for warning in entry.get("warnings") or []:
+        module.warn(warning)
     for skipped in entry.get("skipped") or []:
         module.warn("not a file, folder or symlink, skipped: %s" % skipped)
     if entry.get("symlinks"):

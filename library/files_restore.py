@@ -26,7 +26,15 @@ description:
   - O(mode=configs) checks out O(commit) (default the set's) of the config history
     (C(<backup_root>/configs.git-worktree)) into a temp worktree and copies every path the set recorded back to
     its absolute path, or under O(dest_root); the replaced file or folder is kept as C(<path><safety_suffix>)
-    and its files' modes and owners are kept. Each restored path is checked by hashing against the checkout.
+    and the owners of its files are kept. With the set's own commit, what Git does not keep (every file's and
+    folder's mode, empty folders, from C(configs_commit.json)) is put back and each path is checked against the
+    fingerprint of the backup's copy (kind, mode, tree hash with modes); with another O(commit) (or a set written
+    before those records), the replaced files' modes are kept and each path is checked by hashing against the
+    checkout.
+  - Everything read from the manifest is untrusted. Paths inside the set must be plain relative paths that stay
+    inside it; model, version and link names single file names; store entries C(models/<model>/<version>-<hash12>);
+    config paths absolute and normalised; the config history is always the one under O(backup_root); a commit can
+    never be taken for an option.
 author:
   - llmops contributors (!UNKNOWN)
 attributes:
@@ -145,8 +153,8 @@ commit:
   returned: when O(mode=configs) and O(step=restore)
   type: str
 restored:
-  description: The config paths restored, each with C(dest), C(safety_copy) and C(sha256) (only C(dest) in check
-    mode).
+  description: The config paths restored, each with C(dest), C(safety_copy), C(sha256) and C(checked_against)
+    (V(fingerprint) of the backup's copy, or V(checkout) of another commit); only C(dest) in check mode.
   returned: when O(mode=configs) and O(step=restore)
   type: list
   elements: raw

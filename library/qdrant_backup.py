@@ -12,13 +12,21 @@ module: qdrant_backup
 short_description: Back up Qdrant collections through the snapshot API, checksum-verified
 description:
   - For every collection (or the ones in O(collections)) creates a snapshot on the server, streams it into
-    C(<dest>/<collection>.snapshot) computing its sha256 on the way, compares it with the checksum the server
-    reports for the snapshot and fails on a mismatch, then deletes the server-side snapshot (also when something
-    failed, best effort; a snapshot that could not be deleted is reported as a warning).
+    C(<dest>/<file>) computing its sha256 on the way, compares it with the checksum the server reports for the
+    snapshot and fails on a mismatch, then deletes the server-side snapshot (also when something failed, best effort;
+    a snapshot that could not be deleted is reported as a warning). C(<file>) is C(<name>.snapshot) for a plain name
+    (letters, digits, C(_), C(.), C(-)); any other name is percent-encoded (C(llmops_backupset.encode_name)), never
+    used as a path as it is. C(component.collections.<name>.file) records the mapping.
   - With O(full_storage=true) also takes a full-storage snapshot into C(<dest>/full-storage.snapshot).
   - Snapshots are tar archives and are stored as they are, not recompressed (C(compressed=false) in RV(component)).
-  - Returns the manifest entry of the component for C(backup_set), with a fingerprint per collection (the exact
-    point count, the vector config and a sha256 over the sorted point ids, scrolled without payloads or vectors).
+  - Returns the manifest entry of the component for C(backup_set), with a fingerprint per collection of what its
+    snapshot holds (points count, vector config, sha256 over the sorted point ids, sha256 over the points with their
+    payloads and float32 vectors). It is computed from the downloaded snapshot file when its format can be read
+    (the lab's stand-in; C(fingerprint_source=snapshot)). A real Qdrant snapshot (segments and WAL) cannot be read
+    here and the API describes no snapshot's content, so its fingerprint is the server's, taken before and after the
+    snapshot and kept only when both agree (C(fingerprint_source=server-unchanged)); a collection written meanwhile is
+    snapshotted again, up to 3 times, else recorded with C(fingerprint_source=unverifiable) and a warning.
+    C(fingerprint_stable) is true when every collection's fingerprint describes its snapshot.
 author:
   - llmops contributors (!UNKNOWN)
 attributes:
@@ -108,9 +116,12 @@ component:
     collections:
       documents: {snapshot: documents-1-2026-01-31-02-00-00.snapshot, file: documents.snapshot, sha256: "...",
                   size: 391680, server_checksum: "...", checksum_verified: true, server_snapshot_deleted: true,
-                  compressed: false, points_count: 300, vectors: {size: 8, distance: Cosine}, ids_sha256: "..."}
+                  compressed: false, fingerprint_source: snapshot, snapshot_attempts: 1, points_count: 300,
+                  vectors: {size: 8, distance: Cosine}, ids_sha256: "...", points_sha256: "..."}
+      "문서 🚀": {file: "%EB%AC%B8%EC%84%9C%20%F0%9F%9A%80.snapshot", fingerprint_source: snapshot}
     full_storage: null
-    fingerprint: {documents: {points_count: 300, vectors: {size: 8, distance: Cosine}, ids_sha256: "..."}}
+    fingerprint: {documents: {points_count: 300, vectors: {size: 8, distance: Cosine}, ids_sha256: "...",
+                              points_sha256: "..."}}
     fingerprint_stable: true
     warnings: []
 server:

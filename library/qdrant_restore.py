@@ -18,8 +18,13 @@ description:
   - O(step=restore) first checks the sha256 of every snapshot file of the set against the manifest (nothing is
     uploaded when one differs), then uploads each with the manifest's sha256 as C(checksum), so that the server
     checks it again.
-  - O(step=verify) compares each collection's live fingerprint (exact points count, sha256 over the point ids,
-    vector config) with the manifest's.
+  - O(step=verify) compares each collection's live fingerprint (points count, sha256 over the point ids, sha256 over
+    the points with their payloads and vectors, vector config) with the fingerprint of the snapshot it was restored
+    from, that is the manifest's when it describes the snapshot (C(fingerprint_source) V(snapshot) or V(server-unchanged));
+    otherwise the one computed from the snapshot file when its format can be read; otherwise the collection is
+    returned in RV(unverified) with a warning (only its vector config is checked).
+  - Collection names are data. Each snapshot file is the one the manifest maps the collection to, and every path read
+    from the manifest must be a plain relative path inside the set.
   - O(step=rollback) uploads the safety snapshots back and deletes the collections that did not exist before, for
     the collections that O(step=restore) started to upload (none when it stopped at the checksum check).
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), the safety copies.
@@ -127,9 +132,20 @@ restored:
   type: list
   elements: str
 differences:
-  description: Per collection how the live data differs from the manifest's fingerprint (O(step=verify)).
+  description: Per collection how the live data differs from the snapshot's fingerprint (O(step=verify)).
   returned: when O(step=verify)
   type: dict
+against:
+  description: Per collection what it was verified against (O(step=verify)).
+  returned: when O(step=verify)
+  type: dict
+unverified:
+  description:
+    - The collections whose content could not be verified (O(step=verify)) because the backup could not fingerprint
+      their snapshot (written during every attempt, in a format that cannot be read here). Never silently passed.
+  returned: when O(step=verify)
+  type: list
+  elements: str
 uploaded:
   description: The collections put back from their safety snapshot (O(step=rollback)).
   returned: when O(step=rollback) and not check mode
@@ -217,12 +233,16 @@ def main():
                                  % ", ".join(names))
             restored = restore_collections(client, collections, safety_dir)
             module.exit_json(changed=True, collections=names, restored=restored)
-        differences = verify_collections(client, collections)
+        result = verify_collections(client, collections)
+        differences = result["differences"]
         if differences:
-            module.fail_json(msg="the restored Qdrant data differs from the backup's fingerprint: %s" % "; ".join(
+            module.fail_json(msg="the restored Qdrant data differs from the snapshot's fingerprint: %s" % "; ".join(
                 "%s: %s" % (name, ", ".join(diff)) for name, diff in sorted(differences.items())),
-                differences=differences, collections=names)
-        module.exit_json(changed=False, collections=names, differences={})
+                collections=names, **result)
+        for name in result["unverified"]:
+            module.warn("collection %s: restored, but its content could not be verified: %s"
+                        % (name, result["against"][name]))
+        module.exit_json(changed=False, collections=names, **result)
     except (QdrantRestoreError, QdrantBackupError, QdrantError, BackupSetError, KeyError, ValueError, OSError) as exc:
         module.fail_json(msg="Qdrant restore step %s failed: %s" % (step, exc))
 

@@ -13,15 +13,27 @@ target's length, mode ``0``) or ``d`` (folder: size ``0``, sha256 ``-``); ``mode
 permission bits, or ``-`` with ``modes=False`` (the model store hashes content only, as it keeps
 its copies 0600/0700). Other kinds (sockets, fifos, devices) are skipped and reported.
 
+Every fingerprint is taken from the backup's own copy, after the copy, never from a second read of
+the live source (which may have changed meanwhile): what a restore verifies is what was kept.
+
 ``backup_tree``  rsync ``-a --delete --link-dest=<previous set's tree>`` into ``dest/uploads``;
-                 unchanged files become hard links into the previous set. Optional full archive
-                 ``uploads.tar.zst`` of the copy through ``run_pipeline``.
+                 unchanged files become hard links into the previous set. The fingerprint is the tree
+                 hash of that copy. Optional full archive ``uploads.tar.zst`` of the copy through
+                 ``run_pipeline``.
 ``backup_models`` one content-addressed copy per model version under
                  ``<backup_root>/models/<model>/<version>-<hash12>/`` (outside the sets), shared by
-                 every set that references it; the set itself gets ``models_index.json``.
+                 every set that references it, keyed and fingerprinted by the tree hash of the copy;
+                 the set itself gets ``models_index.json``.
 ``backup_configs`` the given paths mirrored (by absolute path) into a Git worktree at
                  ``<backup_root>/configs.git-worktree`` and committed when something changed; the
-                 set gets ``configs_commit.json``.
+                 fingerprint is the tree hash (with modes) of each path's mirror; the set gets
+                 ``configs_commit.json`` with the commit and what Git does not keep (modes, empty
+                 folders), which the restore puts back.
+
+File names are content: they stay as they are on disk, whatever they hold (newlines, quotes,
+leading dashes...). They are never parsed out of a tool's text output: trees are read with
+Python's own walkers, Git only through ``-z`` forms with ``core.quotePath=false``, and tools get
+paths as separate arguments, never through a shell.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from ansible.module_utils.llmops_backupset import (
     parse_time,
     run_times,
     utc,
+    write_file_atomic,
     write_json,
 )
 from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
@@ -58,10 +71,16 @@ CONFIGS_REPO = "configs.git-worktree"
 CONFIGS_REF = "configs_commit.json"
 GIT_AUTHOR = ("llmops-backup", "backup@localhost")
 ITEMS_LIMIT = 200
-_STORE_ENTRY_RE = re.compile(r"^(?P<version>.+)-(?P<hash>[0-9a-f]{12})$")
+_STORE_ENTRY_RE = re.compile(r"(?P<version>.+)-(?P<hash>[0-9a-f]{12})", re.DOTALL)
 # --modify-window=-1: compare modification times to the nanosecond (rsync >= 3.1.3), so that a file
-# rewritten with the same size within the same second is not taken as unchanged.
-_RSYNC_BASE = ["-a", "--delete", "--numeric-ids", "--modify-window=-1", "--itemize-changes"]
+# rewritten with the same size within the same second is not taken as unchanged. --no-D: sockets,
+# fifos and devices are not copied (a set holds regular files, folders and symlinks only).
+_RSYNC_BASE = ["-a", "--no-D", "--delete", "--numeric-ids", "--modify-window=-1"]
+RSYNC_VANISHED = 24  # "some files vanished before they could be transferred": the copy is complete otherwise
+GIT_DIR = ".git"
+# $GIT_DIR/info/attributes outranks any .gitattributes a config folder brings: content is stored and
+# checked out byte for byte (no end-of-line conversion, filter, ident or re-encoding).
+GIT_ATTRIBUTES = "* -text -eol -crlf -ident -filter -working-tree-encoding\n"
 
 
 class FilesBackupError(Exception):
@@ -72,8 +91,11 @@ class FilesBackupError(Exception):
 # helpers
 
 
-def run_tool(argv, env=None, cwd=None, timeout=None):
-    """Run ``argv`` (no shell); return stdout as text; raise ``FilesBackupError`` with stderr's tail."""
+def run_tool(argv, env=None, cwd=None, timeout=None, ok_codes=(0,), result=None):
+    """Run ``argv`` (no shell); return stdout as text; raise ``FilesBackupError`` with stderr's tail.
+
+    An exit code in ``ok_codes`` is not an error; with a dict ``result`` the code and stderr are put there.
+    """
     try:
         proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
@@ -81,47 +103,108 @@ def run_tool(argv, env=None, cwd=None, timeout=None):
         raise FilesBackupError("cannot run %s: %s" % (argv[0], exc)) from exc
     except subprocess.TimeoutExpired as exc:
         raise FilesBackupError("%s timed out after %ss" % (argv[0], timeout)) from exc
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip()[-2000:]
+    err = proc.stderr.decode("utf-8", "replace").strip()[-2000:]
+    if proc.returncode not in ok_codes:
         raise FilesBackupError("%s exited with code %d: %s" % (" ".join(argv[:2]), proc.returncode, err))
+    if result is not None:
+        result.update(rc=proc.returncode, stderr=err)
     return proc.stdout.decode("utf-8", "surrogateescape")
 
 
-def tree_info(root, modes=True, cache=None):
+def walk_tree(root, exclude=()):
+    """Yield ``(rel, full, lstat)`` for every entry below ``root`` (not ``root``), Python's own walk: names are
+    never parsed from a tool's output. Folders named in ``exclude`` are neither yielded nor entered, files so
+    named are not yielded. Symlinks are not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in exclude]
+        for name in dirnames + filenames:
+            if name in exclude:
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:  # removed since the folder was listed
+                continue
+            yield os.path.relpath(full, root), full, st
+
+
+def _kind(st):
+    if stat.S_ISLNK(st.st_mode):
+        return "l"
+    if stat.S_ISDIR(st.st_mode):
+        return "d"
+    if stat.S_ISREG(st.st_mode):
+        return "f"
+    return None
+
+
+def scan_tree(root, exclude=()):
+    """``{rel: {kind, mode, size, mtime_ns, target}}`` of ``root`` without reading any content (rsync's quick
+    check: what a check mode compares), plus ``{rel: None}`` for sockets, fifos and devices."""
+    out = {}
+    if not os.path.isdir(root) or os.path.islink(root):
+        return out
+    for rel, full, st in walk_tree(root, exclude):
+        kind = _kind(st)
+        if kind is None:
+            out[rel] = None
+            continue
+        out[rel] = {"kind": kind, "mode": 0 if kind == "l" else stat.S_IMODE(st.st_mode),
+                    "size": st.st_size if kind == "f" else 0, "mtime_ns": st.st_mtime_ns if kind == "f" else 0,
+                    "target": os.readlink(full) if kind == "l" else None}
+    return out
+
+
+def compare_scans(new, old):
+    """What copying ``new`` over ``old`` changes: ``{changes: [{path, kind, change}], deleted: [paths]}``.
+
+    ``change`` is ``new`` or ``changed`` (kind, mode, size, modification time or link target differ).
+    """
+    changes = []
+    for rel in sorted(new, key=os.fsencode):
+        item = new[rel]
+        if item is None:
+            continue
+        before = old.get(rel)
+        if before is None:
+            changes.append({"path": rel, "kind": item["kind"], "change": "new"})
+        elif before != item and not (item["kind"] == "d" and before["kind"] == "d" and before["mode"] == item["mode"]):
+            changes.append({"path": rel, "kind": item["kind"], "change": "changed"})
+    deleted = sorted((rel for rel in old if rel not in new and old[rel] is not None), key=os.fsencode)
+    return {"changes": changes, "deleted": deleted}
+
+
+def tree_info(root, modes=True, cache=None, exclude=()):
     """Walk ``root``; return ``{sha256, entries, files, dirs, symlinks, bytes, skipped}``.
 
     ``entries``: ``[{path, kind, mode, size, sha256, ino, nlink, mtime_ns}]`` sorted like the hash.
     ``cache`` (``{path: [size, mtime_ns, sha256]}``) lets a file whose size and mtime are unchanged
-    reuse a known sha256 instead of being read again.
+    reuse a known sha256 instead of being read again. ``exclude``: names left out (see ``walk_tree``).
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root) or os.path.islink(root):
         raise FilesBackupError("%s is not a folder" % root)
     records = []
     skipped = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            st = os.lstat(full)
-            mode = stat.S_IMODE(st.st_mode)
-            entry = {"path": rel, "mode": mode, "ino": st.st_ino, "nlink": st.st_nlink, "mtime_ns": st.st_mtime_ns}
-            if stat.S_ISLNK(st.st_mode):
-                target = os.fsencode(os.readlink(full))
-                entry.update(kind="l", mode=0, size=len(target), sha256=hashlib.sha256(target).hexdigest())
-            elif stat.S_ISDIR(st.st_mode):
-                entry.update(kind="d", size=0, sha256="-")
-            elif stat.S_ISREG(st.st_mode):
-                known = (cache or {}).get(rel)
-                if known and int(known[0]) == st.st_size and int(known[1]) == st.st_mtime_ns:
-                    digest = known[2]
-                else:
-                    digest, _size = hash_file(full)
-                entry.update(kind="f", size=st.st_size, sha256=digest)
+    for rel, full, st in walk_tree(root, exclude):
+        mode = stat.S_IMODE(st.st_mode)
+        entry = {"path": rel, "mode": mode, "ino": st.st_ino, "nlink": st.st_nlink, "mtime_ns": st.st_mtime_ns}
+        if stat.S_ISLNK(st.st_mode):
+            target = os.fsencode(os.readlink(full))
+            entry.update(kind="l", mode=0, size=len(target), sha256=hashlib.sha256(target).hexdigest())
+        elif stat.S_ISDIR(st.st_mode):
+            entry.update(kind="d", size=0, sha256="-")
+        elif stat.S_ISREG(st.st_mode):
+            known = (cache or {}).get(rel)
+            if known and int(known[0]) == st.st_size and int(known[1]) == st.st_mtime_ns:
+                digest = known[2]
             else:
-                skipped.append(rel)
-                continue
-            records.append((os.fsencode(rel), entry))
+                digest, _size = hash_file(full)
+            entry.update(kind="f", size=st.st_size, sha256=digest)
+        else:
+            skipped.append(rel)
+            continue
+        records.append((os.fsencode(rel), entry))
     records.sort(key=lambda r: r[0])
     digest = hashlib.sha256()
     for raw, entry in records:
@@ -141,23 +224,22 @@ def tree_hash(root, modes=True):
     return tree_info(root, modes=modes)["sha256"]
 
 
-def parse_itemized(text):
-    """Split ``rsync --itemize-changes`` output into ``{changes: [...], deleted: [...]}`` (files only).
-
-    Folder attribute updates (``.d..t......``) and rsync's informational lines are ignored.
+def path_info(path, exclude=()):
+    """The fingerprint of one path that may be a folder, a file or a symlink (configs are all three):
+    ``{kind, mode, sha256, files}`` where ``sha256`` is the tree hash (with modes) of a folder, the
+    content's sha256 of a file, the target's sha256 of a symlink; ``mode`` the path's own permission bits.
     """
-    changes, deleted = [], []
-    for line in text.splitlines():
-        if line.startswith("*deleting "):
-            deleted.append(line[len("*deleting "):].strip())
-        elif len(line) > 12 and line[11] == " " and line[0] in "<>ch.*" and line[1] in "fdLDS":
-            flags, name = line[:11], line[12:]
-            if flags[1] == "d" and (flags[0] == "." or name in ("./", ".")):
-                continue
-            if flags[1] == "d" and name.endswith("/"):
-                name = name[:-1]
-            changes.append({"item": flags, "path": name})
-    return {"changes": changes, "deleted": deleted}
+    st = os.lstat(path)
+    kind = _kind(st)
+    if kind == "d":
+        info = tree_info(path, exclude=exclude)
+        return {"kind": "d", "mode": stat.S_IMODE(st.st_mode), "sha256": info["sha256"], "files": info["files"]}
+    if kind == "l":
+        return {"kind": "l", "mode": 0, "sha256": hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest(),
+                "files": 0}
+    if kind == "f":
+        return {"kind": "f", "mode": stat.S_IMODE(st.st_mode), "sha256": hash_file(path)[0], "files": 1}
+    raise FilesBackupError("%s is not a file, folder or symlink" % path)
 
 
 def _rel_inside(root, path):
@@ -180,8 +262,9 @@ def previous_tree(backup_root, component, exclude=None):
             continue
         if comp.get("status") != "success" or not comp.get("tree_dir"):
             continue
-        path = os.path.normpath(os.path.join(item["path"], comp["tree_dir"]))
-        if not path.startswith(item["path"] + os.sep) or not os.path.isdir(path):
+        path = os.path.normpath(os.path.join(item["path"], str(comp["tree_dir"])))
+        if not path.startswith(item["path"] + os.sep) or os.path.islink(path) or not os.path.isdir(path) \
+                or not os.path.realpath(path).startswith(os.path.realpath(item["path"]) + os.sep):
             continue
         if exclude and os.path.abspath(exclude) == path:
             continue
@@ -201,7 +284,10 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
                 zstd_threads=0, check_mode=False, rsync_path="rsync"):
     """rsync ``src`` into ``dest/uploads`` hard-linking unchanged files to the previous set; return the entry.
 
-    In check mode nothing is written: the result tells what rsync would copy and delete.
+    The fingerprint is the tree hash of the copy (what the set holds), taken after the copy. In check
+    mode nothing is written: the result tells what would be copied (``would_copy``: new or changed
+    against the previous set's tree, by rsync's quick check: kind, mode, size, modification time, link
+    target) and what is gone since the previous set (``would_delete``).
     """
     started = utc()
     t0 = time.monotonic()
@@ -211,20 +297,30 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
         raise FilesBackupError("src %s is not a folder" % src)
     tree = os.path.join(dest, TREE_DIR)
     linked_from, prev_path = previous_tree(backup_root, component, exclude=tree)
+    previous = scan_tree(prev_path) if prev_path else {}
+    if check_mode:
+        source = scan_tree(src)
+        items = compare_scans(source, previous)
+        files = [c for c in items["changes"] if c["kind"] != "d"]
+        return {"changed": True, "would_copy": _limit(files), "would_copy_count": len(files),
+                "would_delete": _limit(items["deleted"]), "would_delete_count": len(items["deleted"]),
+                "skipped": _limit(sorted(rel for rel, item in source.items() if item is None)),
+                "linked_from": linked_from, "link_dest": prev_path, "full_archive": bool(full_archive), "tree": tree}
     argv = [rsync_path] + _RSYNC_BASE
     if prev_path:
         argv.append("--link-dest=%s" % prev_path)
     argv += [src + "/", tree + "/"]
-    if check_mode:
-        items = parse_itemized(run_tool(argv[:1] + ["--dry-run"] + argv[1:]))
-        return {"changed": True, "would_copy": _limit(items["changes"]), "would_copy_count": len(items["changes"]),
-                "would_delete": _limit(items["deleted"]), "linked_from": linked_from, "link_dest": prev_path,
-                "full_archive": bool(full_archive), "tree": tree}
     os.makedirs(dest, mode=0o700, exist_ok=True)
-    items = parse_itemized(run_tool(argv))
+    outcome = {}
+    run_tool(argv, ok_codes=(0, RSYNC_VANISHED), result=outcome)
+    warnings = []
+    if outcome["rc"] == RSYNC_VANISHED:
+        warnings.append("files vanished from %s while it was copied (rsync code 24); the copy and its tree hash "
+                        "hold what was there when rsync reached it" % src)
     info = tree_info(tree)
     regular = [e for e in info["entries"] if e["kind"] == "f"]
     new = [e for e in regular if e["nlink"] < 2]
+    copied = {e["path"] for e in info["entries"]}
     files = [{"path": os.path.join(tree, e["path"]), "sha256": e["sha256"], "size": e["size"]} for e in regular]
     archive = None
     if full_archive:
@@ -251,12 +347,14 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
         "files_new": len(new),
         "files_linked": len(regular) - len(new),
         "linked_from": linked_from,
-        "transferred": len([c for c in items["changes"] if c["item"][0] == ">"]),
-        "deleted": len(items["deleted"]),
+        "transferred": len(new),
+        "deleted": sum(1 for rel, item in previous.items() if item is not None and rel not in copied),
         "symlinks": info["symlinks"],
         "skipped": info["skipped"],
+        "warnings": warnings,
         "full_archive": archive,
         "fingerprint": {"tree_sha256": info["sha256"], "files": info["files"], "bytes": info["bytes"]},
+        "fingerprint_of": "copy",
     }
 
 
@@ -280,7 +378,7 @@ def _store_entries(model_store):
         return out
     for entry in os.listdir(model_store):
         full = os.path.join(model_store, entry)
-        match = _STORE_ENTRY_RE.match(entry)
+        match = _STORE_ENTRY_RE.fullmatch(entry)
         if entry.startswith(".") or not match or os.path.islink(full) or not os.path.isdir(full):
             continue
         meta = {}
@@ -326,36 +424,43 @@ def referenced_store_entries(backup_root):
     return refs
 
 
-def _store_version(src, target, info):
-    """Copy ``src`` into ``target`` (files 0600, folders 0700) via a temp folder + rename."""
-    parent = os.path.dirname(target)
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    tmp = os.path.join(parent, ".tmp-%s-%s" % (os.path.basename(target), secrets.token_hex(4)))
+def _store_version(src, model_store, version, entries):
+    """Copy ``src`` into the model's store (files 0600, folders 0700) via a temp folder + rename.
+
+    The copy is keyed and fingerprinted by its own tree hash (content only), read after the copy:
+    ``(key, info of the copy, reused)``, ``reused`` when the store already held that content.
+    """
+    os.makedirs(model_store, mode=0o700, exist_ok=True)
+    tmp = os.path.join(model_store, ".tmp-%s" % secrets.token_hex(8))
     try:
-        run_tool(["rsync", "-a", "--numeric-ids", "--chmod=D0700,F0600", src + "/", tmp + "/"])
+        run_tool(["rsync", "-a", "--no-D", "--numeric-ids", "--chmod=D0700,F0600", src + "/", tmp + "/"])
         os.chmod(tmp, 0o700)
         copied = tree_info(tmp, modes=False)
-        if copied["sha256"] != info["sha256"]:
-            raise FilesBackupError("%s changed while it was copied (tree hash %s, copy %s); run the backup again"
-                                   % (src, info["sha256"], copied["sha256"]))
+        key = "%s-%s" % (version, copied["sha256"][:12])
+        target = os.path.join(model_store, key)
+        if key in entries or os.path.lexists(target):
+            return key, copied, True
         os.rename(tmp, target)
         tmp = None
     finally:
         if tmp is not None and os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(parent)
-    meta = {"version": os.path.basename(src), "source": src, "tree_sha256": info["sha256"], "files": info["files"],
-            "bytes": info["bytes"], "stored": isoformat(utc()), "stored_epoch": time.time(),
-            "source_files": {e["path"]: [e["size"], e["mtime_ns"], e["sha256"]] for e in info["entries"]
+    fsync_dir(model_store)
+    # rsync -a kept the sizes and modification times: they are the source's as copied, the hash cache's key
+    meta = {"version": version, "source": src, "tree_sha256": copied["sha256"], "files": copied["files"],
+            "bytes": copied["bytes"], "stored": isoformat(utc()), "stored_epoch": time.time(),
+            "source_files": {e["path"]: [e["size"], e["mtime_ns"], e["sha256"]] for e in copied["entries"]
                              if e["kind"] == "f"}}
     write_json(target + ".json", meta)
+    return key, copied, False
 
 
 def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, trust_mtime=True):
     """Store new model versions of ``src/<model>/<version>`` in the content-addressed store; return the entry.
 
-    Versions whose tree hash (content only) is already stored are reused. Symlinks next to the
-    versions (``current``) are recorded, not followed. Afterwards each model keeps its newest
+    Versions whose tree hash (content only) is already stored are reused; a new one is copied and
+    recorded under the tree hash of its copy (the fingerprint describes what the store holds). Symlinks
+    next to the versions (``current``) are recorded, not followed. Afterwards each model keeps its newest
     ``keep_versions`` stored versions plus every version a finalized set or this run references.
     """
     started = utc()
@@ -370,7 +475,7 @@ def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, tru
     if not os.path.isdir(src):
         raise FilesBackupError("src %s is not a folder" % src)
     models = {}
-    stored_new, reused = [], []
+    stored_new, reused, warnings = [], [], []
     for model in sorted(os.listdir(src)):
         model_path = os.path.join(src, model)
         if model.startswith(".") or os.path.islink(model_path) or not os.path.isdir(model_path):
@@ -389,14 +494,18 @@ def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, tru
             key = "%s-%s" % (version, info["sha256"][:12])
             is_new = key not in entries
             if is_new and not check_mode:
-                _store_version(vpath, os.path.join(model_store, key), info)
+                key, copied, stored_before = _store_version(vpath, model_store, version, entries)
+                if copied["sha256"] != info["sha256"]:
+                    warnings.append("%s/%s changed while it was copied: the store keeps the copy, under the tree hash "
+                                    "of the copy (%s)" % (model, version, copied["sha256"]))
+                info, is_new = copied, not stored_before
             (stored_new if is_new else reused).append("%s/%s" % (model, key))
             desc["versions"][version] = {"sha256": info["sha256"], "store": "%s/%s/%s" % (MODELS_DIR, model, key),
                                          "files": info["files"], "bytes": info["bytes"], "new": is_new}
         models[model] = desc
     pruned = prune_models(backup_root, keep_versions, models, dry_run=check_mode)
     base = {"models": models, "stored_new": stored_new, "reused": reused, "pruned": pruned,
-            "store": store, "keep_versions": keep_versions}
+            "store": store, "keep_versions": keep_versions, "warnings": warnings}
     if check_mode:
         base["changed"] = bool(stored_new or pruned)
         return base
@@ -418,6 +527,7 @@ def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, tru
         "bytes_new": sum(d["bytes"] for desc in models.values() for d in desc["versions"].values() if d["new"]),
         "files": [{"path": index, "sha256": digest, "size": size}],
         "fingerprint": fingerprint,
+        "fingerprint_of": "copy",
     })
     return base
 
@@ -459,11 +569,16 @@ def prune_models(backup_root, keep_versions, current=None, dry_run=False):
 
 
 class GitRepo:
-    """A Git worktree driven with a fixed identity and no global or system configuration."""
+    """A Git worktree driven with a fixed identity and no global or system configuration.
+
+    No ``GIT_*`` variable of the caller's environment is passed on; hooks, fsmonitor, attribute and
+    exclude files outside the repository are off; paths are never quoted (``core.quotePath=false``)
+    and every listing is read in its ``-z`` form.
+    """
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
-        self.env = dict(os.environ)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         self.env.update({
             "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
             "GIT_AUTHOR_NAME": GIT_AUTHOR[0], "GIT_AUTHOR_EMAIL": GIT_AUTHOR[1],
@@ -473,17 +588,29 @@ class GitRepo:
     def git(self, *args):
         """Run ``git <args>`` in the worktree; return stdout."""
         argv = ["git", "-c", "safe.directory=%s" % self.path, "-c", "commit.gpgsign=false",
-                "-c", "core.hooksPath=%s" % os.devnull, "-c", "core.quotepath=false", "-C", self.path]
+                "-c", "core.hooksPath=%s" % os.devnull, "-c", "core.quotePath=false", "-c", "core.fsmonitor=false",
+                "-c", "core.autocrlf=false", "-c", "core.symlinks=true", "-c", "core.attributesFile=%s" % os.devnull,
+                "-c", "core.excludesFile=%s" % os.devnull, "-C", self.path]
         return run_tool(argv + list(args), env=self.env)
 
     def exists(self):
-        return os.path.isdir(os.path.join(self.path, ".git"))
+        return os.path.isdir(os.path.join(self.path, GIT_DIR))
 
     def init(self):
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         os.chmod(self.path, 0o700)
         if not self.exists():
             self.git("init", "-q", "-b", "main")
+        info = os.path.join(self.path, GIT_DIR, "info")
+        os.makedirs(info, exist_ok=True)
+        attributes = os.path.join(info, "attributes")
+        try:
+            with open(attributes, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            current = None
+        if current != GIT_ATTRIBUTES:
+            write_file_atomic(attributes, GIT_ATTRIBUTES.encode("utf-8"))
 
     def head(self):
         try:
@@ -496,7 +623,8 @@ class GitRepo:
 
 
 def _config_targets(paths, repo):
-    """``[(absolute source, path inside the worktree, is_dir)]``; refuses missing, root and overlapping paths."""
+    """``[(absolute source, path inside the worktree, is_dir)]``; refuses missing, root, repeated and nested
+    paths, and paths that contain the history repository."""
     targets = []
     for path in paths:
         full = os.path.abspath(os.fspath(path))
@@ -506,8 +634,14 @@ def _config_targets(paths, repo):
             raise FilesBackupError("config path %s does not exist" % full)
         if repo == full or repo.startswith(full.rstrip(os.sep) + os.sep):
             raise FilesBackupError("config path %s contains the history repository %s" % (full, repo))
+        inside = full.lstrip(os.sep)
+        if GIT_DIR in inside.split(os.sep):
+            raise FilesBackupError("config path %s: a %s folder cannot be kept in a Git history" % (full, GIT_DIR))
+        for other, _inside, _d in targets:
+            if other == full or _under(inside, [_inside]) or _under(_inside, [inside]):
+                raise FilesBackupError("config paths %s and %s overlap" % (other, full))
         is_dir = os.path.isdir(full) and not os.path.islink(full)
-        targets.append((full, full.lstrip(os.sep), is_dir))
+        targets.append((full, inside, is_dir))
     return targets
 
 
@@ -515,15 +649,61 @@ def _under(rel, prefixes):
     return any(rel == p or rel.startswith(p + "/") for p in prefixes)
 
 
-def _sync_argv(source, inside, is_dir, repo, dry_run):
-    argv = ["rsync"] + _RSYNC_BASE + ["--checksum"] + (["--dry-run"] if dry_run else [])
+def _sync_argv(source, inside, is_dir, repo):
+    argv = ["rsync"] + _RSYNC_BASE + ["--checksum"]
     if is_dir:
-        return argv + ["--exclude=.git/", source + "/", os.path.join(repo, inside) + "/"]
+        return argv + ["--exclude=%s" % GIT_DIR, source + "/", os.path.join(repo, inside) + "/"]
     return argv + [source, os.path.join(repo, inside)]
 
 
+def config_record(path):
+    """What Git does not keep of a mirrored config path, for the restore to put back: ``{kind, mode}`` and, for
+    a folder, ``entries``: ``[[relative path, kind, mode]]`` of its folders and files (empty folders included),
+    sorted by path."""
+    st = os.lstat(path)
+    kind = _kind(st)
+    record = {"kind": kind, "mode": 0 if kind == "l" else stat.S_IMODE(st.st_mode)}
+    if kind == "d":
+        entries = [[rel, _kind(est), stat.S_IMODE(est.st_mode)] for rel, _full, est in walk_tree(path, (GIT_DIR,))
+                   if _kind(est) in ("d", "f")]
+        record["entries"] = sorted(entries, key=lambda e: os.fsencode(e[0]))
+    return record
+
+
+def _path_changes(source, mirror, is_dir, inside):
+    """Check mode: the worktree paths a backup would commit (new or changed files and links) and delete."""
+    if not os.path.lexists(mirror):
+        if not is_dir:
+            return [inside], []
+        return [os.path.join(inside, e["path"]) for e in tree_info(source, exclude=(GIT_DIR,))["entries"]
+                if e["kind"] != "d"], []
+    if not is_dir:
+        same = path_info(source) == path_info(mirror)
+        return ([] if same else [inside]), []
+
+    def index(root):
+        if not os.path.isdir(root) or os.path.islink(root):
+            return {}
+        return {e["path"]: (e["kind"], e["mode"], e["size"], e["sha256"])
+                for e in tree_info(root, exclude=(GIT_DIR,))["entries"]}
+
+    new, old = index(source), index(mirror)
+    changes = [os.path.join(inside, rel) for rel, item in sorted(new.items())
+               if item[0] != "d" and old.get(rel) != item]
+    deleted = [os.path.join(inside, rel) for rel, item in sorted(old.items()) if item[0] != "d" and rel not in new]
+    return changes, deleted
+
+
+def _printable(path):
+    return json.dumps(path, ensure_ascii=False)[1:-1]
+
+
 def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
-    """Mirror ``paths`` into the history worktree and commit when something changed; return the entry."""
+    """Mirror ``paths`` into the history worktree and commit when something changed; return the entry.
+
+    The fingerprint of each path is ``path_info`` of its mirror, read after the copy (``fingerprint.paths``);
+    ``configs_commit.json`` records, per path, what Git does not keep (``config_record``).
+    """
     started = utc()
     t0 = time.monotonic()
     if not backup_root:
@@ -538,41 +718,43 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
     if check_mode:
         changes, deleted = [], []
         for source, inside, is_dir in targets:
-            if not os.path.lexists(os.path.join(repo.path, inside)):  # all new (rsync needs the parent folder)
-                changes += [os.path.join(inside, e["path"]) for e in tree_info(source)["entries"]
-                            if e["kind"] != "d"] if is_dir else [inside]
-                continue
-            items = parse_itemized(run_tool(_sync_argv(source, inside, is_dir, repo.path, True)))
-            base = inside if is_dir else os.path.dirname(inside)
-            changes += [os.path.join(base, c["path"]) if is_dir else inside
-                        for c in items["changes"] if c["item"][1] != "d"]
-            deleted += [os.path.join(base, d) for d in items["deleted"]]
+            more, gone = _path_changes(source, os.path.join(repo.path, inside), is_dir, inside)
+            changes += more
+            deleted += gone
         if repo.exists():
             deleted += [p for p in repo.tracked() if not _under(p, prefixes)]
         return {"changed": bool(changes or deleted), "would_commit": _limit(changes), "would_delete": _limit(deleted),
                 "repo": repo.path, "head": repo.head() if repo.exists() else None}
     repo.init()
+    warnings = []
     for source, inside, is_dir in targets:
         os.makedirs(os.path.dirname(os.path.join(repo.path, inside)) if not is_dir
                     else os.path.join(repo.path, inside), mode=0o700, exist_ok=True)
-        run_tool(_sync_argv(source, inside, is_dir, repo.path, False))
+        outcome = {}
+        run_tool(_sync_argv(source, inside, is_dir, repo.path), ok_codes=(0, RSYNC_VANISHED), result=outcome)
+        if outcome["rc"] == RSYNC_VANISHED:
+            warnings.append("files vanished from %s while it was copied (rsync code 24)" % source)
     for rel in repo.tracked():
-        if not _under(rel, prefixes):
+        if not _under(rel, prefixes) and os.path.lexists(os.path.join(repo.path, rel)):
             os.unlink(os.path.join(repo.path, rel))
-    repo.git("add", "-A")
-    status = repo.git("status", "--porcelain", "-z")
+    repo.git("add", "--all", "--force")  # --force: a .gitignore among the configs must not hide any of them
+    status = repo.git("status", "--porcelain", "-z", "--no-renames", "--untracked-files=all")
     changed = bool(status.strip("\0"))
     now = utc()
     if changed:
-        summary = [s[3:] for s in status.split("\0") if len(s) > 3]
+        summary = [_printable(s[3:]) for s in status.split("\0") if len(s) > 3]
         message = "configs of %s at %s\n\n%d path(s) changed:\n%s\n" % (
             host, isoformat(now), len(summary), "\n".join(_limit(summary, 50)))
         repo.git("commit", "-q", "--no-verify", "-m", message)
     commit = repo.head()
     files = repo.tracked()
+    mirrors = {source: os.path.join(repo.path, inside) for source, inside, _d in targets}
+    fingerprints = {source: path_info(mirror, exclude=(GIT_DIR,)) for source, mirror in mirrors.items()}
+    records = {source: config_record(mirror) for source, mirror in mirrors.items()}
     os.makedirs(dest, mode=0o700, exist_ok=True)
     ref = os.path.join(os.path.abspath(dest), CONFIGS_REF)
-    write_json(ref, {"repo": repo.path, "commit": commit, "changed": changed, "host": host, "files": files})
+    write_json(ref, {"repo": repo.path, "commit": commit, "changed": changed, "host": host, "files": files,
+                     "paths": records})
     digest, size = hash_file(ref)
     return {
         "status": "success",
@@ -591,5 +773,7 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
         "config_files": files,
         "bytes": size,
         "files": [{"path": ref, "sha256": digest, "size": size}],
-        "fingerprint": {"commit": commit, "files": len(files)},
+        "warnings": warnings,
+        "fingerprint": {"commit": commit, "files": len(files), "paths": fingerprints},
+        "fingerprint_of": "copy",
     }

@@ -20,7 +20,13 @@ and after each rename, so that ``rollback`` can undo exactly what was done, also
                    point the link (``current``) at it; any failure undoes every swap and link change.
 ``restore_configs`` check out a commit of the config history into a temp worktree, copy each recorded
                    path back (or under ``dest_root``), the replaced file or folder kept as ``<path><suffix>``;
-                   checked by hashing.
+                   put back what Git does not keep (modes, empty folders: ``configs_commit.json``), then
+                   check each path against the fingerprint of the backup's mirror (kind, mode, tree hash).
+
+Everything read back from a manifest is untrusted: paths inside the set must be relative, normalised,
+without ``..`` and (symlinks resolved) inside the set (``set_member``); model, version and link names
+must be single path components; config paths absolute and normalised; a commit a revision, never an
+option. File names themselves are content and are never parsed from a tool's output.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ from ansible.module_utils.llmops_files import (
     ARCHIVE,
     CONFIGS_REF,
     CONFIGS_REPO,
+    GIT_DIR,
+    MODELS_DIR,
     MODELS_INDEX,
     FilesBackupError,
     GitRepo,
+    path_info,
     run_tool,
     tree_info,
 )
@@ -48,7 +57,7 @@ JOURNAL = "journal.json"
 LINK_NAME = "current"
 # Model versions come from the store as 0600/0700 files; the restored copy is made readable for the
 # serving containers, as the model folders are.
-MODEL_CHMOD = "--chmod=Du=rwx,go=rx,Fu=rw,go=r"
+MODEL_CHMOD = "--chmod=Du=rwx,Dgo=rx,Fu=rw,Fgo=r"  # an unprefixed item would apply to both
 
 
 class FilesRestoreError(Exception):
@@ -175,8 +184,41 @@ def _rsync(src, dest, extra=()):
     run_tool(["rsync", "-a", "--numeric-ids"] + list(extra) + [src, dest])
 
 
-def _entry_path(set_path, rel):
-    return rel if os.path.isabs(rel) else os.path.join(set_path, rel)
+def set_member(set_path, rel, what="file"):
+    """The absolute path of ``rel``, a path read from a manifest (untrusted): it must be relative, normalised,
+    without ``..`` and, symlinks resolved, inside the set. Raises ``FilesRestoreError`` otherwise."""
+    root = os.path.realpath(set_path)
+    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
+            or ".." in rel.split(os.sep):
+        raise FilesRestoreError("the manifest names %s %r, which is not a plain path inside the set" % (what, rel))
+    full = os.path.join(root, rel)
+    if not os.path.realpath(full).startswith(root + os.sep):
+        raise FilesRestoreError("the manifest's %s %r leads outside the set %s" % (what, rel, set_path))
+    return full
+
+
+def _listed(set_path, entry, name):
+    """The path inside the set of the entry's file called ``name`` (``files`` lists it), checked."""
+    paths = [f.get("path") for f in entry.get("files") or [] if isinstance(f, dict) and isinstance(f.get("path"), str)
+             and os.path.basename(f["path"]) == name]
+    if len(paths) != 1:
+        raise FilesRestoreError("the manifest lists %d files called %s" % (len(paths), name))
+    return set_member(set_path, paths[0], name)
+
+
+def check_name(value, what):
+    """A model, version or link name read from a manifest: one path component, not ``.``/``..``, no NUL."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise FilesRestoreError("the manifest names %s %r, which is not a single file name" % (what, value))
+    return value
+
+
+def check_config_path(value):
+    """A config path read from a manifest: absolute, normalised (no ``..``), not ``/``."""
+    if not isinstance(value, str) or not os.path.isabs(value) or os.path.normpath(value) != value or value == os.sep \
+            or "\0" in value or value.startswith("//") or GIT_DIR in value.split(os.sep):
+        raise FilesRestoreError("the manifest names the config path %r, which is not a plain absolute path" % (value,))
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,12 +234,12 @@ def tree_source(set_path, entry, staging, check_mode=False):
     expected = (entry.get("fingerprint") or {}).get("tree_sha256")
     if not expected:
         raise FilesRestoreError("the manifest records no tree hash for this component")
-    tree = os.path.join(set_path, entry["tree_dir"]) if entry.get("tree_dir") else None
-    if tree is None or not os.path.isdir(tree):
+    tree = set_member(set_path, entry["tree_dir"], "tree folder") if entry.get("tree_dir") else None
+    if tree is None or os.path.islink(tree) or not os.path.isdir(tree):
         archive = entry.get("full_archive")
         if not archive:
             raise FilesRestoreError("the set has neither the tree %s nor a full archive" % tree)
-        source = os.path.join(set_path, os.path.dirname(entry.get("tree_dir") or "uploads/x"), ARCHIVE)
+        source = _listed(set_path, entry, ARCHIVE)
         if check_mode:
             return source, expected
         tree = os.path.join(staging, "unpacked")
@@ -266,17 +308,17 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
     """
     models = entry.get("models")
     if not isinstance(models, dict):
-        index = [f["path"] for f in entry.get("files") or [] if f["path"].endswith(MODELS_INDEX)]
-        if not index:
-            raise FilesRestoreError("the manifest has neither the models nor %s" % MODELS_INDEX)
-        with open(_entry_path(set_path, index[0]), encoding="utf-8") as handle:
+        with open(_listed(set_path, entry, MODELS_INDEX), encoding="utf-8") as handle:
             models = json.load(handle)["models"]
+        if not isinstance(models, dict):
+            raise FilesRestoreError("%s holds no models" % MODELS_INDEX)
     chosen = parse_versions(model_version)
     plan = []
     for model in sorted(chosen or models):
         desc = models.get(model)
         if desc is None:
             raise FilesRestoreError("the set references no model %s (it has: %s)" % (model, ", ".join(sorted(models))))
+        check_name(model, "the model")
         versions = [chosen[model]] if chosen else sorted(desc["versions"])
         links = {link_name: chosen[model]} if chosen else dict(desc.get("links") or {})
         for version in versions:
@@ -284,7 +326,13 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
             if ver is None:
                 raise FilesRestoreError("the set references no version %s of model %s (it has: %s)"
                                         % (version, model, ", ".join(sorted(desc["versions"]))))
-            store = os.path.join(backup_root, ver["store"])
+            check_name(version, "the version")
+            sha = ver.get("sha256")
+            if not isinstance(sha, str) or len(sha) != 64 or ver.get("store") != "%s/%s/%s-%s" % (
+                    MODELS_DIR, model, version, sha[:12]):
+                raise FilesRestoreError("the manifest's store entry %r of %s/%s is not %s/<model>/<version>-<hash12>"
+                                        % (ver.get("store"), model, version, MODELS_DIR))
+            store = os.path.join(os.path.abspath(backup_root), MODELS_DIR, model, "%s-%s" % (version, sha[:12]))
             try:
                 with open(store + ".json", encoding="utf-8") as handle:
                     record = json.load(handle)
@@ -300,6 +348,11 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
                          "files": {rel: v[2] for rel, v in (record.get("source_files") or {}).items()},
                          "copy": not same})
         for name, target in links.items():
+            check_name(name, "the link")
+            if isinstance(target, str):  # "./v2/" is "v2"
+                target = target[2:] if target.startswith("./") else target
+                target = target.rstrip("/")
+            check_name(target, "the target of link %s/%s (a version folder next to it)" % (model, name))
             plan.append({"model": model, "link": os.path.join(models_path, model, name), "target": target})
     return plan
 
@@ -340,7 +393,7 @@ def restore_models(plan, staging, suffix, check_mode=False):
                 continue
             parent = os.path.dirname(item["dest"])
             os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, ".restore-%s-%s" % (item["version"], secrets.token_hex(4)))
+            tmp = os.path.join(parent, ".restore-%s" % secrets.token_hex(8))
             try:
                 _rsync(item["store"] + "/", tmp + "/", [MODEL_CHMOD])
                 problems = _check_files(tmp, item["files"], item["sha256"])
@@ -375,26 +428,29 @@ def restore_models(plan, staging, suffix, check_mode=False):
 
 
 def configs_source(set_path, entry, backup_root, commit=None):
-    """``(repo, commit)``: the config history repository and the commit to restore (default: the set's)."""
-    repo = GitRepo(entry.get("repo") or os.path.join(backup_root, CONFIGS_REPO))
-    if not os.path.isdir(repo.path):
-        repo = GitRepo(os.path.join(backup_root, CONFIGS_REPO))
-    if not commit:
-        commit = entry.get("commit")
-        if not commit:
-            for item in entry.get("files") or []:
-                if item["path"].endswith(CONFIGS_REF):
-                    with open(_entry_path(set_path, item["path"]), encoding="utf-8") as handle:
-                        commit = json.load(handle)["commit"]
+    """``(repo, commit, ref)``: the config history (always ``<backup_root>/configs.git-worktree``: a manifest
+    never chooses which repository Git runs in), the full commit to restore (default: the set's) and the set's
+    ``configs_commit.json`` (``{}`` when the set has none)."""
+    repo = GitRepo(os.path.join(os.path.abspath(backup_root), CONFIGS_REPO))
+    ref = {}
+    names = [os.path.basename(str(f.get("path"))) for f in entry.get("files") or [] if isinstance(f, dict)]
+    if CONFIGS_REF in names:
+        with open(_listed(set_path, entry, CONFIGS_REF), encoding="utf-8") as handle:
+            ref = json.load(handle)
+        if not isinstance(ref, dict):
+            raise FilesRestoreError("%s is not a JSON object" % CONFIGS_REF)
+    commit = commit or entry.get("commit") or ref.get("commit")
     if not commit:
         raise FilesRestoreError("the set records no commit of the config history")
+    if not isinstance(commit, str) or commit.startswith("-") or any(ch.isspace() or ch == "\0" for ch in commit):
+        raise FilesRestoreError("%r is not a commit" % (commit,))
     if not repo.exists():
         raise FilesRestoreError("the config history %s does not exist" % repo.path)
     try:
-        full = repo.git("rev-parse", "--verify", "-q", "%s^{commit}" % commit).strip()
+        full = repo.git("rev-parse", "--verify", "-q", "--end-of-options", "%s^{commit}" % commit).strip()
     except FilesBackupError as exc:
         raise FilesRestoreError("commit %s is not in the config history %s" % (commit, repo.path)) from exc
-    return repo, full
+    return repo, full, ref
 
 
 def _dest_of(path, dest_root):
@@ -419,6 +475,35 @@ def _copy_modes(new, old):
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
+def apply_record(dest, record):
+    """Put back what Git does not keep of one config path (``llmops_files.config_record``): the path's own
+    mode and, for a folder, every entry's mode, creating the empty folders. Entries are untrusted: each must
+    be a plain relative path whose parent, symlinks resolved, lies inside ``dest``; symlinks are left alone."""
+    if not isinstance(record, dict) or record.get("kind") not in ("d", "f", "l"):
+        raise FilesRestoreError("%s: the set's record of it is not usable: %r" % (dest, record))
+    if record["kind"] == "l" or os.path.islink(dest):
+        return
+    root = os.path.realpath(dest)
+    entries = (record.get("entries") or []) if record["kind"] == "d" else []
+    for item in entries:
+        if not (isinstance(item, list) and len(item) == 3 and item[1] in ("d", "f") and isinstance(item[2], int)):
+            raise FilesRestoreError("%s: the set's record holds a bad entry %r" % (dest, item))
+        rel, kind, mode = item
+        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
+                or ".." in rel.split(os.sep) or "\0" in rel:
+            raise FilesRestoreError("%s: the set's record names %r, not a plain relative path" % (dest, rel))
+        full = os.path.join(dest, rel)
+        parent = os.path.realpath(os.path.dirname(full))
+        if parent != root and not parent.startswith(root + os.sep):
+            raise FilesRestoreError("%s: %r leads outside it" % (dest, rel))
+        if kind == "d" and not os.path.lexists(full):
+            os.mkdir(full, 0o700)
+        if os.path.islink(full) or not os.path.lexists(full):
+            continue
+        os.chmod(full, mode & 0o7777)
+    os.chmod(dest, int(record.get("mode", 0o700)) & 0o7777)
+
+
 def _digest(path):
     if os.path.isdir(path) and not os.path.islink(path):
         return tree_info(path, modes=False)["sha256"]
@@ -427,15 +512,31 @@ def _digest(path):
     return hash_file(path)[0]
 
 
+def _check_path(dest, expected):
+    """Differences between ``path_info(dest)`` and the fingerprint the backup recorded for the path."""
+    actual = path_info(dest)
+    return ["%s %s, the backup recorded %s" % (key, actual.get(key), expected.get(key))
+            for key in ("kind", "mode", "sha256") if key in expected and actual.get(key) != expected[key]]
+
+
 def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, dest_root=None, check_mode=False):
-    """Check out ``commit`` into a temp worktree and copy every recorded path back (under ``dest_root``)."""
-    repo, full = configs_source(set_path, entry, backup_root, commit)
-    paths = entry.get("paths") or []
+    """Check out ``commit`` into a temp worktree and copy every recorded path back (under ``dest_root``).
+
+    With the set's own commit, each path is then made to match the backup's mirror (modes and empty folders
+    from ``configs_commit.json``) and checked against ``fingerprint.paths`` (kind, mode, tree hash with
+    modes). With another commit, or a set without those records, the copy is checked against the checkout.
+    """
+    repo, full, ref = configs_source(set_path, entry, backup_root, commit)
+    paths = [check_config_path(p) for p in entry.get("paths") or []]
     if not paths:
         raise FilesRestoreError("the manifest records no config paths")
+    own_commit = full == (entry.get("commit") or ref.get("commit"))
+    fingerprints = ((entry.get("fingerprint") or {}).get("paths") or {}) if own_commit else {}
+    records = (ref.get("paths") or {}) if own_commit else {}
     tracked = [p for p in repo.git("ls-tree", "-r", "--name-only", "-z", full).split("\0") if p]
     inside = {p: p.lstrip(os.sep) for p in paths}
-    present = [p for p in paths if any(t == inside[p] or t.startswith(inside[p] + "/") for t in tracked)]
+    present = [p for p in paths if any(t == inside[p] or t.startswith(inside[p] + "/") for t in tracked)
+               or (p in records and records[p].get("kind") == "d")]
     missing = [p for p in paths if p not in present]
     plan = [{"path": p, "dest": _dest_of(p, dest_root)} for p in present]
     if check_mode:
@@ -446,26 +547,38 @@ def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, 
     journal.save()
     done = []
     try:
-        repo.git("worktree", "add", "--detach", "--quiet", checkout, full)
+        repo.git("worktree", "add", "--detach", "--quiet", "--end-of-options", checkout, full)
         for item in plan:
             src = os.path.join(checkout, inside[item["path"]])
             dest = item["dest"]
+            if not os.path.lexists(src):  # a folder that held only empty folders: Git has nothing of it
+                os.makedirs(src, mode=0o700)
             is_dir = os.path.isdir(src) and not os.path.islink(src)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             safety = dest.rstrip(os.sep) + suffix
             swap_in(journal, dest, safety, lambda dst, s=src, d=is_dir: _rsync(
-                s + "/" if d else s, dst + "/" if d else dst, ["--exclude=/.git"]))
+                s + "/" if d else s, dst + "/" if d else dst, ["--exclude=/%s" % GIT_DIR]))
             if os.path.lexists(safety):
                 _copy_modes(dest, safety)
-            expected, actual = _digest(src), _digest(dest)
-            if expected != actual:
-                raise FilesRestoreError("%s differs from commit %s after the copy (%s != %s)"
-                                        % (dest, full[:12], actual, expected))
+            if item["path"] in records:
+                apply_record(dest, records[item["path"]])
+            if item["path"] in fingerprints:
+                problems = _check_path(dest, fingerprints[item["path"]])
+                if problems:
+                    raise FilesRestoreError("%s differs from the backup's copy after the restore: %s"
+                                            % (dest, "; ".join(problems)))
+                checked = "fingerprint"
+            else:
+                expected, actual = _digest(src), _digest(dest)
+                if expected != actual:
+                    raise FilesRestoreError("%s differs from commit %s after the copy (%s != %s)"
+                                            % (dest, full[:12], actual, expected))
+                checked = "checkout"
             done.append({"path": item["path"], "dest": dest, "safety_copy": safety if os.path.lexists(safety) else None,
-                         "sha256": actual})
+                         "sha256": path_info(dest)["sha256"], "checked_against": checked})
     finally:
         try:
-            repo.git("worktree", "remove", "--force", checkout)
+            repo.git("worktree", "remove", "--force", "--end-of-options", checkout)
         except FilesBackupError:
             shutil.rmtree(checkout, ignore_errors=True)
             repo.git("worktree", "prune")

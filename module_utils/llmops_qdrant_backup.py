@@ -5,16 +5,34 @@
 """Qdrant backups through the snapshot API, plus the fingerprint a restore is verified against.
 
 For each collection: ``POST /collections/<c>/snapshots`` (the server writes a tar archive and
-reports its ``checksum``), stream it to ``<dest>/<c>.snapshot`` with ``QdrantClient.download_snapshot``
-(sha256 computed while streaming, temp file + rename), compare the two checksums, then delete the
-server-side snapshot (also when anything failed: best effort, reported). Snapshots are tar
-archives of already compact segment files and are stored as they are (``compressed: false``).
+reports its ``checksum``), stream it to ``<dest>/<encode_name(c)>.snapshot`` with
+``QdrantClient.download_snapshot`` (sha256 computed while streaming, temp file + rename), compare
+the two checksums, then delete the server-side snapshot (also when anything failed: best effort,
+reported). Snapshots are tar archives of already compact segment files and are stored as they are
+(``compressed: false``). A collection name is data, never a path: the file name is
+``llmops_backupset.encode_name`` of it, and the entry records the mapping (``collections.<c>.file``).
 
-The fingerprint of a collection (``fingerprint_collection``) is what a restore recomputes:
-``points_count`` (exact count), ``vectors`` (the vector config) and ``ids_sha256``: the sha256
-over the point ids in Qdrant's order (integers first, by value, then UUIDs by their 128-bit
-value), one JSON-encoded id per line (``1\\n2\\n"3fa8...."\\n``), gathered by scrolling without
-payloads or vectors.
+Fingerprint (``fingerprint_points``), the same whether it is computed from a snapshot file or from a
+live server, so that a restore can recompute it: ``points_count``, ``vectors`` (the vector config),
+``ids_sha256`` (sha256 over the point ids in Qdrant's order: integers first, by value, then UUIDs by
+their 128-bit value; one JSON-encoded id per line) and ``points_sha256``: sha256 over one line per
+point in the same order, the canonical JSON (sorted keys, ASCII, no blanks) of
+``{"id", "payload", "vector"}`` where every dense vector is written as the hex of its little-endian
+float32 values (Qdrant stores float32; named vectors by name, sparse ones as ``{indices, values}``).
+
+What the recorded fingerprint describes (``collections.<c>.fingerprint_source``):
+
+``snapshot``          computed from the downloaded snapshot file itself (``snapshot_fingerprint``). This
+                      works for the lab's stand-in, whose archive holds the collection as JSON.
+``server-unchanged``  a real Qdrant snapshot holds segment files (id tracker, mmap/chunked vector
+                      storages, gridstore or RocksDB payloads) plus a WAL to replay: reading them would
+                      mean reimplementing Qdrant's storage, and the REST API (OpenAPI 1.19) offers no
+                      endpoint that describes a snapshot's content (only name, size, checksum). So the
+                      server's fingerprint is taken right before and right after the snapshot and kept
+                      only when both are identical: nothing was written meanwhile, so it is the
+                      snapshot's. Otherwise the snapshot is taken again (``SNAPSHOT_ATTEMPTS`` in all).
+``unverifiable``      the collection was written during every attempt: only ``vectors`` is recorded and
+                      a restore says that it could not verify the content (never a silent pass).
 """
 
 from __future__ import annotations
@@ -22,15 +40,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
+import tarfile
 import time
 import uuid
 
-from ansible.module_utils.llmops_backupset import run_times, utc
+from ansible.module_utils.llmops_backupset import BackupSetError, encode_name, run_times, utc
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
 
 SCROLL_PAGE = 1000
 FULL_STORAGE_FILE = "full-storage.snapshot"
+SNAPSHOT_SUFFIX = ".snapshot"
+SNAPSHOT_ATTEMPTS = 3
+FINGERPRINT_KEYS = ("points_count", "vectors", "ids_sha256", "points_sha256")
+SOURCE_SNAPSHOT = "snapshot"
+SOURCE_SERVER = "server-unchanged"
+SOURCE_UNVERIFIABLE = "unverifiable"
+ARTEFACT_SOURCES = (SOURCE_SNAPSHOT, SOURCE_SERVER)
+# The lab's Qdrant stand-in writes its collection snapshots in this format (see its standin.py).
+STANDIN_SNAPSHOT_FORMAT = "llmops-lab-qdrant-standin-snapshot/1"
+STANDIN_MARKER = "STANDIN.txt"
 
 
 class QdrantBackupError(Exception):
@@ -39,11 +69,11 @@ class QdrantBackupError(Exception):
 
 def _id_key(pid):
     if isinstance(pid, int) and not isinstance(pid, bool):
-        return (0, pid)
+        return (0, pid, "")
     try:
-        return (1, uuid.UUID(str(pid)).int)
+        return (1, uuid.UUID(str(pid)).int, "")
     except ValueError:
-        return (2, str(pid))
+        return (2, 0, str(pid))
 
 
 def ids_digest(ids):
@@ -54,26 +84,117 @@ def ids_digest(ids):
     return digest.hexdigest()
 
 
+def _floats(values):
+    try:
+        return struct.pack("<%df" % len(values), *values).hex()
+    except (OverflowError, struct.error):  # not representable as float32: keep every bit of the float64
+        return "f64:" + struct.pack("<%dd" % len(values), *values).hex()
+
+
+def canonical_vector(vector):
+    """A vector as it is hashed: dense -> hex of float32 values, named -> by name, sparse -> {indices, values}."""
+    if vector is None:
+        return None
+    if isinstance(vector, list):
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+            return _floats([float(x) for x in vector])
+        return [canonical_vector(v) for v in vector]  # multi-vector
+    if isinstance(vector, dict):
+        if set(vector) == {"indices", "values"} and isinstance(vector["values"], list):
+            return {"indices": list(vector["indices"]), "values": _floats([float(x) for x in vector["values"]])}
+        return {str(k): canonical_vector(v) for k, v in vector.items()}
+    return vector
+
+
+def point_line(pid, vector, payload):
+    """The canonical line of one point in ``points_sha256``."""
+    doc = {"id": pid, "payload": payload if payload is not None else {}, "vector": canonical_vector(vector)}
+    return json.dumps(doc, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def fingerprint_points(points, vectors):
+    """The fingerprint (see the module docstring) of an iterable of ``{id, vector, payload}``."""
+    rows = []
+    for point in points:
+        pid = point["id"]
+        rows.append((_id_key(pid), json.dumps(pid).encode("utf-8") + b"\n",
+                     hashlib.sha256(point_line(pid, point.get("vector"), point.get("payload"))).digest()))
+    rows.sort(key=lambda r: r[0])
+    ids, pts = hashlib.sha256(), hashlib.sha256()
+    for _key, id_line, point_digest in rows:
+        ids.update(id_line)
+        pts.update(point_digest)
+    return {"points_count": len(rows), "vectors": vectors, "ids_sha256": ids.hexdigest(),
+            "points_sha256": pts.hexdigest()}
+
+
 def vectors_config(info):
     """The vector config (``config.params.vectors``) of a ``get_collection`` answer."""
     return ((info or {}).get("config") or {}).get("params", {}).get("vectors")
 
 
 def fingerprint_collection(client, name, info=None):
-    """``{points_count, vectors, ids_sha256}`` of a collection (see the module docstring)."""
+    """The fingerprint of a live collection: every point scrolled with payload and vector, plus the exact count.
+
+    ``points_count`` is the exact count when it agrees with the scroll, else the scroll's (the
+    collection is being written); ``counted`` is the server's count.
+    """
     if info is None:
         info = client.get_collection(name)
-    ids = [p["id"] for p in client.scroll_all(name, with_payload=False, with_vector=False, page=SCROLL_PAGE)]
-    count = client.count(name, exact=True)
-    return {"points_count": count, "vectors": vectors_config(info), "ids_sha256": ids_digest(ids),
-            "ids_scrolled": len(ids)}
+    fp = fingerprint_points(client.scroll_all(name, with_payload=True, with_vector=True, page=SCROLL_PAGE),
+                            vectors_config(info))
+    fp["counted"] = client.count(name, exact=True)
+    return fp
+
+
+def same_fingerprint(before, after):
+    """Whether two live fingerprints are equal and each is self-consistent (scroll and exact count agree)."""
+    consistent = all(fp.get("counted", fp["points_count"]) == fp["points_count"] for fp in (before, after))
+    return consistent and all(before.get(k) == after.get(k) for k in FINGERPRINT_KEYS)
+
+
+def snapshot_fingerprint(path, collection=None):
+    """The fingerprint of what a collection snapshot file holds, or None when its format is not readable here.
+
+    Reads the lab stand-in's format (``STANDIN.txt``, ``config.json``, ``points.json``). A real
+    Qdrant snapshot (segments + WAL) returns None: see the module docstring. Raises
+    ``QdrantBackupError`` for a stand-in archive that is incomplete or names another collection.
+    """
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError):
+        return None
+    with tar:
+        first = tar.next()
+        if first is None or first.name != STANDIN_MARKER:
+            return None
+        docs = {}
+        for member in tar:
+            if member.name in ("config.json", "points.json") and member.isfile():
+                try:
+                    docs[member.name] = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise QdrantBackupError("snapshot %s: %s is not JSON: %s" % (path, member.name, exc)) from exc
+    config, points = docs.get("config.json"), docs.get("points.json")
+    if not isinstance(config, dict) or config.get("format") != STANDIN_SNAPSHOT_FORMAT or not isinstance(points, list):
+        raise QdrantBackupError("snapshot %s is a stand-in archive without a readable config.json and points.json"
+                                % path)
+    if collection is not None and config.get("collection") != collection:
+        raise QdrantBackupError("snapshot %s holds collection %r, not %r"
+                                % (path, config.get("collection"), collection))
+    fp = fingerprint_points(points, (config.get("config") or {}).get("vectors"))
+    if config.get("points_count") is not None and int(config["points_count"]) != fp["points_count"]:
+        raise QdrantBackupError("snapshot %s announces %s points and holds %d"
+                                % (path, config["points_count"], fp["points_count"]))
+    return fp
 
 
 def snapshot_filename(collection):
-    """``<collection>.snapshot``; refuses names that are not a single path component."""
-    if not collection or "/" in collection or collection in (".", "..") or "\x00" in collection:
-        raise QdrantBackupError("collection name %r cannot be used as a file name" % (collection,))
-    return collection + ".snapshot"
+    """``<encode_name(collection)>.snapshot``: one safe path component for any collection name."""
+    try:
+        return encode_name(collection) + SNAPSHOT_SUFFIX
+    except BackupSetError as exc:
+        raise QdrantBackupError(str(exc)) from exc
 
 
 def _fetch(client, dest_path, snap, download, delete, what, warnings):
@@ -116,12 +237,13 @@ def _fetch(client, dest_path, snap, download, delete, what, warnings):
 
 
 def inspect(client, collections=None):
-    """Check-mode view: ``{server_version, collections: {name: {points_count, vectors}}}``; changes nothing."""
+    """Check-mode view: ``{server_version, collections: {name: {points_count, vectors, file}}}``; changes nothing."""
     names = list(collections) if collections else client.list_collections()
     out = {}
     for name in names:
         info = client.get_collection(name)
-        out[name] = {"points_count": client.count(name, exact=True), "vectors": vectors_config(info)}
+        out[name] = {"points_count": client.count(name, exact=True), "vectors": vectors_config(info),
+                     "file": snapshot_filename(name)}
     return {"server_version": server_version(client), "collections": out}
 
 
@@ -133,11 +255,70 @@ def server_version(client):
         return None
 
 
+def _file_names(names, full_storage):
+    """``{collection: file name}``; refuses two collections (or one and the full-storage snapshot) on one file."""
+    files = {name: snapshot_filename(name) for name in names}
+    taken = {}
+    for name, fname in files.items():
+        if fname in taken or (full_storage and fname == FULL_STORAGE_FILE):
+            raise QdrantBackupError("collections %r and %r would both be written to %s"
+                                    % (taken.get(fname, "full storage"), name, fname))
+        taken[fname] = name
+    return files
+
+
+class _Snapshotter:
+    """Takes one collection's snapshot and the fingerprint of what it holds (see the module docstring)."""
+
+    def __init__(self, client, warnings):
+        self.client = client
+        self.warnings = warnings
+        self.readable = None  # whether this server's snapshots can be read here (learnt from the first one)
+
+    def _take(self, name, path):
+        snap = self.client.create_snapshot(name)
+        return _fetch(self.client, path, snap, lambda s, p: self.client.download_snapshot(name, s, p),
+                      lambda s: self.client.delete_snapshot(name, s), "collection %s" % name, self.warnings)
+
+    def collection(self, name, path):
+        """``(fetched, fingerprint, source, attempts)`` for collection ``name`` written to ``path``."""
+        attempts = 0
+        while True:
+            attempts += 1
+            before = fingerprint_collection(self.client, name) if self.readable is False else None
+            fetched = self._take(name, path)
+            fp = snapshot_fingerprint(path, name)
+            if fp is not None:
+                self.readable = True
+                return fetched, fp, SOURCE_SNAPSHOT, attempts
+            if before is None:  # the first unreadable snapshot: take it again between two server fingerprints
+                self.readable = False
+                self.warnings.append(
+                    "collection %s: the snapshot's format cannot be read here (a real Qdrant snapshot); its "
+                    "fingerprint is the server's, taken right before and after the snapshot when the two agree"
+                    % name)
+                attempts -= 1
+                continue
+            after = fingerprint_collection(self.client, name)
+            if same_fingerprint(before, after):
+                return fetched, {k: after[k] for k in FINGERPRINT_KEYS}, SOURCE_SERVER, attempts
+            if attempts >= SNAPSHOT_ATTEMPTS:
+                self.warnings.append(
+                    "collection %s was written during each of %d snapshots: the snapshot is kept but its content "
+                    "has no fingerprint (fingerprint_source %s); a restore cannot verify it"
+                    % (name, attempts, SOURCE_UNVERIFIABLE))
+                return fetched, {"vectors": after["vectors"]}, SOURCE_UNVERIFIABLE, attempts
+            self.warnings.append("collection %s was written while its snapshot was taken (points %s -> %s); "
+                                 "taking it again" % (name, before["points_count"], after["points_count"]))
+
+
 def backup(client, dest, collections=None, full_storage=False):
     """Snapshot every collection (or ``collections``) into ``dest``; return the manifest entry.
 
     ``dest`` is created 0700. Fails with ``QdrantBackupError``/``QdrantError`` on the first problem;
-    the server-side snapshots taken so far are deleted either way.
+    the server-side snapshots taken so far are deleted either way. Without ``collections`` (every
+    collection of the server), one dropped between the listing and its snapshot is left out and named
+    in ``vanished`` (and a warning); a named one that is missing fails the backup.
     """
     started = utc()
     t0 = time.monotonic()
@@ -145,32 +326,38 @@ def backup(client, dest, collections=None, full_storage=False):
     names = list(collections) if collections else client.list_collections()
     if len(set(names)) != len(names):
         raise QdrantBackupError("collections lists a name twice: %s" % ", ".join(names))
-    for name in names:
-        snapshot_filename(name)
-    infos = {name: client.get_collection(name) for name in names}  # a missing collection fails before any write
-    os.makedirs(dest, mode=0o700, exist_ok=True)
+    file_names = _file_names(names, full_storage)
     warnings = []
+    vanished = []
+    for name in list(names):
+        try:
+            client.get_collection(name)  # a missing collection fails before any write
+        except QdrantError as exc:
+            if collections or exc.status != 404:
+                raise
+            names.remove(name)  # listed a moment ago, dropped since
+            vanished.append(name)
+    os.makedirs(dest, mode=0o700, exist_ok=True)
     files = []
     details = {}
     fingerprint = {}
-    stable = True
+    snapshotter = _Snapshotter(client, warnings)
     for name in names:
-        before = fingerprint_collection(client, name, infos[name])
-        snap = client.create_snapshot(name)
-        path = os.path.join(dest, snapshot_filename(name))
-        fetched = _fetch(client, path, snap,
-                         lambda s, p, n=name: client.download_snapshot(n, s, p),
-                         lambda s, n=name: client.delete_snapshot(n, s), "collection %s" % name, warnings)
-        after = fingerprint_collection(client, name)
-        if before != after:
-            stable = False
-            warnings.append("collection %s changed while its snapshot was taken (points %s -> %s): a restore may "
-                            "differ slightly from the recorded fingerprint"
-                            % (name, before["points_count"], after["points_count"]))
+        path = os.path.join(dest, file_names[name])
+        try:
+            fetched, fp, source, attempts = snapshotter.collection(name, path)
+        except QdrantError as exc:
+            # Only a collection the run was not asked for by name, and that is really gone, is skipped.
+            if collections or exc.status != 404 or client.collection_exists(name):
+                raise
+            if os.path.lexists(path):
+                os.unlink(path)
+            vanished.append(name)
+            continue
         files.append({"path": path, "sha256": fetched["sha256"], "size": fetched["size"]})
-        fp = {k: after[k] for k in ("points_count", "vectors", "ids_sha256")}
         fingerprint[name] = fp
-        details[name] = dict(fetched, file=os.path.basename(path), compressed=False, **fp)
+        details[name] = dict(fetched, file=file_names[name], compressed=False, fingerprint_source=source,
+                             snapshot_attempts=attempts, **fp)
     full = None
     if full_storage:
         snap = client.create_full_snapshot()
@@ -193,6 +380,8 @@ def backup(client, dest, collections=None, full_storage=False):
         "collections": details,
         "full_storage": full,
         "fingerprint": fingerprint,
-        "fingerprint_stable": stable,
-        "warnings": warnings,
+        "fingerprint_stable": all(d["fingerprint_source"] in ARTEFACT_SOURCES for d in details.values()),
+        "vanished": vanished,
+        "warnings": warnings + ["collection %s was dropped during the backup: not in the set" % name
+                                for name in vanished],
     }

@@ -13,7 +13,11 @@ in place. Steps:
              collections existed (a collection that did not is deleted by a rollback).
 ``restore``  check the sha256 of EVERY snapshot file of the set against the manifest first (nothing
              is uploaded when one fails), then upload them one by one.
-``verify``   the live fingerprint (exact points count, ids digest, vector config) against the manifest's.
+``verify``   the live fingerprint (points count, ids and points digests, vector config) against the
+             fingerprint of the artefact: the manifest's when it describes the snapshot
+             (``fingerprint_source`` ``snapshot`` or ``server-unchanged``); else the one computed from the
+             snapshot file when its format is readable here; else the collection is reported as
+             ``unverified`` (only its vector config is checked), never silently passed.
 ``rollback`` upload the safety snapshots back; delete the collections that did not exist before.
 ``cleanup``  remove the staging folder (the safety copies unless they are kept).
 """
@@ -27,7 +31,14 @@ import shutil
 from ansible.module_utils.llmops_backupset import write_json
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
-from ansible.module_utils.llmops_qdrant_backup import fingerprint_collection, snapshot_filename
+from ansible.module_utils.llmops_qdrant_backup import (
+    ARTEFACT_SOURCES,
+    FINGERPRINT_KEYS,
+    SNAPSHOT_SUFFIX,
+    fingerprint_collection,
+    snapshot_filename,
+    snapshot_fingerprint,
+)
 
 SAFETY_INDEX = "safety.json"
 TOUCHED = "uploaded.json"  # the collections the restore step started to upload: all a rollback must undo
@@ -37,10 +48,35 @@ class QdrantRestoreError(Exception):
     """A Qdrant restore step failed; the message says which and why (never the API key)."""
 
 
-def set_collections(set_path, entry, only=None):
-    """``{name: {path, sha256, fingerprint}}`` of the collections to restore from the set's qdrant entry.
+def set_member(set_path, rel, what="file"):
+    """The absolute path of ``rel``, a path read from a manifest (untrusted): it must be relative, normalised,
+    without ``..`` and, symlinks resolved, inside the set. Raises ``QdrantRestoreError`` otherwise."""
+    root = os.path.realpath(set_path)
+    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
+            or ".." in rel.split(os.sep):
+        raise QdrantRestoreError("the manifest names %s %r, which is not a plain path inside the set" % (what, rel))
+    full = os.path.join(root, rel)
+    if not os.path.realpath(full).startswith(root + os.sep):
+        raise QdrantRestoreError("the manifest's %s %r leads outside the set %s" % (what, rel, set_path))
+    return full
 
-    ``only`` restricts to those names; a name the set does not hold raises.
+
+def _file_name(value, what):
+    """A snapshot file name read from a manifest or a safety index: one path component ending in .snapshot."""
+    if not isinstance(value, str) or not value.endswith(SNAPSHOT_SUFFIX) or os.path.basename(value) != value \
+            or value.startswith(".") or "\0" in value:
+        raise QdrantRestoreError("%s names the snapshot file %r, which is not a plain file name" % (what, value))
+    return value
+
+
+def set_collections(set_path, entry, only=None):
+    """``{name: {path, sha256, fingerprint, source}}`` of the collections to restore from the set's qdrant entry.
+
+    ``only`` restricts to those names; a name the set does not hold raises. The file of each collection
+    is the one the entry maps it to (``collections.<c>.file``), looked up in the entry's ``files`` and
+    checked to lie inside the set. ``source`` says what the recorded fingerprint describes
+    (``fingerprint_source``; sets written before it existed: ``legacy`` when ``fingerprint_stable`` was
+    true, ``legacy-unstable`` otherwise).
     """
     details = entry.get("collections") or {}
     fingerprints = entry.get("fingerprint") or {}
@@ -52,16 +88,20 @@ def set_collections(set_path, entry, only=None):
     out = {}
     for name in names:
         item = details[name]
-        rel = None
-        for f in entry.get("files") or []:
-            if os.path.basename(f["path"]) == item.get("file", snapshot_filename(name)):
-                rel = f["path"]
-                break
-        if rel is None:
-            raise QdrantRestoreError("the manifest lists no file for the snapshot of collection %s" % name)
-        path = rel if os.path.isabs(rel) else os.path.join(set_path, rel)
-        fp = fingerprints.get(name) or {k: item.get(k) for k in ("points_count", "vectors", "ids_sha256")}
-        out[name] = {"path": path, "sha256": item.get("sha256"), "fingerprint": fp}
+        fname = _file_name(item.get("file") or snapshot_filename(name), "the manifest (collection %r)" % name)
+        listed = [f for f in entry.get("files") or [] if isinstance(f, dict) and isinstance(f.get("path"), str)
+                  and os.path.basename(f["path"]) == fname]
+        if len(listed) != 1:
+            raise QdrantRestoreError("the manifest lists %d files for the snapshot %s of collection %s"
+                                     % (len(listed), fname, name))
+        path = set_member(set_path, listed[0]["path"], "snapshot file")
+        if listed[0].get("sha256") != item.get("sha256"):
+            raise QdrantRestoreError("the manifest gives two sha256 for the snapshot of collection %s" % name)
+        fp = fingerprints.get(name) or {k: item[k] for k in FINGERPRINT_KEYS if k in item}
+        source = item.get("fingerprint_source") or ("legacy" if entry.get("fingerprint_stable") is not False
+                                                    else "legacy-unstable")
+        out[name] = {"path": path, "sha256": item.get("sha256"), "fingerprint": fp, "source": source,
+                     "file": fname}
     return out
 
 
@@ -134,25 +174,47 @@ def restore_collections(client, collections, safety_dir):
 
 
 def compare(expected, actual):
-    """Differences between a manifest fingerprint and a live one (points count, ids digest, vectors)."""
+    """Differences between an expected fingerprint and a live one, for the keys the expected one has."""
     out = []
-    for key in ("points_count", "ids_sha256", "vectors"):
+    for key in FINGERPRINT_KEYS:
         if key in expected and expected[key] != actual.get(key):
             out.append("%s: expected %s, found %s" % (key, json.dumps(expected[key]), json.dumps(actual.get(key))))
+    if actual.get("counted") is not None and actual["counted"] != actual.get("points_count"):
+        out.append("the exact count (%s) differs from the points scrolled (%s): the collection is being written"
+                   % (actual["counted"], actual.get("points_count")))
     return out
 
 
+def expected_fingerprint(item):
+    """``(fingerprint, against)``: what a restored collection is verified against, and a word on where it comes
+    from; ``against`` is None when nothing describes the snapshot's content (only ``vectors`` is then checked).
+    """
+    if item["source"] in ARTEFACT_SOURCES or item["source"] == "legacy":
+        return item["fingerprint"], "the manifest's fingerprint of the snapshot (%s)" % item["source"]
+    from_file = snapshot_fingerprint(item["path"])
+    if from_file is not None:
+        return from_file, "the fingerprint of the snapshot file (the manifest's is %s)" % item["source"]
+    return {"vectors": item["fingerprint"].get("vectors")} if "vectors" in item["fingerprint"] else {}, None
+
+
 def verify_collections(client, collections):
-    """``{name: [differences]}`` of the collections whose live fingerprint differs from the manifest's."""
-    differences = {}
+    """Compare each restored collection with the fingerprint of its snapshot (``expected_fingerprint``).
+
+    Returns ``{differences: {name: [..]}, against: {name: text}, unverified: [names]}``.
+    """
+    differences, against, unverified = {}, {}, []
     for name, item in collections.items():
+        expected, where = expected_fingerprint(item)
+        against[name] = where or "nothing: the backup could not fingerprint this snapshot (%s)" % item["source"]
+        if where is None:
+            unverified.append(name)
         if not client.collection_exists(name):
             differences[name] = ["the collection does not exist"]
             continue
-        diff = compare(item["fingerprint"], fingerprint_collection(client, name))
+        diff = compare(expected, fingerprint_collection(client, name))
         if diff:
             differences[name] = diff
-    return differences
+    return {"differences": differences, "against": against, "unverified": unverified}
 
 
 def _read(path, default):
@@ -177,13 +239,13 @@ def rollback(client, safety_dir):
     for name, item in index.items():
         try:
             if item.get("existed"):
-                client.upload_snapshot(name, os.path.join(safety_dir, item["file"]), priority="snapshot",
-                                       checksum=item["sha256"])
+                path = os.path.join(safety_dir, _file_name(item.get("file"), "the safety index"))
+                client.upload_snapshot(name, path, priority="snapshot", checksum=item["sha256"])
                 uploaded.append(name)
             elif client.collection_exists(name):
                 client.delete_collection(name)
                 deleted.append(name)
-        except (QdrantError, OSError) as exc:
+        except (QdrantError, QdrantRestoreError, OSError) as exc:
             problems.append("%s: %s" % (name, exc))
     if problems:
         raise QdrantRestoreError("rollback incomplete (put back: %s): %s"

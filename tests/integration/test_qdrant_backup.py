@@ -15,7 +15,7 @@ import uuid
 import pytest
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
-from ansible.module_utils.llmops_qdrant_backup import fingerprint_collection, ids_digest
+from ansible.module_utils.llmops_qdrant_backup import fingerprint_collection, ids_digest, snapshot_fingerprint
 
 from tests.conftest import run_module
 
@@ -84,12 +84,17 @@ def test_backup_verify_and_restore(lab, qdrant, collection, tmp_path):
     # The server-side snapshot is gone.
     assert qdrant.list_snapshots(name) == []
 
-    # Fingerprint: exact count, vector config, ids hash (recomputed independently here).
+    # Fingerprint: the snapshot file's (count, vector config, ids and points hashes), equal to the live one here
+    # since nothing wrote meanwhile; the ids hash is recomputed independently.
     source = _all_points(qdrant, name)
     fp = comp["fingerprint"][name]
+    assert detail["fingerprint_source"] == "snapshot" and detail["snapshot_attempts"] == 1
+    assert fp == snapshot_fingerprint(str(path), name) == {k: detail[k] for k in fp}
     assert fp["points_count"] == POINTS == len(source)
     assert fp["vectors"] == {"size": DIM, "distance": "Cosine"}
     assert fp["ids_sha256"] == ids_digest([json.loads(k) for k in source])
+    live = fingerprint_collection(qdrant, name)
+    assert {k: live[k] for k in fp} == fp
 
     # The snapshot is a tar archive (the stand-in's format: config + points as JSON).
     with tarfile.open(path) as tar:
@@ -123,6 +128,8 @@ def test_full_storage_and_all_collections(lab, qdrant, collection, tmp_path):
     comp = result["component"]
     assert {"documents", "faq", name} <= set(comp["collections"])
     assert comp["fingerprint"]["documents"]["points_count"] == qdrant.count("documents")
+    for coll, item in comp["collections"].items():  # each in a file of its own, named by encode_name
+        assert (dest / item["file"]).is_file() and "/" not in item["file"], coll
     full = comp["full_storage"]
     assert full["checksum_verified"] and full["server_snapshot_deleted"]
     assert hash_file(dest / "full-storage.snapshot")[0] == full["sha256"] == full["server_checksum"]
@@ -138,8 +145,8 @@ def test_check_mode_writes_nothing(lab, qdrant, collection, tmp_path):
                                           "api_key": "{{ qdrant_api_key }}", "collections": [name]}, check_mode=True)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and "component" not in result
-    assert result["server"]["collections"][name] == {"points_count": POINTS, "vectors": {"size": DIM,
-                                                                                         "distance": "Cosine"}}
+    assert result["server"]["collections"][name] == {"points_count": POINTS, "file": f"{name}.snapshot",
+                                                     "vectors": {"size": DIM, "distance": "Cosine"}}
     assert not dest.exists()
     assert qdrant.list_snapshots(name) == []
 

@@ -20,7 +20,8 @@ from ansible.module_utils.llmops_files import (
     backup_configs,
     backup_models,
     backup_tree,
-    parse_itemized,
+    compare_scans,
+    scan_tree,
     tree_hash,
     tree_info,
 )
@@ -95,12 +96,20 @@ def test_tree_hash_covers_content_modes_names_and_links(tmp_path):
     assert tree_hash(src) != base
 
 
-def test_parse_itemized_keeps_files_and_deletions():
-    text = "created directory x\ncd+++++++++ ./\n>f+++++++++ a b.txt\n.d..t...... sub/\n*deleting   old.txt\n" \
-           "cL+++++++++ link -> a\n"
-    items = parse_itemized(text)
-    assert [c["path"] for c in items["changes"]] == ["a b.txt", "link -> a"]
-    assert items["deleted"] == ["old.txt"]
+def test_compare_scans_reads_names_with_newlines_and_arrows(tmp_path):
+    """Trees are compared by Python's walk, never by parsing a tool's lines: names may hold anything but / and NUL."""
+    old, new = make_tree(tmp_path / "old"), tmp_path / "new"
+    shutil.copytree(old, new, symlinks=True)
+    for name in ["new\nline.txt", "link -> a", "tab\tname"]:
+        (new / name).write_text(name)
+    (new / "plain.txt").write_text("changed")
+    os.utime(new / "plain.txt", ns=(1, 1))
+    os.unlink(new / "-leading-dash")
+    items = compare_scans(scan_tree(new), scan_tree(old))
+    assert sorted(c["path"] for c in items["changes"] if c["change"] == "new") == sorted(
+        ["new\nline.txt", "link -> a", "tab\tname"])
+    assert [c["path"] for c in items["changes"] if c["change"] == "changed"] == ["plain.txt"]
+    assert items["deleted"] == ["-leading-dash"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +182,8 @@ def test_tree_check_mode_writes_nothing(tmp_path):
     result = backup_tree(src, dest, backup_root=root, full_archive=True, check_mode=True)
     assert not (tmp_path / "check").exists()
     assert result["linked_from"] == list_sets(root)[-1]["id"]
-    assert [c["path"] for c in result["would_copy"] if c["item"].startswith(">f")] == ["plain.txt"]
+    assert [(c["path"], c["change"]) for c in result["would_copy"]] == [("plain.txt", "changed")]
+    assert result["would_delete"] == []
 
 
 def test_tree_through_ansible(tmp_path):
@@ -374,3 +384,156 @@ def test_configs_through_ansible(tmp_path):
     assert comp["changed"] and comp["commit"] == git(root / CONFIGS_REPO, "rev-parse", "HEAD").strip()
     again = run_module("files_backup", dict(args, dest=str(tmp_path / "s2" / "configs")))
     assert again["component"]["changed"] is False and again["component"]["commit"] == comp["commit"]
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprints of the copies, hostile names, untrusted manifests
+
+
+HOSTILE = ["한국어 파일.txt", "emoji 🚀.bin", "it's \"q\"", "back`tick`", "back\\slash", "semi;colon", "tab\there",
+           "new\nline", "-leading-dash", "\\#012 not an escape", "arrow -> x"]
+
+
+def hostile_configs(root: Path) -> Path:
+    etc = root / "설정 $(touch pwned) 'x'"
+    (etc / "new\nline dir" / "empty dir").mkdir(parents=True)
+    for i, name in enumerate(HOSTILE):
+        (etc / name).write_bytes(name.encode() * (i + 1))
+        (etc / name).chmod([0o600, 0o640, 0o644, 0o755][i % 4])
+        (etc / "new\nline dir" / name).write_bytes(b"")
+    (etc / ".gitignore").write_text("*\n")
+    (etc / ".gitattributes").write_text("* text eol=crlf\n")
+    (etc / "crlf.txt").write_bytes(b"a\r\nb\r\n")
+    (etc / "lf.txt").write_bytes(b"a\nb\n")
+    (etc / "new\nline dir").chmod(0o700)
+    os.symlink("new\nline dir", etc / "-link")
+    (etc / ".git").mkdir()  # a folder named .git is not kept (Git could not hold it)
+    (etc / ".git" / "config").write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    return etc
+
+
+def describe(root: Path, skip=(".git",)) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            st = os.lstat(full)
+            out[str(full.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                os.readlink(full) if full.is_symlink() else full.read_bytes() if full.is_file() else None)
+    return out
+
+
+def test_configs_fingerprint_is_the_mirror_and_restore_puts_modes_back(tmp_path):
+    from ansible.module_utils.llmops_backupset import load_manifest
+    from ansible.module_utils.llmops_files import path_info
+    from ansible.module_utils.llmops_files_restore import restore_configs
+
+    etc = hostile_configs(tmp_path / "src")
+    single = tmp_path / "src" / "-single ;$(id).yaml"
+    single.write_text("a: 1\n")
+    single.chmod(0o640)
+    root = tmp_path / "backup"
+    partial = new_partial(root, "2026-01-01T02:00:00+00:00")
+    entry = backup_configs([str(etc), str(single)], os.path.join(partial, "configs"), root)
+    repo = root / CONFIGS_REPO
+    mirror = repo / str(etc).lstrip("/")
+    assert entry["fingerprint"]["paths"][str(etc)] == path_info(str(mirror), exclude=(".git",))
+    assert entry["fingerprint"]["paths"][str(etc)]["sha256"] == tree_hash(mirror)  # .git was never copied
+    assert not (mirror / ".git").exists()
+    inside = str(etc).lstrip("/")
+    assert {f"{inside}/{n}" for n in HOSTILE + [".gitignore", "crlf.txt"]} <= set(entry["config_files"])
+    assert git(repo, "show", f"{entry['commit']}:{inside}/lf.txt") == "a\nb\n"  # no eol conversion
+    assert not (tmp_path / "pwned").exists()
+    set_path = finalize(root, partial, {"configs": entry})
+
+    before = {"etc": describe(etc), "single": describe(single.parent)[single.name]}
+    dest_root = tmp_path / "restored"
+    result = restore_configs(set_path, load_manifest(set_path)["components"]["configs"], str(root),
+                             str(tmp_path / "staging"), ".pre", dest_root=str(dest_root))
+    assert [r["checked_against"] for r in result["restored"]] == ["fingerprint", "fingerprint"]
+    assert describe(dest_root / inside) == before["etc"]  # names, contents, modes, links, empty folders
+    restored_single = dest_root / str(single).lstrip("/")
+    assert describe(restored_single.parent)[single.name] == before["single"]
+
+
+def test_models_fingerprint_is_the_copy(tmp_path, monkeypatch):
+    """A version that changes while it is copied is stored under the tree hash of the copy, never the earlier read."""
+    from ansible.module_utils import llmops_files
+
+    src = make_models(tmp_path / "models")
+    real = llmops_files.run_tool
+
+    def rsync_after_a_write(argv, **kwargs):
+        if argv[0] == "rsync" and str(src / "llm" / "v2") + "/" in argv:
+            (src / "llm" / "v2" / "weights.bin").write_bytes(b"written during the copy")
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(llmops_files, "run_tool", rsync_after_a_write)
+    root = tmp_path / "backup"
+    entry = backup_models(src, tmp_path / "set" / "models", root)
+    v2 = entry["models"]["llm"]["versions"]["v2"]
+    assert tree_hash(root / v2["store"], modes=False) == v2["sha256"] == entry["fingerprint"]["llm"]["v2"]
+    assert v2["store"].endswith(v2["sha256"][:12])
+    assert (root / v2["store"] / "weights.bin").read_bytes() == b"written during the copy"
+    assert any("changed while it was copied" in w for w in entry["warnings"])
+
+
+def test_tree_fingerprint_is_the_copy_and_specials_are_not_copied(tmp_path):
+    src = make_tree(tmp_path / "src")
+    os.mkfifo(src / "a fifo")
+    for name in HOSTILE:
+        (src / "sub dir" / name).write_bytes(name.encode())
+    root = tmp_path / "backup"
+    partial = new_partial(root, "2026-01-01T02:00:00+00:00")
+    entry = backup_tree(src, os.path.join(partial, "uploads"), backup_root=root)
+    tree = Path(partial) / "uploads" / "uploads"
+    assert entry["fingerprint"]["tree_sha256"] == tree_hash(tree)
+    assert not (tree / "a fifo").exists()
+    assert {n for n in HOSTILE} <= {p.name for p in (tree / "sub dir").iterdir()}
+    checked = backup_tree(src, tmp_path / "x", backup_root=root, check_mode=True)
+    assert checked["skipped"] == ["a fifo"]
+
+
+def test_restore_refuses_untrusted_manifest_paths(tmp_path):
+    from ansible.module_utils.llmops_files_restore import (
+        FilesRestoreError,
+        configs_source,
+        models_plan,
+        restore_configs,
+        tree_source,
+    )
+
+    set_path = tmp_path / "set"
+    (set_path / "uploads").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", set_path / "uploads" / "escape")
+    for tree_dir in ["../outside", str(tmp_path / "outside"), "uploads/../../outside", "uploads/escape"]:
+        with pytest.raises(FilesRestoreError):
+            tree_source(str(set_path), {"tree_dir": tree_dir, "fingerprint": {"tree_sha256": "0" * 64}},
+                        str(tmp_path / "st"))
+    sha = "a" * 64
+    bad_models = [
+        {"../x": {"versions": {"v1": {"sha256": sha, "store": "models/../x/v1-" + sha[:12]}}}},
+        {"m": {"versions": {"..": {"sha256": sha, "store": "models/m/..-" + sha[:12]}}}},
+        {"m": {"versions": {"v1": {"sha256": sha, "store": "models/../../etc"}}}},
+        {"m": {"versions": {}, "links": {"current": "../../etc"}}},
+        {"m": {"versions": {}, "links": {"../current": "v1"}}},
+    ]
+    for models in bad_models:
+        with pytest.raises(FilesRestoreError):
+            models_plan(str(set_path), {"models": models}, str(tmp_path), str(tmp_path / "live"))
+    root = tmp_path / "backup"
+    backup_configs([str(make_configs(tmp_path / "src")[1])], tmp_path / "c", root)
+    for commit in ["--output=/tmp/x", "HEAD --all", "-h"]:
+        with pytest.raises(FilesRestoreError, match="is not a commit"):
+            configs_source(str(set_path), {"commit": commit}, str(root))
+    for path in ["relative/path", "/etc/../root", "/", "/a/.git/config"]:
+        with pytest.raises(FilesRestoreError, match="not a plain absolute path"):
+            restore_configs(str(set_path), {"commit": "HEAD", "paths": [path]}, str(root), str(tmp_path / "st"),
+                            ".pre")
+    # the manifest never chooses the repository Git runs in
+    repo, _full, _ref = configs_source(str(set_path), {"commit": "HEAD", "repo": str(tmp_path / "elsewhere")},
+                                       str(root))
+    assert repo.path == str(root / CONFIGS_REPO)

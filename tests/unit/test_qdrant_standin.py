@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import random
 import tarfile
 import urllib.request
@@ -324,6 +325,149 @@ def test_recover_rejects_paths_outside_snapshots_and_foreign_archives(standin, t
         client.upload_snapshot("x", str(outside), priority="bogus")
     assert err.value.status == 400
     assert client.collection_exists("x") is False
+
+
+# Collection names as far as Qdrant allows them (1..255 characters; not <>:"/\\|?*, NUL or control characters):
+# Korean, emoji, spaces, quotes, backticks, shell syntax, a leading dash, percent signs, dots.
+HOSTILE_COLLECTIONS = ["한국어 컬렉션 🚀", "-leading dash", "it's `rm -rf` ; $(cd;cd ..;cd ..;cd tmp;touch pwned)",
+                       "100% #hash &amp ..", "emoji 🧠🔥 " + "가" * 40]
+HOSTILE_PAYLOAD = {"": "empty key", "a.b[0]": "dotted", "$(touch /tmp/pwned)": "`id`", "한국어": "값 🚀",
+                   "new\nline\ttab": "back\\slash \"quoted\" 'single'", "nul": "a\u0000b",
+                   "nested": {"-dash": [1, 2.5, None, True, {"deep": "🧠"}]}}
+
+
+def test_hostile_collection_names_and_payloads_round_trip(recorded, tmp_path):
+    """Snapshots of collections with any name Qdrant allows download (RFC 6266 Content-Disposition: HTTP headers
+    are latin-1), and their fingerprint read from the snapshot file equals the live one, before and after an
+    upload; names Qdrant refuses are refused with 422."""
+    from ansible.module_utils.llmops_qdrant_backup import fingerprint_collection, snapshot_fingerprint
+
+    standin, client, recorder = recorded
+    for name in HOSTILE_COLLECTIONS:
+        client.create_collection(name, DIM, "Cosine")
+        client.upsert_points(name, [dict(p, payload=dict(p["payload"], **HOSTILE_PAYLOAD)) for p in make_points(30)])
+        snap = client.create_snapshot(name)
+        dest = tmp_path / uuid.uuid4().hex
+        assert client.download_snapshot(name, snap["name"], str(dest)) == snap["checksum"]
+        live = fingerprint_collection(client, name)
+        assert live["counted"] == live["points_count"] == 30
+        from_file = snapshot_fingerprint(str(dest), name)
+        assert from_file == {k: live[k] for k in from_file}
+        copy_name = name + " (copy)"
+        assert client.upload_snapshot(copy_name, str(dest), checksum=snap["checksum"]) is True
+        copied = fingerprint_collection(client, copy_name)
+        assert {k: copied[k] for k in from_file} == from_file
+        assert canonical(client.scroll_all(copy_name)) == canonical(client.scroll_all(name))
+        client.delete_snapshot(name, snap["name"])
+    for bad in ["tab\tname", "new\nline", "slash/name", 'double "quote"', "back\\slash", ".hidden", "x" * 256]:
+        with pytest.raises(QdrantError) as err:
+            client.create_collection(bad, DIM, "Cosine")
+        assert err.value.status in (404, 422), bad
+    expected = HOSTILE_COLLECTIONS + [n + " (copy)" for n in HOSTILE_COLLECTIONS]
+    assert sorted(client.list_collections()) == sorted(expected)
+    for ex in recorder.exchanges:
+        validate_exchange(standin.url, ex)
+
+
+class OpaqueSnapshots:
+    """The stand-in's client, but every collection snapshot it downloads is an opaque archive (segments, as a real
+    Qdrant snapshot holds), and ``writer(name)`` runs while a snapshot is taken: what the backup sees of a real
+    server, which it cannot read the snapshots of."""
+
+    def __init__(self, client, writer=None):
+        self._client = client
+        self.writer = writer
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_snapshot(self, name):
+        snap = self._client.create_snapshot(name)
+        if self.writer:
+            self.writer(name)
+        return dict(snap, checksum=None, size=None)
+
+    def download_snapshot(self, name, snapshot, dest_path, **kwargs):
+        with tarfile.open(dest_path, "w") as tar:
+            data = os.urandom(256)
+            info = tarfile.TarInfo(f"0/segments/{uuid.uuid4()}.tar")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return hashlib.sha256(open(dest_path, "rb").read()).hexdigest()
+
+
+def test_backup_fingerprint_describes_the_snapshot(standin, tmp_path):
+    """The recorded fingerprint is the snapshot's: read from the file when it can be (stand-in), else the server's
+    when it did not change around the snapshot, else flagged unverifiable; a restore verifies against exactly that."""
+    from ansible.module_utils.llmops_qdrant_backup import backup, fingerprint_collection, snapshot_fingerprint
+    from ansible.module_utils.llmops_qdrant_restore import set_collections, verify_collections
+
+    client = standin.client()
+    names = ["quiet", "busy 🚀", "once"]
+    for name in names:
+        client.create_collection(name, DIM, "Cosine")
+        client.upsert_points(name, make_points(40))
+    writes = {"n": 10_000}
+    times = {"once": 1, "busy 🚀": 99}
+
+    def write(name):
+        if times.get(name, 0) > 0:
+            times[name] -= 1
+            writes["n"] += 1
+            client.upsert_points(name, [{"id": writes["n"], "vector": [0.5] * DIM, "payload": {"late": True}}])
+
+    readable = backup(client, str(tmp_path / "a"), collections=names)
+    for name in names:
+        item = readable["collections"][name]
+        assert item["fingerprint_source"] == "snapshot" and item["snapshot_attempts"] == 1
+        from_file = snapshot_fingerprint(str(tmp_path / "a" / item["file"]), name)
+        assert readable["fingerprint"][name] == from_file
+        assert from_file["points_count"] == 40 and from_file == {k: v for k, v in item.items() if k in from_file}
+    assert readable["collections"]["busy 🚀"]["file"] == "busy%20%F0%9F%9A%80.snapshot"
+    assert readable["fingerprint_stable"] is True
+
+    opaque = backup(OpaqueSnapshots(client, write), str(tmp_path / "b"), collections=names)
+    quiet, once, busy = (opaque["collections"][n] for n in ("quiet", "once", "busy 🚀"))
+    assert quiet["fingerprint_source"] == "server-unchanged" and quiet["snapshot_attempts"] == 1
+    assert once["fingerprint_source"] == "server-unchanged" and once["snapshot_attempts"] == 2
+    assert busy["fingerprint_source"] == "unverifiable" and busy["snapshot_attempts"] == 3
+    assert opaque["fingerprint"]["busy 🚀"] == {"vectors": {"size": DIM, "distance": "Cosine"}}
+    assert opaque["fingerprint_stable"] is False
+    for name in ("quiet", "once"):
+        live = fingerprint_collection(client, name)
+        assert opaque["fingerprint"][name] == {k: live[k] for k in opaque["fingerprint"][name]}
+    assert any("cannot be read here" in w for w in opaque["warnings"])
+    assert any("busy 🚀" in w and "unverifiable" in w for w in opaque["warnings"])
+
+    # what a restore verifies against: the manifest's, or nothing for the unverifiable one (said, never passed)
+    entry = dict(opaque, files=[dict(f, path=os.path.relpath(f["path"], tmp_path)) for f in opaque["files"]])
+    result = verify_collections(client, set_collections(str(tmp_path), entry))
+    assert result["differences"] == {} and result["unverified"] == ["busy 🚀"]
+    client.upsert_points("quiet", [{"id": 0, "vector": [0.25] * DIM, "payload": {"changed": True}}])  # same count
+    result = verify_collections(client, set_collections(str(tmp_path), entry))
+    assert list(result["differences"]) == ["quiet"] and "points_sha256" in result["differences"]["quiet"][0]
+
+
+def test_restore_treats_manifest_paths_as_untrusted(tmp_path):
+    from ansible.module_utils.llmops_qdrant_restore import QdrantRestoreError, set_collections
+
+    (tmp_path / "set" / "qdrant").mkdir(parents=True)
+    (tmp_path / "outside.snapshot").write_bytes(b"x")
+    os.symlink(tmp_path / "outside.snapshot", tmp_path / "set" / "qdrant" / "link.snapshot")
+    good = {"file": "c.snapshot", "sha256": "0" * 64}
+    cases = [
+        ({"c": good}, [{"path": "../outside.snapshot", "sha256": "0" * 64}]),
+        ({"c": good}, [{"path": str(tmp_path / "outside.snapshot"), "sha256": "0" * 64}]),
+        ({"c": dict(good, file="../c.snapshot")}, [{"path": "qdrant/../c.snapshot", "sha256": "0" * 64}]),
+        ({"c": dict(good, file="link.snapshot")}, [{"path": "qdrant/link.snapshot", "sha256": "0" * 64}]),
+        ({"c": dict(good, file="c")}, [{"path": "qdrant/c", "sha256": "0" * 64}]),
+    ]
+    for collections, files in cases:
+        with pytest.raises(QdrantRestoreError):
+            set_collections(str(tmp_path / "set"), {"collections": collections, "files": files})
+    ok = set_collections(str(tmp_path / "set"), {"collections": {"c": good},
+                                                 "files": [{"path": "qdrant/c.snapshot", "sha256": "0" * 64}]})
+    assert ok["c"]["path"] == str(tmp_path / "set" / "qdrant" / "c.snapshot") and ok["c"]["source"] == "legacy"
 
 
 def test_client_retries_connection_errors_with_backoff():

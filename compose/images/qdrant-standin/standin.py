@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 QDRANT_VERSION = "1.19.0"
 TITLE = "qdrant - vector search engine (llmops-lab STAND-IN, not Qdrant)"
@@ -194,13 +194,13 @@ def _number_list(vec, where: str) -> list:
     return [float(x) for x in vec]
 
 
-def _prepare_dense(vec, params: dict, where: str) -> list:
+def _prepare_dense(vec, params: dict, where: str, normalize: bool = True) -> list:
     floats = _number_list(vec, where)
     if len(floats) != params["size"]:
         raise ApiError(
             400, f"Wrong input: Vector dimension error: expected dim: {params['size']}, got {len(floats)}"
         )
-    if params["distance"] == "Cosine":
+    if params["distance"] == "Cosine" and normalize:
         # Like Qdrant, Cosine vectors are normalised on insert.
         norm = math.sqrt(sum(x * x for x in floats))
         if norm > 0:
@@ -208,18 +208,21 @@ def _prepare_dense(vec, params: dict, where: str) -> list:
     return floats
 
 
-def prepare_vector(vectors_config: dict, vec):
+def prepare_vector(vectors_config: dict, vec, normalize: bool = True):
+    """A point's vector as stored; ``normalize=False`` for vectors read back from a snapshot, which were
+    normalised when they were first inserted (normalising again could change their last bit; Qdrant
+    restores a snapshot's vectors as they are)."""
     if is_single_vector_config(vectors_config):
         if isinstance(vec, dict) and set(vec) == {""}:
             vec = vec[""]
-        return _prepare_dense(vec, vectors_config, "vector")
+        return _prepare_dense(vec, vectors_config, "vector", normalize)
     if not isinstance(vec, dict):
         raise ApiError(400, "Wrong input: Not existing vector name error: (collection has named vectors only)")
     out = {}
     for vname, value in vec.items():
         if vname not in vectors_config:
             raise ApiError(400, f"Wrong input: Not existing vector name error: {vname}")
-        out[vname] = _prepare_dense(value, vectors_config[vname], f"vector.{vname}")
+        out[vname] = _prepare_dense(value, vectors_config[vname], f"vector.{vname}", normalize)
     return out
 
 
@@ -309,7 +312,7 @@ class Collection:
             if not isinstance(item, dict) or "id" not in item:
                 raise ApiError(400, "Bad request: every point needs an id")
             pid = norm_point_id(item["id"])
-            vector = prepare_vector(self.config["vectors"], item.get("vector"))
+            vector = prepare_vector(self.config["vectors"], item.get("vector"), normalize=False)
             payload = item.get("payload") or {}
             if not isinstance(payload, dict):
                 raise ApiError(400, "Format error in JSON body: payload must be an object")
@@ -587,6 +590,16 @@ class Store:
         with self.lock:
             self.persist(coll)
             self.collections[name] = coll
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file name as RFC 6266 wants it: HTTP headers are latin-1, so a name
+    outside printable ASCII (a collection called in Korean, with emoji...) goes into ``filename*``
+    (UTF-8, percent-encoded) with an ASCII stand-in in ``filename``."""
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in filename)
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def describe_snapshot(path: str) -> dict:
@@ -1008,7 +1021,7 @@ class StandinHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
-        self.send_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
+        self.send_header("Content-Disposition", content_disposition(os.path.basename(path)))
         self.end_headers()
         if self.command == "HEAD":
             return
