@@ -19,9 +19,16 @@ description:
     server whose files are out of reach.
   - The artefact is streamed back (sha256 checked) into C(redis-check-rdb), in the server's container or, on
     the host, next to the artefact.
-  - Returns the manifest entry of the component for C(backup_set), with the keyspace fingerprint (keys per
-    database from C(INFO keyspace) and a sha256 over the sorted key names with their types, gathered with
-    C(SCAN), never C(KEYS)), whether AOF is on, and the server's version.
+  - Fingerprints the artefact itself, not the live server, so that writes during the backup do not matter. The RDB
+    is unpacked into a temp folder next to the set's folder (removed afterwards) and loaded by a throw-away
+    C(redis-server) of O(image) (no network, no password, nothing saved); there a Lua script per database walks
+    every key with C(SCAN) (never C(KEYS)) and hashes its name, type, absolute expiry and value (hash fields and
+    set members order-free, lists, sorted sets and streams in order). Only hex digests and counts leave the
+    script, so any bytes in names and values are safe. The scratch server needs memory for the dataset.
+  - Keys with a TTL are kept apart by absolute expiry (buckets doubling from the save point), so that a restore
+    verified later compares every key that cannot have expired meanwhile (see C(redis_restore)).
+  - Returns the manifest entry of the component for C(backup_set), with that fingerprint, the save point, whether
+    AOF is on, and the server's version.
   - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
 author:
   - llmops contributors (!UNKNOWN)
@@ -82,11 +89,23 @@ options:
     type: int
     default: 0
   timeout:
-    description: Seconds after which copying or checking the snapshot is stopped and fails (V(0) = no limit).
+    description:
+      - Seconds after which copying, checking or fingerprinting the snapshot is stopped and fails (V(0) = no limit
+        for the copy and check, one hour for loading it in the scratch server and for each database's script).
     type: int
     default: 0
+  image:
+    description:
+      - The Redis image of the scratch server that loads the snapshot to fingerprint it. Defaults to the image of
+        O(container); required when O(container) is empty. It must read the server's RDB version (same or newer).
+    type: str
 notes:
   - On a host without C(redis-check-rdb) the check is skipped with a warning (C(component.rdb_check.ok) is null).
+  - The fingerprint needs Redis 7.0 or later (C(PEXPIRETIME), script flags) in O(image).
+  - C(component.save_point) is our clock just before the C(BGSAVE) was sent (or the replication stream was
+    asked for); every write acknowledged before it is in the snapshot. With O(method=bgsave), when another save
+    replaced the server's RDB file before the copy ended, the save and the copy are repeated (three times at
+    most).
 seealso:
   - name: Redis persistence
     description: RDB snapshots, BGSAVE and AOF.
@@ -129,10 +148,24 @@ component:
     bytes: 9578
     files: [{path: /backup/.llmops_20260131_020000.partial/redis/dump.rdb.zst, sha256: "...", size: 9578}]
     rdb_source: /data/dump.rdb
+    lastsave: "2026-01-31T02:00:01Z"
+    bgsave: {reply: Background saving started, requested: "2026-01-31T02:00:00.412Z",
+             finished: "2026-01-31T02:00:00.903Z", waited_for_other_save: false, copy_attempts: 1}
+    save_point: "2026-01-31T02:00:00.412Z"
     aof_enabled: true
     rdb_check: {ok: true, where: container llmops-appdb-redis-1, keys_read: 958}
-    fingerprint: {"0": {keys: 708, sha256: "..."}, "1": {keys: 250, sha256: "..."}}
-    fingerprint_stable: true
+    fingerprint: {"0": {keys: 708, digest: "79c872ab..."}, "1": {keys: 250, digest: "3b6df60d..."}}
+    fingerprint_detail:
+      method: redis-lua/1
+      reference_ms: 1769824800412
+      bucket_ms: 1000
+      dbs:
+        "0":
+          persistent: {keys: 207, digest: "98b25331..."}
+          expiring: {"17": {keys: 1, digest: "419bd534..."}, "22": {keys: 500, digest: "9f7a4a46..."}}
+        "1": {persistent: {keys: 250, digest: "3b6df60d..."}, expiring: {}}
+      source: the artefact, loaded by a scratch server of redis:7.0
+      seconds: 0.48
 server:
   description: The server's version, persistence state and keyspace (before the backup).
   returned: success
@@ -163,6 +196,7 @@ def main():
             zstd_level=dict(type="int", default=3),
             zstd_threads=dict(type="int", default=0),
             timeout=dict(type="int", default=0),
+            image=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -177,12 +211,9 @@ def main():
         os.makedirs(p["dest"], mode=0o700, exist_ok=True)
         entry = backup(target, conn, p["dest"], password=p["password"], method=p["method"], rdb_dir=p["rdb_dir"],
                        rdb_filename=p["rdb_filename"], wait_timeout=p["wait_timeout"], zstd_level=p["zstd_level"],
-                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None)
+                       zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None, image=p["image"])
         if entry["rdb_check"]["ok"] is None:
             module.warn("the snapshot was not checked: %s" % entry["rdb_check"]["reason"])
-        if not entry["fingerprint_stable"]:
-            module.warn("the keyspace changed while the snapshot was taken: a restore may differ slightly from the "
-                        "recorded fingerprint")
         module.exit_json(changed=True, server=info, component=entry)
     except (RedisError, ExecError, PipelineError, ValueError) as exc:
         module.fail_json(msg="Redis backup failed: %s" % exc)

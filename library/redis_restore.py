@@ -24,9 +24,14 @@ description:
     password) starts on the data folder with AOF off, loads the RDB, switches AOF on (C(CONFIG SET appendonly
     yes)) and waits until the AOF rewrite has finished (C(aof_rewrite_in_progress:0),
     C(aof_last_bgrewrite_status:ok), the AOF manifest written), then C(SHUTDOWN SAVE); the container is removed.
-    The fingerprint of the loaded data is recorded. With AOF off only the load is checked.
-  - O(step=verify) (service running) compares the live keyspace fingerprint with the manifest's (or, when the
-    manifest says the keyspace changed during the backup, with the one recorded by O(step=load)).
+    Before the AOF is written, the fingerprint of the loaded data (every key's name, type, value and absolute
+    expiry, computed by a Lua script in the throw-away server) is compared with the manifest's fingerprint of the
+    artefact; a difference fails the step. With AOF off only the load is checked.
+  - O(step=verify) (service running) computes the same fingerprint on the restored server (one C(EVAL) per
+    database, which blocks the server while it runs) and compares it with the manifest's. Compared are the keys
+    without expiry and those expiring after the moment of the comparison; keys that may have expired since the
+    backup (their expiry lies within about twice the time since it) are counted in RV(not_compared_keys). A set
+    made before artefact fingerprints is compared with the fingerprint O(step=load) recorded from its RDB.
   - O(step=rollback) (service stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
   - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
@@ -88,7 +93,9 @@ options:
     description: The server's password (C(requirepass)), handed to redis-cli in E(REDISCLI_AUTH).
     type: str
   timeout:
-    description: Seconds to wait for the throw-away server to load the RDB and to rewrite the AOF, each.
+    description:
+      - Seconds to wait for the throw-away server to load the RDB and to rewrite the AOF, each, and for one
+        database's fingerprint script.
     type: int
     default: 600
 seealso:
@@ -131,7 +138,8 @@ settings:
   description: The live server's persistence settings used by the later steps (O(step=stage)).
   returned: when O(step=stage) and not check mode
   type: dict
-  sample: {appendonly: "yes", dbfilename: dump.rdb, appenddirname: appendonlydir, appendfilename: appendonly.aof}
+  sample: {appendonly: "yes", dbfilename: dump.rdb, appenddirname: appendonlydir, appendfilename: appendonly.aof,
+           databases: "16"}
 safety_copy:
   description: The folder holding the previous RDB and AOF folder (O(step=swap)).
   returned: when O(step=swap)
@@ -142,12 +150,19 @@ aof:
   returned: when O(step=load) and not check mode
   type: bool
 fingerprint:
-  description: The keyspace fingerprint of the loaded RDB (O(step=load)).
+  description: The fingerprint of the loaded RDB, keys and digest per database (O(step=load)).
   returned: when O(step=load) and not check mode
   type: dict
-  sample: {"0": {keys: 708, sha256: "..."}}
+  sample: {"0": {keys: 708, digest: "79c872ab7e869411b23ace383d3961e2cd19573e"}}
+checked:
+  description: >-
+    What O(step=load) compared with the manifest (null for a set without artefact fingerprint): keys compared,
+    keys not compared, and the expiry after which keys were compared.
+  returned: when O(step=load) and not check mode
+  type: dict
+  sample: {compared_keys: 957, not_compared_keys: 1, cutoff: "2026-01-31T02:00:08.192Z"}
 differences:
-  description: How the live keyspace differs from the reference (O(step=verify)).
+  description: How the live data differs from the reference (O(step=verify)).
   returned: when O(step=verify)
   type: list
   elements: str
@@ -155,6 +170,23 @@ against:
   description: The reference O(step=verify) compared with.
   returned: when O(step=verify)
   type: str
+compared_keys:
+  description: Keys of the reference that O(step=verify) compared (no expiry, or expiring after RV(cutoff)).
+  returned: when O(step=verify)
+  type: int
+not_compared_keys:
+  description: Keys of the reference that expire before RV(cutoff), so may have expired since the backup.
+  returned: when O(step=verify)
+  type: int
+cutoff:
+  description: Keys expiring after this instant were compared (O(step=verify)).
+  returned: when O(step=verify)
+  type: str
+summary:
+  description: One line saying how many keys O(step=verify) compared and left out (also its C(msg)).
+  returned: when O(step=verify)
+  type: str
+  sample: 2321 keys compared, 1 not (they expire before 2026-01-31T02:00:08.192Z, so may have expired since the backup)
 removed:
   description: What O(step=cleanup) removed (or would remove).
   returned: when O(step=cleanup)
@@ -228,13 +260,13 @@ def main():
                 module.exit_json(changed=True, msg="would load the RDB in a throw-away server on %s and write its "
                                  "AOF" % p["datadir"])
             module.exit_json(changed=True, **load(p["datadir"], p["staging"], owner=p["owner"],
-                                                  timeout=p["timeout"]))
+                                                  timeout=p["timeout"], entry=entry))
         if step == "verify":
-            differences, against = verify(target, conn, entry, p["staging"], p["password"])
-            if differences:
-                module.fail_json(msg="the restored Redis keyspace differs from %s: %s" % (
-                    against, "; ".join(differences[:20])), differences=differences, against=against)
-            module.exit_json(changed=False, differences=[], against=against)
+            result = verify(target, conn, entry, p["staging"], p["password"], timeout=p["timeout"])
+            if result["differences"]:
+                module.fail_json(msg="the restored Redis data differs from %s (%s): %s" % (
+                    result["against"], result["summary"], "; ".join(result["differences"][:20])), **result)
+            module.exit_json(changed=False, msg=result["summary"], **result)
         if step == "rollback":
             if module.check_mode:
                 present = os.path.isdir(safety)

@@ -11,6 +11,14 @@ then starts from an AOF that holds exactly the backup.
 The safety copy is the previous ``dump.rdb`` and AOF folder, renamed into ``<data>/<safety>/``
 (same file system: instant). Talks to the throw-away server with ``docker exec redis-cli``; the
 real server's password travels only in ``REDISCLI_AUTH``.
+
+Verification: the backup's manifest entry holds the fingerprint of its artefact
+(``fingerprint_detail``, see ``llmops_redis``). The load step computes the same fingerprint of the
+RDB as the throw-away server loaded it and compares it with the manifest before the AOF is written;
+the verify step computes it on the restored, running server (one ``EVAL`` per database) and
+compares again. Both compare the keys without expiry and those whose expiry lies after the moment
+of the comparison (``compare_fingerprints``), so keys that expired since the backup do not count.
+A set made before artefact fingerprints existed is verified against what the load step recorded.
 """
 
 from __future__ import annotations
@@ -23,16 +31,26 @@ import shutil
 import subprocess
 import time
 
-from ansible.module_utils.llmops_backupset import diff_fingerprints, write_file_atomic
+from ansible.module_utils.llmops_backupset import write_file_atomic
 from ansible.module_utils.llmops_exec import ExecError, ExecTarget, ImageTarget
 from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to
-from ansible.module_utils.llmops_redis import ARTEFACT, RedisError, config_get, fingerprint, info
+from ansible.module_utils.llmops_redis import (
+    ARTEFACT,
+    BUCKET_MS,
+    FINGERPRINT_METHOD,
+    RedisError,
+    compare_fingerprints,
+    config_get,
+    fingerprint_parts,
+    info,
+    summarize,
+)
 
 STAGED_RDB = "dump.rdb"
 SETTINGS_FILE = "server.json"
 LOADED_FILE = "loaded-fingerprint.json"
 DEFAULTS = {"appendonly": "yes", "appenddirname": "appendonlydir", "appendfilename": "appendonly.aof",
-            "dbfilename": "dump.rdb"}
+            "dbfilename": "dump.rdb", "databases": "16"}
 
 
 def artefact_of(set_path, entry):
@@ -161,7 +179,7 @@ class ThrowawayServer:
                 "-v", "%s:/data" % datadir, "--entrypoint", "redis-server", image,
                 "--port", "6379", "--dir", "/data", "--appendonly", "no", "--save", "",
                 "--dbfilename", settings["dbfilename"], "--appenddirname", settings["appenddirname"],
-                "--appendfilename", settings["appendfilename"]]
+                "--appendfilename", settings["appendfilename"], "--databases", str(settings.get("databases") or 16)]
         try:
             self._docker(argv[1:])
         except RedisError:
@@ -218,24 +236,49 @@ class ThrowawayServer:
                              % (code, self.logs()))
 
 
-def load(datadir, staging, owner="999:999", timeout=600):
+def manifest_fingerprint(entry):
+    """The backup's artefact fingerprint (``fingerprint_detail``) when this code can compare with it, else None
+    (a set made before artefact fingerprints, or with another method)."""
+    detail = (entry or {}).get("fingerprint_detail")
+    if isinstance(detail, dict) and detail.get("method") == FINGERPRINT_METHOD:
+        return detail
+    return None
+
+
+def _describe(compared):
+    return "%d keys compared, %d not (they expire before %s, so may have expired since the backup)" % (
+        compared["compared_keys"], compared["not_compared_keys"], compared["cutoff"])
+
+
+def load(datadir, staging, owner="999:999", timeout=600, entry=None):
     """Load the swapped-in RDB in a throw-away server and, when the real server has AOF on, write its AOF.
 
-    Waits until the RDB is loaded, records the loaded keyspace's fingerprint in ``staging``, then
-    (AOF on) ``CONFIG SET appendonly yes`` and waits for the rewrite: ``aof_rewrite_in_progress:0``,
-    no rewrite scheduled, ``aof_last_bgrewrite_status:ok`` and the AOF manifest present. Ends with
-    ``SHUTDOWN SAVE``. Returns ``{"fingerprint": ..., "aof": bool, "seconds": s}``.
+    Waits until the RDB is loaded, takes the loaded data's fingerprint (recorded in ``staging``)
+    and, when ``entry`` (the set's manifest entry) has an artefact fingerprint, compares it with it:
+    a difference fails here, before anything is written. Then (AOF on) ``CONFIG SET appendonly yes``
+    and waits for the rewrite: ``aof_rewrite_in_progress:0``, no rewrite scheduled,
+    ``aof_last_bgrewrite_status:ok`` and the AOF manifest present. Ends with ``SHUTDOWN SAVE``.
+    Returns ``{"fingerprint": ..., "checked": ..., "aof": bool, "seconds": s}``.
     """
     settings = load_settings(staging)
     aof = str(settings["appendonly"]).lower() == "yes"
     aof_dir = os.path.join(datadir, settings["appenddirname"])
     if os.path.exists(aof_dir):
         raise RedisError("%s exists: the AOF folder must have been moved aside (step=swap) before loading" % aof_dir)
+    expected = manifest_fingerprint(entry)
     t0 = time.monotonic()
+    checked = None
     with ThrowawayServer(settings["image"], datadir, settings, owner=owner) as server:
         server.wait(lambda v: v.get("loading") == "0", "loading the RDB", timeout)
-        loaded = fingerprint(server.target, {})
+        loaded = fingerprint_parts(server.target, {}, reference_ms=expected["reference_ms"] if expected else None,
+                                   bucket_ms=expected["bucket_ms"] if expected else BUCKET_MS, timeout=timeout)
         write_file_atomic(os.path.join(staging, LOADED_FILE), json.dumps(loaded).encode("utf-8"))
+        if expected:
+            compared = compare_fingerprints(expected, loaded)
+            if compared["differences"]:
+                raise RedisError("the RDB as loaded differs from the backup's fingerprint (%s): %s" % (
+                    _describe(compared), "; ".join(compared["differences"][:20])))
+            checked = {key: compared[key] for key in ("compared_keys", "not_compared_keys", "cutoff")}
         if aof:
             before = int(server.info("persistence").get("aof_rewrites") or 0)
             server.target.text(["redis-cli", "CONFIG", "SET", "appendonly", "yes"], timeout=60)
@@ -250,18 +293,25 @@ def load(datadir, staging, owner="999:999", timeout=600):
         server.shutdown_save()
     if aof and not os.path.isfile(os.path.join(aof_dir, settings["appendfilename"] + ".manifest")):
         raise RedisError("no AOF manifest in %s after the rewrite" % aof_dir)
-    return {"fingerprint": loaded, "aof": aof, "seconds": round(time.monotonic() - t0, 2)}
+    return {"fingerprint": summarize(loaded), "checked": checked, "aof": aof,
+            "seconds": round(time.monotonic() - t0, 2)}
 
 
-def verify(target, conn, entry, staging, password=None):
-    """Compare the live keyspace fingerprint with the manifest's (or, when the manifest says the keyspace
-    changed during the backup, with the one the load step recorded from the RDB itself).
+def verify(target, conn, entry, staging, password=None, timeout=None):
+    """Compare the restored server's fingerprint with the backup's (``compare_fingerprints``).
 
-    Returns ``(differences, against)`` where ``against`` names the reference used.
+    The reference is the manifest's artefact fingerprint or, for a set that has none, the one the
+    load step recorded from the RDB. Returns ``compare_fingerprints``' result plus ``against`` (the
+    reference used) and ``summary`` (one readable line).
     """
-    expected, against = entry.get("fingerprint") or {}, "manifest"
-    if entry.get("fingerprint_stable") is False:
-        loaded = _read_json(os.path.join(staging, LOADED_FILE))
-        if loaded is not None:
-            expected, against = loaded, "the RDB as loaded (the manifest's was taken while the keyspace changed)"
-    return diff_fingerprints(expected, fingerprint(target, conn, password), prefix="db"), against
+    expected, against = manifest_fingerprint(entry), "the manifest's fingerprint of the artefact"
+    if expected is None:
+        expected = _read_json(os.path.join(staging, LOADED_FILE))
+        against = "the RDB as loaded by step=load (the set's manifest has no artefact fingerprint this code reads)"
+        if expected is None:
+            raise RedisError("nothing to verify against: the set's manifest has no artefact fingerprint and step=load "
+                             "recorded none in %s" % staging)
+    live = fingerprint_parts(target, conn, password, reference_ms=expected["reference_ms"],
+                             bucket_ms=expected["bucket_ms"], timeout=timeout)
+    compared = compare_fingerprints(expected, live)
+    return dict(compared, against=against, summary=_describe(compared))

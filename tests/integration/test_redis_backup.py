@@ -1,10 +1,12 @@
 """Redis backups against the lab's real server: an RDB snapshot that a bare redis-server (a throw-away
 container of the lab's image) loads with the same keys, types, values and TTLs as the source, whose
-fingerprint equals the recorded one; redis-check-rdb, check mode and a wrong password."""
+fingerprint (taken from the artefact, not from the live server) equals the recorded one; the scratch
+folder it was taken in is gone; redis-check-rdb, check mode and a wrong password."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -14,7 +16,7 @@ import time
 
 import pytest
 from ansible.module_utils.llmops_exec import ExecTarget
-from ansible.module_utils.llmops_redis import bgsave, fingerprint
+from ansible.module_utils.llmops_redis import FINGERPRINT_METHOD, bgsave, fingerprint, fingerprint_parts, summarize
 
 from tests.conftest import run_module
 
@@ -38,8 +40,8 @@ KEYS = {
 
 @pytest.fixture()
 def own_keys(lab):
-    """Keys of every type (one with a TTL) under this test's prefix in a database of its own."""
-    db = str(8 + secrets.randbelow(8))
+    """Keys of every type (one with a TTL) under this test's prefix in a database 11-15 of its own."""
+    db = str(11 + secrets.randbelow(5))
     prefix = f"t_pgr_{secrets.token_hex(4)}:"
     script = "".join(create.format(k=f'"{prefix}{name}"') + "\n" for name, (create, _) in KEYS.items())
     script += f'XADD "{prefix}stream" 1-2 sensor b temp 21\nPEXPIRE "{prefix}hash" 7200000\n'
@@ -117,6 +119,11 @@ def bare_server(artefact, tmp_path):
         yield name
 
 
+def instant(text):
+    """Seconds since the epoch of an ISO instant of the manifest (``...Z``, with or without milliseconds)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def check_artefact(comp, dest):
     (entry,) = comp["files"]
     assert entry["path"] == str(dest / "dump.rdb.zst")
@@ -132,28 +139,36 @@ def check_artefact(comp, dest):
 @pytest.mark.parametrize("method", ["bgsave", "rdb"])
 def test_snapshot_restores_on_bare_server(lab, own_keys, tmp_path, method):
     db, prefix = own_keys
-    dest = tmp_path / "redis"
+    work = tmp_path / "set"
+    dest = work / "redis"
     result = run_module("redis_backup", {"dest": str(dest), "password": "{{ redis_password }}", "method": method})
     assert not result.get("failed"), result.get("msg")
     comp = result["component"]
     assert (comp["status"], comp["type"], comp["backup_type"], comp["method"]) == ("success", "redis", "full", method)
     assert comp["redis_version"].startswith("7.0") and comp["aof_enabled"] is True
+    assert "fingerprint_stable" not in comp
     if method == "bgsave":
         assert comp["rdb_source"] == "/data/dump.rdb" and comp["lastsave"]
+        assert comp["bgsave"]["requested_ms"] <= comp["bgsave"]["finished_ms"]
+        assert comp["save_point"] == comp["bgsave"]["requested"] and comp["bgsave"]["copy_attempts"] >= 1
     check_artefact(comp, dest)
+    assert os.listdir(work) == ["redis"]  # the fingerprint's scratch folder is gone
+    detail = comp["fingerprint_detail"]
+    assert detail["method"] == FINGERPRINT_METHOD and detail["bucket_ms"] == 1000
+    assert instant(comp["started"]) <= instant(comp["save_point"]) < instant(comp["ended"]) + 1
+    assert summarize(detail) == comp["fingerprint"] and "llmops-lab/redis:7.0" in detail["source"]
+    assert detail["seconds"] < comp["duration_s"]
 
     source_fp = fingerprint(REDIS, {}, lab.secret("redis_password"))
-    assert comp["fingerprint"][db] == source_fp[db]
+    assert comp["fingerprint"][db] == source_fp[db]  # this test's database is quiet
     assert comp["fingerprint"][db]["keys"] >= len(KEYS)
     source = read_keys(lab, db, prefix)
     assert source["ttl"][2] > 0 and source["hash"][2] > 0 and source["str"][2] == -1
 
     with bare_server(dest / "dump.rdb.zst", tmp_path) as name:
-        restored_fp = fingerprint(ExecTarget(name), {})
-        if comp["fingerprint_stable"]:
-            assert restored_fp == comp["fingerprint"]
-        else:  # someone wrote to the lab meanwhile: only this test's database is known to be quiet
-            assert restored_fp[db] == comp["fingerprint"][db]
+        # the same artefact loaded elsewhere gives the recorded fingerprint, whatever the lab did meanwhile
+        loaded = fingerprint_parts(ExecTarget(name), {}, reference_ms=detail["reference_ms"])
+        assert loaded["dbs"] == detail["dbs"] and summarize(loaded) == comp["fingerprint"]
         assert_same_keys(source, read_keys(lab, db, prefix, container=name))
 
 
