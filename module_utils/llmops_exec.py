@@ -159,7 +159,8 @@ class ScratchServer(ExecTarget):
         return "a scratch server of %s" % self.image_name
 
     def start(self):
-        argv = ["run", "-d", "--rm", "--network", "none", "--name", self.container]
+        # no --rm: a server that dies while starting keeps its container, so logs() can say why (stop() removes it)
+        argv = ["run", "-d", "--network", "none", "--name", self.container]
         if self.user:
             argv += ["-u", self.user]
         for host, inside in sorted(self.mounts.items()):
