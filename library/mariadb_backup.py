@@ -18,7 +18,7 @@ description:
     succeeded (C(--incremental-lsn) = that backup's C(to_lsn)); the chain (parent set id, from/to LSN) is
     recorded, as are the binary log file, position and GTID of the backup.
   - The entry holds a data fingerprint (row count and C(CHECKSUM TABLE) of every table, counts of views,
-    routines and triggers) that a restore is verified against. It is taken from the artefact itself: the
+    routines and triggers) that a restore is verified against. It is taken from the artefact itself. The
     backup (with its chain, for an incremental) is prepared in a staging folder and read by a throw-away,
     network-less server of the server's own image, so it describes the backup's consistent point however
     busy the live server is. Names are read as C(HEX) in a utf8mb4 session, so any name the server allows works.

@@ -20,9 +20,9 @@ description:
     checks it again.
   - O(step=verify) compares each collection's live fingerprint (points count, sha256 over the point ids, sha256 over
     the points with their payloads and vectors, vector config) with the fingerprint of the snapshot it was restored
-    from, that is the manifest's when it describes the snapshot (C(fingerprint_source) V(snapshot) or V(server-unchanged));
-    otherwise the one computed from the snapshot file when its format can be read; otherwise the collection is
-    returned in RV(unverified) with a warning (only its vector config is checked).
+    from, that is the manifest's when it describes the snapshot (C(fingerprint_source) V(snapshot) or
+    V(server-unchanged)); otherwise the one computed from the snapshot file when its format can be read;
+    otherwise the collection is returned in RV(unverified) with a warning (only its vector config is checked).
   - Collection names are data. Each snapshot file is the one the manifest maps the collection to, and every path read
     from the manifest must be a plain relative path inside the set.
   - O(step=rollback) uploads the safety snapshots back and deletes the collections that did not exist before, for

@@ -135,11 +135,11 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
     if verification.get("error"):
         tested = "unknown: the set's verification record cannot be trusted (%s)" % verification["error"]
     elif verification.get("restore_tested"):
-        tested = "restore-tested: passed on %s (restored into a scratch stack, every component matched its " \
-                 "fingerprint)" % verification.get("restore_tested_time")
+        tested = ("restore-tested: passed on %s (restored into a scratch stack, every component matched its "
+                  "fingerprint)" % verification.get("restore_tested_time"))
     elif verification.get("last_method") == "restore":
-        tested = "restore test FAILED on %s: %s" % (verification.get("last_time"), verification.get("last_details")
-                                                     or "see the drill's report")
+        details = verification.get("last_details") or "see the drill's report"
+        tested = "restore test FAILED on %s: %s" % (verification.get("last_time"), details)
     else:
         tested = "not restore-tested yet (checksums verified only; playbooks/verify.yml tests it)"
     return {
