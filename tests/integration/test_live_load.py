@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import secrets
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ PG_TABLE = "ev 한국어\ttab\nnl"
 REDIS_DB = 9
 REDIS_PREFIX = f"load:{TAG}:키 \"q\" \\ $(touch /tmp/pwned-{TAG})\n:"
 QDRANT_COLLECTION = f"load_{TAG}_한국어"
-UPLOAD_DIR = f"load {TAG} 📄 $(touch /tmp/pwned-{TAG})"
+UPLOAD_DIR = f"load {TAG} 📄 $(touch pwned-{TAG}) 'q\" `b`\n"  # a file name holds anything but "/" and NUL
 VALUE = "값 😀 'q\" `b` \\ ; $(touch /tmp/pwned-{tag})\t\n"
 INTERVAL = 0.15
 
@@ -111,10 +112,8 @@ def stores(lab):
     if client.collection_exists(QDRANT_COLLECTION):
         client.delete_collection(QDRANT_COLLECTION)
     lab.redis("-n", str(REDIS_DB), "FLUSHDB")
-    for path in sorted((LAB_STATE / "data" / "appdb" / "uploads").glob(f"load {TAG}*"), reverse=True):
-        for item in path.iterdir():
-            item.unlink()
-        path.rmdir()
+    for path in (LAB_STATE / "data" / "appdb" / "uploads").glob(f"load {TAG}*"):
+        shutil.rmtree(path)
 
 
 def run_mariadb(lab, sql: str) -> list[str]:
@@ -255,4 +254,5 @@ def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, store
     doc = manifest(incremental)
     since = {name: started_epoch(doc["components"][name]) for name in live}
     assert_prefix_covering(restored(lab, stores), live, since)
-    assert not list(Path("/tmp").glob(f"pwned-{TAG}*"))  # noqa: S108 - where the names would have run `touch`
+    for where in (Path("/tmp"), Path.cwd(), LAB_STATE):  # noqa: S108 - where the names would have run `touch`
+        assert not list(where.glob(f"pwned-{TAG}*"))
