@@ -10,6 +10,7 @@ import stat
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -119,7 +120,14 @@ def test_sample_data_is_in_every_store_and_folder(lab):
     assert json.load(urllib.request.urlopen(req, timeout=5))["result"]["count"] == 300
     data = LAB_STATE / "data"
     uploads = [p for p in (data / "appdb" / "uploads").rglob("*") if p.is_file()]
-    assert len(uploads) == 40 and any("공유 문서" in str(p) for p in uploads) and any("'" in p.name for p in uploads)
+    assert len(uploads) == 47 and any("공유 문서" in str(p) for p in uploads) and any("'" in p.name for p in uploads)
+    # names that break naive scripts are in every store of the lab, so every backup and drill carries them
+    assert {p.name for p in uploads} >= {"new\nline.txt", "tab\there.txt", "-leading dash; $(touch pwned).md", "empty"}
+    assert any(p.is_symlink() for p in uploads)
+    assert lab.mariadb("SELECT COUNT(*) FROM information_schema.columns WHERE table_name LIKE 'tab%\nnl'") == [["2"]]
+    assert lab.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE '역할%'") == [["1"]]
+    for where in (Path.cwd(), LAB_STATE, data / "appdb" / "uploads"):
+        assert not (where / "pwned").exists()
     assert (data / "ai" / "models" / "llm" / "current").resolve().name == "v2"
     assert sorted(p.name for p in (data / "ai" / "models" / "llm").iterdir()) == ["current", "v1", "v2"]
     assert (LAB_STATE / "etc" / "llmops" / "app.yaml").is_file()

@@ -73,5 +73,13 @@ INSERT INTO chat_messages (session_id, role, content, tokens)
          CONCAT('message ', seq, ' 🤖 응답'), seq MOD 700
   FROM seq_1_to_3000;
 
+-- Names are data: a schema, a table and columns whose names break naive scripts (MariaDB names allow
+-- any BMP character but NUL; no emoji). Every backup, restore and drill of the lab carries them.
+CREATE DATABASE `이름 "q" 'q' $(touch pwned) ;` CHARACTER SET utf8mb4;
+CREATE TABLE `이름 "q" 'q' $(touch pwned) ;`.`tab\there ``b`` \\ a.b
+nl` (`열 "값"` INT PRIMARY KEY, `$(id); --` TEXT) ENGINE=InnoDB;
+INSERT INTO `이름 "q" 'q' $(touch pwned) ;`.`tab\there ``b`` \\ a.b
+nl` VALUES (1, '값 😀 \'q\' "q" `b` \\ $(touch pwned)\t\n'), (2, NULL);
+
 CREATE TABLE seed_info (version INT PRIMARY KEY, seeded_at DATETIME NOT NULL) ENGINE=InnoDB;
 INSERT INTO seed_info VALUES (1, NOW());

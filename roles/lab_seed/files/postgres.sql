@@ -38,6 +38,15 @@ INSERT INTO chunks (source_id, ord, content, raw)
   SELECT 1 + (g % 300), g, repeat('청크 chunk ' || g || ' ', 20), decode(md5(g::text) || '00ff', 'hex')
   FROM generate_series(1, 6000) g;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_reader;
+-- Names are data: a schema, a table, columns and a role whose names break naive scripts.
+CREATE ROLE "역할 ""q"" 'q' $(touch pwned)" NOLOGIN;
+CREATE SCHEMA "스키마 ""q"" `b` \ ; $(touch pwned)";
+CREATE TABLE "스키마 ""q"" `b` \ ; $(touch pwned)"."표 🚀 a.b
+nl	tab" (id integer PRIMARY KEY, "열 ""값"" $(id); --" text);
+INSERT INTO "스키마 ""q"" `b` \ ; $(touch pwned)"."표 🚀 a.b
+nl	tab" VALUES (1, E'값 😀 \'q\' "q" `b` \\ $(touch pwned)\t\n'), (2, NULL);
+GRANT USAGE ON SCHEMA "스키마 ""q"" `b` \ ; $(touch pwned)" TO "역할 ""q"" 'q' $(touch pwned)";
+GRANT SELECT ON ALL TABLES IN SCHEMA "스키마 ""q"" `b` \ ; $(touch pwned)" TO "역할 ""q"" 'q' $(touch pwned)";
 
 \connect analytics
 CREATE TABLE daily_usage (day date PRIMARY KEY, requests integer NOT NULL, p95_ms numeric(8,2) NOT NULL);
