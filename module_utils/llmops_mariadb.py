@@ -30,6 +30,7 @@ from ansible.module_utils.llmops_backupset import (
     utc,
     write_file_atomic,
 )
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_exec import ExecError, ImageTarget, ScratchServer
 from ansible.module_utils.llmops_pipeline import decompress_to, hash_file, run_pipeline
 
@@ -38,7 +39,7 @@ ARTEFACT = "mariadb.mbstream.zst"
 PWD_ENV = "MYSQL_PWD"  # noqa: S105 - the variable's name, not a password
 
 
-class MariaDBError(Exception):
+class MariaDBError(LlmopsError):
     """A MariaDB backup step failed; the message says which and why."""
 
 
@@ -392,22 +393,23 @@ def restore_chain(backup_root, set_path, component="mariadb"):
     Raises ``MariaDBError`` when a set of the chain is missing or lacks the component.
     """
     manifest = load_manifest(set_path)
-    entry = manifest.get("components", {}).get(component)
-    if not entry or entry.get("status") != "success":
-        raise MariaDBError("set %s has no successful %s component" % (manifest.get("id"), component))
+    set_id = manifest.get("id") or os.path.basename(os.path.abspath(set_path))
+    entry = (manifest.get("components") or {}).get(component)
+    if not isinstance(entry, dict) or entry.get("status") != "success":
+        raise MariaDBError("set %s has no successful %s component" % (set_id, component))
     chain = []
-    for set_id in list(entry.get("chain") or []) + [manifest["id"]]:
-        path = set_path if set_id == manifest["id"] else os.path.join(backup_root, set_id)
+    for link in list(entry.get("chain") or []) + [set_id]:
+        path = set_path if link == set_id else os.path.join(backup_root, link)
         try:
-            item = load_manifest(path).get("components", {}).get(component) or {}
+            item = (load_manifest(path).get("components") or {}).get(component) or {}
         except BackupSetError as exc:
             raise MariaDBError("the incremental chain of %s needs set %s, which is missing or unreadable: %s"
-                               % (manifest["id"], set_id, exc)) from exc
-        files = [f for f in item.get("files", []) if f["path"].endswith(ARTEFACT)]
-        if not files:
-            raise MariaDBError("set %s of the chain has no %s artefact" % (set_id, ARTEFACT))
-        chain.append((set_id, os.path.join(path, files[0]["path"]) if not os.path.isabs(files[0]["path"])
-                      else files[0]["path"], files[0]["sha256"]))
+                               % (set_id, link, exc)) from exc
+        files = [f for f in item.get("files") or [] if f["path"].endswith(ARTEFACT)]
+        if not files or not files[0].get("sha256"):
+            raise MariaDBError("set %s of the chain has no %s artefact with a sha256 in its manifest: restore from "
+                               "another set" % (link, ARTEFACT))
+        chain.append((link, os.path.join(path, files[0]["path"]), files[0]["sha256"]))
     return chain
 
 
@@ -535,8 +537,10 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
                 reached = stamp
                 events += 1
     env = _env(password)
-    decompress_to(sql, target.argv(client_argv(conn), env_names=env.keys(), interactive=True), compressed=False,
-                  env=env, timeout=timeout, consumer_name="mariadb (replay)")
+    # --binary-mode: the decoded log holds names and values verbatim; without it the client would read a
+    # backslash in them as one of its own commands
+    decompress_to(sql, target.argv(client_argv(conn, "--binary-mode"), env_names=env.keys(), interactive=True),
+                  compressed=False, env=env, timeout=timeout, consumer_name="mariadb (replay)")
     return {"reached": reached, "events": events, "archive_end": archive_end}
 
 
