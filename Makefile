@@ -8,6 +8,11 @@ export ANSIBLE_NOCOLOR := 1
 PLAYBOOK := ansible-playbook
 # MariaDB backup type of the demo's backup (auto, full or incremental)
 BACKUP_TYPE ?= auto
+# PROFILE=1: the per-task timing profile (ansible.posix.profile_tasks) after every playbook, e.g. make demo PROFILE=1
+PROFILE ?= 0
+ifeq ($(PROFILE),1)
+export ANSIBLE_CALLBACKS_ENABLED := ansible.posix.profile_tasks
+endif
 
 .PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench
 

@@ -38,10 +38,12 @@ def ansible_env(**extra: str) -> dict[str, str]:
 
 
 def run_playbook(playbook: str, *args: str, inventory: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess:
+                 check: bool = True, inventory_path: Path | None = None) -> subprocess.CompletedProcess:
+    """ansible-playbook playbooks/<playbook>; `inventory` names one under inventories/, `inventory_path`
+    is any other (e.g. tests/inventories/prodlike); neither: ansible.cfg's (the lab)."""
     cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), *args]
-    if inventory:
-        cmd[1:1] = ["-i", str(REPO / "inventories" / inventory)]
+    if inventory or inventory_path:
+        cmd[1:1] = ["-i", str(inventory_path or REPO / "inventories" / inventory)]
     proc = subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{playbook} failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
