@@ -115,6 +115,20 @@ def lab() -> Lab:
                stack_root=LAB_STATE / "stack")
 
 
+def redis_safety_copies(lab: Lab) -> list[Path]:
+    """The Redis safety copies a restore left beside the lab's Redis data folder."""
+    return sorted((lab.stack_root.parent / "data" / "appdb" / "redis").glob(".pre-restore-*"))
+
+
+@pytest.fixture()
+def redis_copies(lab):
+    """The Redis safety copies before the test; the ones it made are removed at the end."""
+    before = redis_safety_copies(lab)
+    yield before
+    for path in set(redis_safety_copies(lab)) - set(before):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
 def fake_nvidia_smi(tmp_path: Path, fixture: str | None = None, rc: int = 0, stdout: str = "") -> Path:
     """An executable stand-in for nvidia-smi that records its argv in tmp_path/argv and prints a real
     capture from tests/data/nvidia-smi/ (so the module's command line and parsing are the real ones)."""

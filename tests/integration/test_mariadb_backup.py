@@ -115,7 +115,8 @@ def test_full_and_incremental_restore_with_bare_tools_to_equal_data(lab, own_db,
                    "mariadb-backup --prepare --target-dir=/restore/full --incremental-dir=/restore/incr 2>&1 | tail -1")
     with scratch_server(work, "full") as restored:
         assert fingerprint(restored, {"user": "root"}) == ientry["fingerprint"]
-        rows = restored.text(["mariadb", "--default-character-set=utf8mb4", "-N", "-e", f"SELECT v FROM {own_db}.t WHERE id IN (1, 1500) ORDER BY id"])
+        rows = restored.text(["mariadb", "--default-character-set=utf8mb4", "-N", "-e",
+                              f"SELECT v FROM {own_db}.t WHERE id IN (1, 1500) ORDER BY id"])
         assert rows.splitlines() == ["changed ✓", "incremental"]
 
 

@@ -35,7 +35,7 @@ from ansible.module_utils.llmops_redis import (
     summarize,
 )
 
-from tests.conftest import run_module, run_playbook
+from tests.conftest import redis_safety_copies, run_module, run_playbook
 from tests.integration.test_redis_backup import bare_server, throwaway_server
 
 pytestmark = pytest.mark.lab
@@ -241,19 +241,6 @@ def own_prefix(lab):
     prefix = f"hn:{secrets.token_hex(6)}:".encode()
     yield prefix
     delete_own_keys(lab, prefix)
-
-
-def redis_safety_copies(lab):
-    return sorted((lab.stack_root.parent / "data" / "appdb" / "redis").glob(".pre-restore-*"))
-
-
-@pytest.fixture()
-def redis_copies(lab):
-    """The Redis safety copies before the test; the ones it made are removed at the end."""
-    before = redis_safety_copies(lab)
-    yield before
-    for path in set(redis_safety_copies(lab)) - set(before):
-        subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
 def make_set(root):

@@ -15,7 +15,7 @@ from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_postgres import fingerprint as pg_fingerprint
 from ansible.module_utils.llmops_redis import fingerprint as redis_fingerprint
 
-from tests.conftest import run_module, run_playbook
+from tests.conftest import redis_safety_copies, run_module, run_playbook
 
 pytestmark = pytest.mark.lab
 PG = ExecTarget("llmops-appdb-postgres-1", "postgres")
@@ -147,19 +147,6 @@ def own_keys(lab):
     cli(lab, db, script + f'XADD "{prefix}stream" 1-2 sensor b temp 21\nPEXPIRE "{prefix}hash" 7200000\n')
     yield db, prefix
     cli(lab, db, "".join(f"DEL {json.dumps(prefix + name)}\n" for name in KEYS))
-
-
-def redis_safety_copies(lab):
-    return sorted((lab.stack_root.parent / "data" / "appdb" / "redis").glob(".pre-restore-*"))
-
-
-@pytest.fixture()
-def redis_copies(lab):
-    """The Redis safety copies before the test; the ones it made are removed at the end."""
-    before = redis_safety_copies(lab)
-    yield before
-    for path in set(redis_safety_copies(lab)) - set(before):
-        subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
 def wait_redis_healthy(lab, timeout=90):
