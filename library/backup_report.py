@@ -19,15 +19,11 @@ description:
     failed tonight still shows when it last succeeded.
   - Writes the metrics for the node_exporter textfile collector to O(metrics_path) atomically (temporary
     file and rename), so a scrape never reads half a file.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
     description: Computes the summary and the alerts but writes neither the state file nor the metrics.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   root:
     description: The backup root (where the sets and the state file are).

@@ -31,11 +31,11 @@ description:
   - O(command=list) lists the finalized sets; O(command=retention) deletes the sets the retention policy does
     not keep; O(command=cleanup) removes abandoned C(.partial) folders.
   - Run exclusion - one backup run per O(root) at a time - belongs to the caller, because a lock cannot
-    outlive one module call. Cron runs the playbook under C(flock -n <root>/.lock), the same lock file the
-    Python API's C(SetLock) uses. As a second line of defence O(command=begin) refuses to start while another
-    C(.partial) folder of O(root) had a heartbeat (begin or component) less than O(stale_after) seconds ago.
-author:
-  - llmops contributors (@llmops)
+    outlive one module call. The scheduled jobs (role C(backup_schedule)) run the playbook under C(flock) on
+    C(llmops-backup.lock) in their lock folder. As a second line of defence O(command=begin) refuses to start
+    while another C(.partial) folder of O(root) had a heartbeat (begin or component) less than O(stale_after)
+    seconds ago.
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
@@ -45,9 +45,6 @@ attributes:
       - O(command=component) and O(command=finalize) accept the path of a set that O(command=begin) only pretended
         to create in check mode.
       - O(command=verified) checks its input and the existing records and returns the record it would append.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   command:
     description:

@@ -16,15 +16,11 @@ description:
   - Writes C(<reports_dir>/<id>/report.json) and C(report.md), a PNG chart of RTO and RPO over every drill in
     O(reports_dir) (when matplotlib is available), and Prometheus metrics to O(metrics_path).
   - Fails when the drill failed or missed a target, after writing the report.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
     description: Measures and judges, writes nothing.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   reports_dir:
     description: Folder of the drill reports (one sub-folder per drill) and of the chart.
@@ -60,6 +56,7 @@ report:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_drill import build_report, newest_binlog_time, write_report
 
 
@@ -81,7 +78,7 @@ def main():
             report = build_report(drill)
         else:
             report = write_report(drill, p["reports_dir"], p["metrics_path"])
-    except (KeyError, ValueError, TypeError, OSError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot write the drill report: %s" % exc)
     if not report["passed"]:
         module.fail_json(msg="DR drill %s FAILED: %s" % (report["id"], "; ".join(report["findings"])), report=report)

@@ -34,8 +34,7 @@ description:
     and devices are not copied. No tool output is parsed by lines (Git only in its C(-z) forms, with
     C(core.quotePath=false)).
   - Returns the manifest entry of the component for C(backup_set).
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.compression]
 attributes:
   check_mode:
     support: full
@@ -44,9 +43,6 @@ attributes:
         modification time and link target, as rsync's quick check does), which model versions would be stored or
         pruned (hash comparison with the store) and what would be committed (content hashes against the history
         worktree). Trees are walked by Python, never parsed from a tool's output.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   mode:
     description: What to back up.
@@ -72,7 +68,9 @@ options:
         set's tree. Defaults to V(uploads), V(models) or V(configs) by O(mode).
     type: str
   full_archive:
-    description: With O(mode=tree), also write C(uploads.tar.zst), a complete archive of the copied tree.
+    description:
+      - With O(mode=tree), also write C(uploads.tar.zst), a complete archive of the copied tree (compressed as
+        O(zstd_level) and O(zstd_threads) say).
     type: bool
     default: false
   keep_versions:
@@ -89,14 +87,6 @@ options:
     description: With O(mode=configs), the files and folders whose history is kept.
     type: list
     elements: path
-  zstd_level:
-    description: zstd compression level of the full archive.
-    type: int
-    default: 3
-  zstd_threads:
-    description: zstd worker threads for the full archive (V(0) = one per core).
-    type: int
-    default: 0
 notes:
   - The C(--link-dest) hard links and the model store need O(dest) and O(backup_root) on one file system.
   - Configuration files may hold secrets; the history repository is kept 0700.
@@ -163,9 +153,8 @@ check:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError
-from ansible.module_utils.llmops_files import FilesBackupError, backup_configs, backup_models, backup_tree
-from ansible.module_utils.llmops_pipeline import PipelineError
+from ansible.module_utils.llmops_common import LlmopsError, compression_argument_spec
+from ansible.module_utils.llmops_files import backup_configs, backup_models, backup_tree
 
 DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"}
 
@@ -173,6 +162,7 @@ DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            compression_argument_spec(),
             mode=dict(type="str", required=True, choices=["tree", "models", "configs"]),
             src=dict(type="path"),
             dest=dict(type="path", required=True),
@@ -182,8 +172,6 @@ def main():
             keep_versions=dict(type="int", default=5),
             trust_mtime=dict(type="bool", default=True),
             paths=dict(type="list", elements="path"),
-            zstd_level=dict(type="int", default=3),
-            zstd_threads=dict(type="int", default=0),
         ),
         required_if=[
             ("mode", "tree", ["src"]),
@@ -205,7 +193,7 @@ def main():
                                   check_mode=check, trust_mtime=p["trust_mtime"])
         else:
             entry = backup_configs(p["paths"], p["dest"], p["backup_root"], check_mode=check)
-    except (FilesBackupError, PipelineError, BackupSetError, ValueError, OSError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="files backup (mode=%s) failed: %s" % (mode, exc))
     if check:
         module.exit_json(changed=entry.pop("changed"), check=entry)

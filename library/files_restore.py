@@ -35,8 +35,7 @@ description:
     inside it; model, version and link names single file names; store entries C(models/<model>/<version>-<hash12>);
     config paths absolute and normalised; the config history is always the one under O(backup_root); a commit can
     never be taken for an option.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix]
 attributes:
   check_mode:
     support: full
@@ -44,9 +43,6 @@ attributes:
       - Changes nothing. O(mode=tree) still checks the set's tree hash; O(mode=models) reports which versions
         would be copied and which links would change; O(mode=configs) checks that the commit exists and lists
         the paths that would be replaced.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   mode:
     description: What to restore.
@@ -55,34 +51,22 @@ options:
     required: true
   step:
     description: V(restore), V(rollback) (undo what the journal in O(staging) records) or V(cleanup).
-    type: str
     choices: [restore, rollback, cleanup]
     default: restore
+    required: false
   set_path:
-    description: The set to restore from (from C(restore_plan)). Required for O(step=restore).
-    type: path
+    description: The set to restore from (the plan of C(restore_plan) names it). Required for O(step=restore).
+    required: false
   component:
     description: The component name in the set's manifest. Defaults to V(uploads), V(models) or V(configs) by O(mode).
     type: str
   path:
     description: The uploads folder (O(mode=tree)) or the models folder holding C(<model>/<version>) (O(mode=models)).
     type: path
-  staging:
-    description: Folder for the journal and temp files (on the backup volume); one per component.
-    type: path
-    required: true
   backup_root:
     description: The folder holding the sets, the model store and the config history. Defaults to the parent of
       O(set_path).
     type: path
-  safety_suffix:
-    description: Suffix of the safety copies' names.
-    type: str
-    default: .pre-restore
-  keep_safety_copy:
-    description: Keep the safety copies after a successful restore (O(step=cleanup) removes them otherwise).
-    type: bool
-    default: true
   model_version:
     description:
       - With O(mode=models), the version to restore per model, as V(llm=v1,embedding=v2), a list of
@@ -94,8 +78,6 @@ options:
   dest_root:
     description: With O(mode=configs), restore each absolute path under this folder instead (a restore drill).
     type: path
-notes:
-  - C(restore_plan) verifies the set's checksums before the playbook calls this module.
 """
 
 EXAMPLES = r"""
@@ -178,10 +160,9 @@ removed:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
-from ansible.module_utils.llmops_files import FilesBackupError
+from ansible.module_utils.llmops_backupset import load_component
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec
 from ansible.module_utils.llmops_files_restore import (
-    FilesRestoreError,
     Journal,
     cleanup,
     models_plan,
@@ -190,23 +171,19 @@ from ansible.module_utils.llmops_files_restore import (
     restore_tree,
     undo,
 )
-from ansible.module_utils.llmops_pipeline import PipelineError
 
 DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"}
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            restore=dict(steps=["restore", "rollback", "cleanup"], default_step="restore",
+                         safety_suffix=".pre-restore"),
             mode=dict(type="str", required=True, choices=["tree", "models", "configs"]),
-            step=dict(type="str", default="restore", choices=["restore", "rollback", "cleanup"]),
-            set_path=dict(type="path"),
             component=dict(type="str"),
             path=dict(type="path"),
-            staging=dict(type="path", required=True),
             backup_root=dict(type="path"),
-            safety_suffix=dict(type="str", default=".pre-restore"),
-            keep_safety_copy=dict(type="bool", default=True),
             model_version=dict(type="raw"),
             commit=dict(type="str"),
             dest_root=dict(type="path"),
@@ -228,9 +205,7 @@ def main():
             module.exit_json(changed=bool(rolled_back), rolled_back=rolled_back)
         if not check:
             Journal(p["staging"]).save()  # a new restore: a rollback undoes this run's changes only
-        entry = load_manifest(p["set_path"])["components"][p["component"] or DEFAULT_COMPONENT[mode]]
-        if entry.get("status") != "success":
-            module.fail_json(msg="the set's %s component did not succeed: %s" % (mode, entry.get("error", "")))
+        entry = load_component(p["set_path"], p["component"] or DEFAULT_COMPONENT[mode])
         backup_root = p["backup_root"] or os.path.dirname(os.path.abspath(p["set_path"]))
         suffix = p["safety_suffix"]
         if mode in ("tree", "models") and not p["path"]:
@@ -244,7 +219,7 @@ def main():
             module.exit_json(changed=changed, models=changes)
         module.exit_json(**restore_configs(p["set_path"], entry, backup_root, p["staging"], suffix, commit=p["commit"],
                                            dest_root=p["dest_root"], check_mode=check))
-    except (FilesRestoreError, FilesBackupError, PipelineError, BackupSetError, KeyError, ValueError, OSError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="files restore (mode=%s, step=%s) failed: %s" % (mode, step, exc))
 
 

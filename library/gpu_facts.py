@@ -17,15 +17,11 @@ description:
   - GPU indexes are not stable across reboots and UUIDs change with new hardware, so plan at deploy time
     (also on a rebuilt host) and never replay an old plan.
   - The module changes nothing on the target.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
     description: Can run in C(check_mode) and return the same facts, as it only reads.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
   facts:
     support: full
     description: Returns facts in C(ansible_facts).

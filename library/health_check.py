@@ -20,15 +20,11 @@ description:
     C(llmops_container_healthy), response times) to O(metrics_path) atomically; the alert rules of the
     monitoring role read them.
   - The module never fails because a check failed; the caller decides from RV(status).
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
     description: Runs every check (they only read) but does not write the metrics.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   host:
     description: The host's name in the report.
@@ -95,11 +91,13 @@ options:
         type: str
         required: true
       warn_ms:
-        description: Warning at or above this response time.
+        description:
+          - Warning at or above this response time, in milliseconds.
         type: float
         default: 500
       crit_ms:
-        description: Critical at or above this response time.
+        description:
+          - Critical at or above this response time, in milliseconds.
         type: float
         default: 3000
   network:

@@ -25,20 +25,13 @@ description:
   - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
     not yet archived into O(binlog_dir)), so that point-in-time restore is possible between backups. It
     reports whether C(binlog_format) is ROW.
-  - By default the tools run inside the server's container (C(docker exec)), so their version always
-    matches the server. The password, when needed, travels in the E(MYSQL_PWD) environment variable, never
-    on a command line.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.connection, llmops.mariadb, llmops.compression, llmops.timeout]
 attributes:
   check_mode:
     support: full
     description:
       - Connects, reads the server's version and binary log settings and plans the backup type, but writes
         nothing; C(changed) says that a backup would be made.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   backup_type:
     description:
@@ -52,7 +45,7 @@ options:
   dest:
     description:
       - Folder of this component inside the set being written (created with mode 0700). Required unless
-        O(backup_type=binlog).
+        O(backup_type) is V(binlog) or V(prune).
     type: path
   backup_root:
     description:
@@ -73,29 +66,6 @@ options:
       - With O(backup_type=auto), take a new full when the chain's full is this old.
     type: int
     default: 24
-  container:
-    description:
-      - The MariaDB container to run the tools in. An empty string runs them on this host.
-    type: str
-    default: llmops-appdb-mariadb-1
-  login_user:
-    description: The MariaDB user.
-    type: str
-    default: root
-  login_password:
-    description:
-      - Its password. Not needed inside a container where C(root@localhost) authenticates by unix socket.
-    type: str
-  login_host:
-    description: Connect over TCP to this host instead of the local socket.
-    type: str
-  login_port:
-    description: The TCP port with O(login_host).
-    type: int
-    default: 3306
-  login_unix_socket:
-    description: The unix socket to use instead of the client's default.
-    type: str
   image:
     description:
       - The image of the throw-away server that fingerprints the artefact. Defaults to the image of O(container).
@@ -111,18 +81,6 @@ options:
     description: Number of threads C(mariadb-backup) copies files with (C(--parallel)).
     type: int
     default: 2
-  zstd_level:
-    description: zstd compression level.
-    type: int
-    default: 3
-  zstd_threads:
-    description: zstd worker threads (V(0) = one per core).
-    type: int
-    default: 0
-  timeout:
-    description: Seconds after which the backup is stopped and fails (V(0) = no limit).
-    type: int
-    default: 0
 seealso:
   - name: mariadb-backup options
     description: C(--stream), C(--incremental-lsn), C(--extra-lsndir).
@@ -182,9 +140,9 @@ binlog:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_mariadb import (
-    MariaDBError,
     archive_binlogs,
     backup,
     find_base,
@@ -192,40 +150,28 @@ from ansible.module_utils.llmops_mariadb import (
     prune_binlogs,
     server_info,
 )
-from ansible.module_utils.llmops_pipeline import PipelineError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            store="mariadb", compression=True, default_timeout=0,
             backup_type=dict(type="str", default="auto", choices=["auto", "full", "incremental", "binlog", "prune"]),
             binlog_keep_days=dict(type="int", default=14),
             dest=dict(type="path"),
             backup_root=dict(type="path", required=True),
             binlog_dir=dict(type="path"),
             full_interval_hours=dict(type="int", default=24),
-            container=dict(type="str", default="llmops-appdb-mariadb-1"),
-            login_user=dict(type="str", default="root"),
-            login_password=dict(type="str", no_log=True),
-            login_host=dict(type="str"),
-            login_port=dict(type="int", default=3306),
-            login_unix_socket=dict(type="str"),
             image=dict(type="str"),
             staging=dict(type="path"),
             parallel=dict(type="int", default=2),
-            zstd_level=dict(type="int", default=3),
-            zstd_threads=dict(type="int", default=0),
-            timeout=dict(type="int", default=0),
         ),
         required_if=[("backup_type", "auto", ["dest"]), ("backup_type", "full", ["dest"]),
                      ("backup_type", "incremental", ["dest"])],
         supports_check_mode=True,
     )
     p = module.params
-    target = ExecTarget(p["container"] or None)
-    conn = {"user": p["login_user"], "host": p["login_host"], "port": p["login_port"],
-            "socket": p["login_unix_socket"]}
-    password = p["login_password"]
+    target, conn, password = connection_of(p)
     try:
         if p["backup_type"] == "prune":
             pruned = prune_binlogs(p["backup_root"], p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs"),
@@ -262,7 +208,7 @@ def main():
         if info["binlog_format"] != "ROW" or not info["log_bin"]:
             module.warn("binary log off or not in ROW format: point-in-time restore will not be possible")
         module.exit_json(changed=True, backup_type=backup_type, server=info, component=entry)
-    except (MariaDBError, ExecError, PipelineError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="MariaDB backup failed: %s" % exc)
 
 

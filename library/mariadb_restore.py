@@ -16,48 +16,31 @@ description:
   - O(step=stage) unpacks the set's artefact and every incremental of its chain (checksums checked while they
     stream) into O(staging) and prepares them with C(mariadb-backup --prepare), in throw-away containers of the
     server's own image. The running server is not touched.
-  - O(step=swap) (server stopped) moves the datadir aside as the safety copy and copies the prepared backup into
-    an empty datadir (C(mariadb-backup --copy-back)), owned by the server's user.
+  - O(step=swap) (server stopped) moves the datadir aside to C(<datadir><safety_suffix>), the safety copy, and
+    copies the prepared backup into an empty datadir (C(mariadb-backup --copy-back)), owned by O(owner).
   - O(step=replay) (server running) replays the archived binary logs from the backup's position up to
-    O(target_time) and returns the point actually reached.
+    O(target_time) and returns the point actually reached. It and O(step=verify) log in as O(login_user), over
+    TCP with O(login_host).
   - O(step=verify) compares the live data's fingerprint with the one in the set's manifest (taken from the
     backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base.
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix, llmops.connection, llmops.mariadb,
+                                 llmops.timeout]
 attributes:
   check_mode:
     support: full
     description: Says what the step would do and changes nothing.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   step:
-    description: The step to run, see the description.
-    type: str
-    required: true
     choices: [stage, swap, replay, verify, rollback, cleanup]
-  set_path:
-    description: The set to restore (from C(restore_plan)).
-    type: path
-    required: true
   backup_root:
     description: The folder holding the backup sets (for the incremental chain).
-    type: path
-    required: true
-  staging:
-    description: Folder where the backup is unpacked and prepared (on the backup volume).
     type: path
     required: true
   datadir:
     description: The host folder mounted as the server's datadir. Required for O(step=swap) and O(step=rollback).
     type: path
-  container:
-    description: The MariaDB container (its image provides the tools; replay and verify run in it).
-    type: str
-    default: llmops-appdb-mariadb-1
   image:
     description: The image whose tools prepare the backup. Defaults to the image of O(container).
     type: str
@@ -65,27 +48,12 @@ options:
     description: C(uid:gid) that owns the restored datadir (the images run MariaDB as 999).
     type: str
     default: "999:999"
-  safety_suffix:
-    description: Suffix of the safety copy's folder name.
-    type: str
-    default: .pre-restore
-  keep_safety_copy:
-    description: Keep the safety copy after a successful restore (O(step=cleanup) removes it otherwise).
-    type: bool
-    default: true
   target_time:
     description: For O(step=replay), the point in time to stop at (ISO 8601, UTC).
     type: str
   binlog_dir:
     description: The binary log archive. Defaults to C(<backup_root>/binlogs).
     type: path
-  login_user:
-    description: The MariaDB user for replay and verify.
-    type: str
-    default: root
-  login_password:
-    description: Its password (not needed with unix socket authentication inside the container).
-    type: str
 """
 
 EXAMPLES = r"""
@@ -151,27 +119,23 @@ fingerprint_source:
   returned: when O(step=verify)
   type: str
 differences:
-  description: How the live data differs from the manifest's fingerprint (O(step=verify)).
+  description:
+    - How the live data differs from the manifest's fingerprint (O(step=verify)), one line per row count, table
+      checksum or object count that differs.
   returned: when O(step=verify)
   type: list
   elements: str
+  sample: ["llmops_app.tables.users.rows: 499, expected 500"]
 """
 
 import datetime
 import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import (
-    BackupSetError,
-    diff_fingerprints,
-    isoformat,
-    load_manifest,
-    parse_time,
-)
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
+from ansible.module_utils.llmops_backupset import diff_fingerprints, isoformat, load_component, parse_time
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_mariadb import (
-    MariaDBError,
     binlogs_to_replay,
     fingerprint,
     replay_binlogs,
@@ -180,26 +144,19 @@ from ansible.module_utils.llmops_mariadb import (
     stage_restore,
     swap_datadir,
 )
-from ansible.module_utils.llmops_pipeline import PipelineError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type="str", required=True, choices=["stage", "swap", "replay", "verify", "rollback", "cleanup"]),
-            set_path=dict(type="path", required=True),
+        argument_spec=argument_spec(
+            store="mariadb", default_timeout=0, restore=dict(
+                steps=["stage", "swap", "replay", "verify", "rollback", "cleanup"], safety_suffix=".pre-restore"),
             backup_root=dict(type="path", required=True),
-            staging=dict(type="path", required=True),
             datadir=dict(type="path"),
-            container=dict(type="str", default="llmops-appdb-mariadb-1"),
             image=dict(type="str"),
             owner=dict(type="str", default="999:999"),
-            safety_suffix=dict(type="str", default=".pre-restore"),
-            keep_safety_copy=dict(type="bool", default=True),
             target_time=dict(type="str"),
             binlog_dir=dict(type="path"),
-            login_user=dict(type="str", default="root"),
-            login_password=dict(type="str", no_log=True),
         ),
         required_if=[("step", "swap", ["datadir"]), ("step", "rollback", ["datadir"]),
                      ("step", "replay", ["target_time"])],
@@ -207,18 +164,16 @@ def main():
     )
     p = module.params
     step = p["step"]
-    target = ExecTarget(p["container"])
-    conn = {"user": p["login_user"]}
+    target, conn, password = connection_of(p)
+    timeout = p["timeout"] or None
     safety = (p["datadir"] or "").rstrip("/") + p["safety_suffix"]
     try:
-        manifest = load_manifest(p["set_path"])
-        entry = manifest["components"]["mariadb"]
         if step == "stage":
             chain = restore_chain(p["backup_root"], p["set_path"])
             if module.check_mode:
                 module.exit_json(changed=True, chain=[c[0] for c in chain], msg="would unpack and prepare the chain")
             image = p["image"] or target.image()
-            prepared = stage_restore(image, chain, os.path.join(p["staging"], "prepare"))
+            prepared = stage_restore(image, chain, os.path.join(p["staging"], "prepare"), timeout=timeout)
             module.exit_json(changed=True, prepared=prepared, chain=[c[0] for c in chain], image=image)
         if step == "swap":
             prepared = os.path.join(p["staging"], "prepare", "0")
@@ -234,14 +189,15 @@ def main():
             target_time = parse_time(p["target_time"])
             if module.check_mode:
                 module.exit_json(changed=True, msg="would replay binary logs up to %s" % isoformat(target_time))
-            binlog = entry.get("binlog") or {}
+            binlog = load_component(p["set_path"], "mariadb").get("binlog") or {}
             archive = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")
             logs = binlogs_to_replay(archive, binlog.get("file", ""))
             os.makedirs(os.path.join(p["staging"], "binlogs"), mode=0o700, exist_ok=True)
             # --stop-datetime stops before the first event at or after the given second
             replayed = replay_binlogs(target, conn, logs, binlog.get("position", 4),
                                       target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
-                                      target_time, os.path.join(p["staging"], "binlogs"), password=p["login_password"])
+                                      target_time, os.path.join(p["staging"], "binlogs"), password=password,
+                                      timeout=timeout)
             module.exit_json(changed=True, reached=isoformat(replayed["reached"]) if replayed["reached"] else None,
                              target_time=isoformat(target_time), start_position=int(binlog.get("position", 4)),
                              archive_end=isoformat(replayed["archive_end"]) if replayed["archive_end"] else None,
@@ -250,7 +206,8 @@ def main():
                              events=replayed["events"],
                              binlogs=[os.path.basename(x) for x in logs])
         if step == "verify":
-            actual = fingerprint(target, conn, p["login_password"])
+            entry = load_component(p["set_path"], "mariadb")
+            actual = fingerprint(target, conn, password)
             differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
             if differences:
                 module.fail_json(msg="the restored MariaDB data differs from the backup's fingerprint: %s"
@@ -267,14 +224,11 @@ def main():
                 module.exit_json(changed=True, msg="would put %s back" % safety)
             rollback_datadir(p["datadir"], safety)
             module.exit_json(changed=True, restored_from=safety)
-        if step == "cleanup":
-            removed = [path for path in [p["staging"]] + ([] if p["keep_safety_copy"] else [safety])
-                       if path and os.path.exists(path)]
-            if not module.check_mode:
-                for path in removed:
-                    shutil.rmtree(path)
-            module.exit_json(changed=bool(removed), removed=removed)
-    except (BackupSetError, MariaDBError, ExecError, PipelineError, KeyError, OSError) as exc:
+        # step == "cleanup"
+        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] or not p["datadir"] else [safety]),
+                               dry_run=module.check_mode)
+        module.exit_json(changed=bool(removed), removed=removed)
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="MariaDB restore step %s failed: %s" % (step, exc))
 
 

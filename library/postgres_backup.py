@@ -31,51 +31,19 @@ description:
     which must list TABLE DATA entries when the database has tables.
   - Roles, memberships and tablespaces go to C(<dest>/globals.sql.zst) (C(pg_dumpall --globals-only)), and
     with O(plain_sql=true) a plain SQL copy of each database to C(<dest>/<file>.sql.zst).
-  - By default the tools run inside the server's container as the OS user C(postgres), which the local socket
-    authenticates without a password; with O(container) empty they run on this host and connect over TCP, the
-    password travelling in the E(PGPASSWORD) environment variable, never on a command line.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.connection, llmops.postgres, llmops.compression, llmops.timeout]
 attributes:
   check_mode:
     support: full
     description:
       - Connects and returns the server version, the databases that would be dumped, their sizes and file names,
         but writes nothing (not even O(dest)); C(changed) says that a backup would be made.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   dest:
     description:
       - Folder of this component inside the set being written; created with mode 0700. The files are 0600.
     type: path
     required: true
-  container:
-    description:
-      - The PostgreSQL container to run the tools in. An empty string runs them on this host.
-    type: str
-    default: llmops-appdb-postgres-1
-  container_user:
-    description: The OS user the tools run as inside O(container) (peer authentication on the local socket).
-    type: str
-    default: postgres
-  host:
-    description:
-      - Connect over TCP to this host instead of the local socket (the usual choice with an empty O(container)).
-    type: str
-  port:
-    description: The TCP port with O(host).
-    type: int
-    default: 5432
-  login_user:
-    description: The database user; it needs to read every table (a superuser also dumps role passwords).
-    type: str
-    default: postgres
-  login_password:
-    description:
-      - Its password, handed to the tools in E(PGPASSWORD). Not needed for peer authentication in the container.
-    type: str
   databases:
     description:
       - The databases to dump. Default is every connectable, non-template database except C(postgres).
@@ -101,18 +69,6 @@ options:
     description: Parallel C(pg_dump) workers with O(format=directory).
     type: int
     default: 2
-  zstd_level:
-    description: zstd compression level.
-    type: int
-    default: 3
-  zstd_threads:
-    description: zstd worker threads (V(0) = one per core).
-    type: int
-    default: 0
-  timeout:
-    description: Seconds after which each dump is stopped and the module fails (V(0) = no limit).
-    type: int
-    default: 0
 seealso:
   - name: pg_dump
     description: C(--format), C(--snapshot), C(--jobs).
@@ -137,8 +93,8 @@ EXAMPLES = r"""
   postgres_backup:
     dest: "{{ bset.path }}/postgres"
     container: ""
-    host: db.internal
-    port: 5432
+    login_host: db.internal
+    login_port: 5432
     login_user: backup
     login_password: "{{ postgres_password }}"
     databases: [rag]
@@ -149,7 +105,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 component:
-  description: The manifest entry for C(backup_set) (not in check mode).
+  description:
+    - The postgres component's manifest entry, for C(backup_set command=component) (not in check mode), with a
+      fingerprint per database taken in the snapshot its dump was made in.
   returned: success and not check mode
   type: dict
   sample:
@@ -205,42 +163,26 @@ estimated_bytes:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
-from ansible.module_utils.llmops_pipeline import PipelineError
-from ansible.module_utils.llmops_postgres import (
-    PostgresError,
-    artefact_files,
-    backup,
-    select_databases,
-    server_version,
-)
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_exec import connection_of
+from ansible.module_utils.llmops_postgres import artefact_files, backup, select_databases, server_version
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            store="postgres", compression=True, default_timeout=0,
             dest=dict(type="path", required=True),
-            container=dict(type="str", default="llmops-appdb-postgres-1"),
-            container_user=dict(type="str", default="postgres"),
-            host=dict(type="str"),
-            port=dict(type="int", default=5432),
-            login_user=dict(type="str", default="postgres"),
-            login_password=dict(type="str", no_log=True),
             databases=dict(type="list", elements="str"),
             globals=dict(type="bool", default=True),
             plain_sql=dict(type="bool", default=False),
             format=dict(type="str", default="custom", choices=["custom", "directory"]),
             jobs=dict(type="int", default=2),
-            zstd_level=dict(type="int", default=3),
-            zstd_threads=dict(type="int", default=0),
-            timeout=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    target = ExecTarget(p["container"] or None, user=p["container_user"] if p["container"] else None)
-    conn = {"host": p["host"], "port": p["port"], "user": p["login_user"]}
-    password = p["login_password"]
+    target, conn, password = connection_of(p)
     try:
         if module.check_mode:
             selected = select_databases(target, p["databases"], conn, password)
@@ -260,7 +202,7 @@ def main():
         module.exit_json(changed=True, server_version=entry["server_version"], component=entry,
                          databases={db: d["size_on_server"] for db, d in details.items()},
                          artefacts={db: d["file"] for db, d in details.items()})
-    except (PostgresError, ExecError, PipelineError, OSError, ValueError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="PostgreSQL backup failed: %s" % exc)
 
 

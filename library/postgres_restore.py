@@ -19,9 +19,10 @@ description:
   - O(step=restore), for each database of the set (or of O(databases)), streams its dump (sha256 checked) into a
     scratch file at the target, checks that the dump holds that database, refuses new connections to the live
     database, ends its sessions and renames it to C(<db><safety_suffix>) (the safety copy, instant, inside the
-    server, kept unconnectable), then runs C(pg_restore --create --exit-on-error --jobs) from that file. The
-    database comes back with the owner, encoding, locale, privileges and settings of the dump; the grants on its
-    objects come with it.
+    server, kept unconnectable; when that name would be longer than PostgreSQL's 63 bytes, C(<db>) is cut to fit
+    and marked with C(~) and 8 hex digits of its sha256), then runs C(pg_restore --create --exit-on-error --jobs)
+    from that file. The database comes back with the owner, encoding, locale, privileges and settings of the dump;
+    the grants on its objects come with it.
   - The manifest is not trusted. Each database's dump is the file its entry records for it (C(database_details)),
     which must be one plain file name listed with a sha256 among the component's files and a regular file inside
     the set; a path is never built from a database name. Database and role names may hold anything PostgreSQL
@@ -30,10 +31,8 @@ description:
   - O(step=verify) compares the restored databases' live fingerprint with the one in the set's manifest.
   - O(step=rollback) drops the databases the restore created and renames their safety copies back.
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), drops the safety copies.
-  - Tools run inside the server's container as the OS user C(postgres) (peer authentication, no password) by
-    default; a password, when one is needed, travels in E(PGPASSWORD), never on a command line.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix, llmops.connection, llmops.postgres,
+                                 llmops.timeout]
 attributes:
   check_mode:
     support: full
@@ -41,38 +40,16 @@ attributes:
       - O(step=globals), O(step=restore), O(step=rollback) and O(step=cleanup) connect and say what they would do
         (which databases would be moved aside to which name, which copies would be dropped) and change nothing.
         O(step=verify) only reads and runs as usual.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   step:
-    description: The step to run, see the description.
-    type: str
-    required: true
     choices: [globals, restore, verify, rollback, cleanup]
-  set_path:
-    description: The set to restore (the plan of C(restore_plan) names it).
-    type: path
-    required: true
-  staging:
-    description: Folder for the unpacked globals and the restore's state (what to undo on rollback).
-    type: path
-    required: true
   databases:
     description:
       - The databases to restore; each must be in the set. Default is every database of the set.
     type: list
     elements: str
   safety_suffix:
-    description:
-      - Suffix of the safety copy's name (C(<db><suffix>)). When that name would be longer than PostgreSQL's 63 bytes,
-        C(<db>) is cut to fit and marked with C(~) and 8 hex digits of its sha256.
-    type: str
     default: __pre_restore
-  keep_safety_copy:
-    description: Keep the safety copies after a successful restore (O(step=cleanup) drops them otherwise).
-    type: bool
-    default: true
   jobs:
     description: Parallel C(pg_restore) workers (C(--jobs)).
     type: int
@@ -83,32 +60,6 @@ options:
         for the largest uncompressed dump. The staged file is removed after use.
     type: str
     default: /tmp
-  container:
-    description: The PostgreSQL container to run the tools in. An empty string runs them on this host.
-    type: str
-    default: llmops-appdb-postgres-1
-  container_user:
-    description: The OS user the tools run as inside O(container) (peer authentication on the local socket).
-    type: str
-    default: postgres
-  host:
-    description: Connect over TCP to this host instead of the local socket.
-    type: str
-  port:
-    description: The TCP port with O(host).
-    type: int
-    default: 5432
-  login_user:
-    description: The database user; it must be a superuser (it creates roles and databases and sets owners).
-    type: str
-    default: postgres
-  login_password:
-    description: Its password, handed to the tools in E(PGPASSWORD). Not needed for peer authentication.
-    type: str
-  timeout:
-    description: Seconds after which a step's tool is stopped and the step fails (V(0) = no limit).
-    type: int
-    default: 0
 seealso:
   - name: pg_restore
     description: C(--create), C(--jobs), C(--exit-on-error).
@@ -163,6 +114,7 @@ differences:
   returned: when O(step=verify)
   type: list
   elements: str
+  sample: ["rag.sequences.public.chunk_seq: 6998, expected 6999"]
 rolled_back:
   description: What the rollback did per database (O(step=rollback)).
   returned: when O(step=rollback)
@@ -175,14 +127,10 @@ removed:
   elements: str
 """
 
-import os
-import shutil
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
-from ansible.module_utils.llmops_pipeline import PipelineError
-from ansible.module_utils.llmops_postgres import PostgresError
+from ansible.module_utils.llmops_backupset import load_component
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_postgres_restore import (
     check_plan,
     component_artefacts,
@@ -201,36 +149,21 @@ from ansible.module_utils.llmops_postgres_restore import (
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type="str", required=True, choices=["globals", "restore", "verify", "rollback", "cleanup"]),
-            set_path=dict(type="path", required=True),
-            staging=dict(type="path", required=True),
+        argument_spec=argument_spec(
+            store="postgres", default_timeout=0,
+            restore=dict(steps=["globals", "restore", "verify", "rollback", "cleanup"], safety_suffix="__pre_restore"),
             databases=dict(type="list", elements="str"),
-            safety_suffix=dict(type="str", default="__pre_restore"),
-            keep_safety_copy=dict(type="bool", default=True),
             jobs=dict(type="int", default=2),
             scratch_dir=dict(type="str", default="/tmp"),  # noqa: S108 - a folder inside the container
-            container=dict(type="str", default="llmops-appdb-postgres-1"),
-            container_user=dict(type="str", default="postgres"),
-            host=dict(type="str"),
-            port=dict(type="int", default=5432),
-            login_user=dict(type="str", default="postgres"),
-            login_password=dict(type="str", no_log=True),
-            timeout=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
     p = module.params
     step = p["step"]
-    target = ExecTarget(p["container"] or None, user=p["container_user"] if p["container"] else None)
-    conn = {"host": p["host"], "port": p["port"], "user": p["login_user"]}
-    password = p["login_password"]
+    target, conn, password = connection_of(p)
     timeout = p["timeout"] or None
     try:
-        entry = (load_manifest(p["set_path"]).get("components") or {}).get("postgres")
-        if not isinstance(entry, dict):
-            module.fail_json(msg="PostgreSQL restore step %s failed: the set %s has no postgres component"
-                             % (step, p["set_path"]))
+        entry = load_component(p["set_path"], "postgres")
         if step in ("globals", "restore"):
             dumps, globals_file = component_artefacts(p["set_path"], entry)
         else:  # verify, rollback and cleanup need the names only, never the artefacts
@@ -265,16 +198,13 @@ def main():
                                  else "nothing to roll back")
             done = rollback(target, p["staging"], selected, p["safety_suffix"], conn, password)
             module.exit_json(changed=bool(done), rolled_back=done)
-        if step == "cleanup":
-            copies = [] if p["keep_safety_copy"] else safety_copies(target, selected, p["safety_suffix"], conn,
-                                                                    password)
-            removed = copies + ([p["staging"]] if os.path.exists(p["staging"]) else [])
-            if not module.check_mode:
-                drop_databases(target, copies, conn, password)
-                if os.path.exists(p["staging"]):
-                    shutil.rmtree(p["staging"])
-            module.exit_json(changed=bool(removed), removed=removed)
-    except (BackupSetError, PostgresError, ExecError, PipelineError, KeyError, OSError, ValueError, TypeError) as exc:
+        # step == "cleanup"
+        copies = [] if p["keep_safety_copy"] else safety_copies(target, selected, p["safety_suffix"], conn, password)
+        if not module.check_mode:
+            drop_databases(target, copies, conn, password)
+        removed = copies + remove_paths([p["staging"]], dry_run=module.check_mode)
+        module.exit_json(changed=bool(removed), removed=removed)
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="PostgreSQL restore step %s failed: %s" % (step, exc))
 
 

@@ -27,49 +27,22 @@ description:
     snapshot and kept only when both agree (C(fingerprint_source=server-unchanged)); a collection written meanwhile is
     snapshotted again, up to 3 times, else recorded with C(fingerprint_source=unverifiable) and a warning.
     C(fingerprint_stable) is true when every collection's fingerprint describes its snapshot.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.qdrant]
 attributes:
   check_mode:
     support: full
     description: Lists the collections with their point counts and vector configs; takes no snapshot, writes nothing.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   dest:
     description: Folder of this component inside the set being written; created with mode 0700.
     type: path
     required: true
-  url:
-    description: The Qdrant REST endpoint.
-    type: str
-    default: http://127.0.0.1:6333
-  api_key:
-    description: The API key (sent as the C(api-key) header). Never appears in messages.
-    type: str
-  collections:
-    description: Collections to back up; all collections of the server when not given or empty.
-    type: list
-    elements: str
-  timeout:
-    description: Seconds one HTTP request may take; sized for snapshots of large collections.
-    type: int
-    default: 600
-  retries:
-    description: Retries (with exponential backoff) after connection errors, timeouts and HTTP 429/5xx.
-    type: int
-    default: 3
   full_storage:
     description: Also take a full-storage snapshot (all collections and aliases) into C(full-storage.snapshot).
     type: bool
     default: false
 notes:
   - The server keeps a snapshot on its own disk until it is deleted, so the module always tries to delete it.
-seealso:
-  - name: Qdrant snapshots
-    description: Creating, downloading and recovering snapshots.
-    link: https://qdrant.tech/documentation/concepts/snapshots/
 """
 
 EXAMPLES = r"""
@@ -98,7 +71,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 component:
-  description: The manifest entry for C(backup_set) (not in check mode).
+  description:
+    - The qdrant component's manifest entry, for C(backup_set command=component) (not in check mode), with a
+      fingerprint per collection and what it describes (C(fingerprint_source)).
   returned: success and not check mode
   type: dict
   sample:
@@ -134,19 +109,16 @@ server:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
-from ansible.module_utils.llmops_qdrant_backup import QdrantBackupError, backup, inspect
+from ansible.module_utils.llmops_common import LlmopsError, qdrant_argument_spec
+from ansible.module_utils.llmops_qdrant import QdrantClient
+from ansible.module_utils.llmops_qdrant_backup import backup, inspect
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **qdrant_argument_spec(),
             dest=dict(type="path", required=True),
-            url=dict(type="str", default="http://127.0.0.1:6333"),
-            api_key=dict(type="str", no_log=True),
-            collections=dict(type="list", elements="str"),
-            timeout=dict(type="int", default=600),
-            retries=dict(type="int", default=3),
             full_storage=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -164,7 +136,7 @@ def main():
         for warning in entry["warnings"]:
             module.warn(warning)
         module.exit_json(changed=True, component=entry)
-    except (QdrantError, QdrantBackupError, ValueError, OSError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="Qdrant backup failed: %s" % exc)
 
 

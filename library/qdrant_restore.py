@@ -14,7 +14,9 @@ description:
   - One step of a Qdrant restore per call, so that the playbook can roll back between them. Qdrant keeps running
     throughout; a collection is replaced by uploading its snapshot with C(priority=snapshot). In order
   - O(step=safety) snapshots every collection of the restore that exists now and downloads it into
-    C(<staging>/<safety_name>/) (the safety copy), noting which collections did not exist.
+    C(<staging>/<safety_name>/) (the safety copy), noting which collections did not exist. Qdrant keeps the
+    collection, so the safety copy is a folder of snapshots named by O(safety_name), not a renamed original as
+    the other restores' C(safety_suffix) names.
   - O(step=restore) first checks the sha256 of every snapshot file of the set against the manifest (nothing is
     uploaded when one differs), then uploads each with the manifest's sha256 as C(checksum), so that the server
     checks it again.
@@ -28,62 +30,23 @@ description:
   - O(step=rollback) uploads the safety snapshots back and deletes the collections that did not exist before, for
     the collections that O(step=restore) started to upload (none when it stopped at the checksum check).
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), the safety copies.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.restore, llmops.qdrant]
 attributes:
   check_mode:
     support: full
     description:
       - O(step=verify) runs as usual (it only reads). The other steps say what they would do and change nothing;
         O(step=restore) still checks the snapshot files against the manifest.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   step:
-    description: The step to run, see the description.
-    type: str
-    required: true
     choices: [safety, restore, verify, rollback, cleanup]
-  set_path:
-    description: The set to restore (from C(restore_plan)); its manifest must hold a successful C(qdrant) component.
-    type: path
-    required: true
-  staging:
-    description: Folder for the safety copies (on the backup volume).
-    type: path
-    required: true
-  url:
-    description: The Qdrant REST endpoint.
-    type: str
-    default: http://127.0.0.1:6333
-  api_key:
-    description: The API key (sent as the C(api-key) header). Never appears in messages.
-    type: str
-  collections:
-    description: Collections to restore; every collection of the set when not given or empty.
-    type: list
-    elements: str
-  timeout:
-    description: Seconds one HTTP request may take; sized for uploading snapshots of large collections.
-    type: int
-    default: 600
   safety_name:
     description: Name of the safety copies' folder inside O(staging).
     type: str
     default: safety
-  keep_safety_copy:
-    description: Keep the safety snapshots after a successful restore (O(step=cleanup) removes them otherwise).
-    type: bool
-    default: true
 notes:
   - Collections of the server that are not restored are left alone.
-  - The C(restore_plan) module verifies the whole set's checksums before the playbook calls this module; the
-    module checks the snapshot files again right before uploading them.
-seealso:
-  - name: Qdrant snapshots
-    description: Creating, downloading and recovering snapshots.
-    link: https://qdrant.tech/documentation/concepts/snapshots/
+  - The module checks the snapshot files against the manifest again right before uploading them.
 """
 
 EXAMPLES = r"""
@@ -135,10 +98,12 @@ differences:
   description: Per collection how the live data differs from the snapshot's fingerprint (O(step=verify)).
   returned: when O(step=verify)
   type: dict
+  sample: {documents: ["points_count: expected 300, found 299"]}
 against:
   description: Per collection what it was verified against (O(step=verify)).
   returned: when O(step=verify)
   type: dict
+  sample: {documents: "the manifest's fingerprint of the snapshot (snapshot)"}
 unverified:
   description:
     - The collections whose content could not be verified (O(step=verify)) because the backup could not fingerprint
@@ -157,7 +122,7 @@ deleted:
   type: list
   elements: str
 removed:
-  description: The paths removed (O(step=cleanup)); in check mode those that would be.
+  description: What O(step=cleanup) removed of O(staging) (all but a kept safety copy); in check mode what it would.
   returned: when O(step=cleanup)
   type: list
   elements: str
@@ -166,11 +131,10 @@ removed:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
-from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
-from ansible.module_utils.llmops_qdrant_backup import QdrantBackupError
+from ansible.module_utils.llmops_backupset import load_component
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, qdrant_argument_spec
+from ansible.module_utils.llmops_qdrant import QdrantClient
 from ansible.module_utils.llmops_qdrant_restore import (
-    QdrantRestoreError,
     check_snapshots,
     cleanup,
     read_safety,
@@ -184,17 +148,8 @@ from ansible.module_utils.llmops_qdrant_restore import (
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type="str", required=True, choices=["safety", "restore", "verify", "rollback", "cleanup"]),
-            set_path=dict(type="path", required=True),
-            staging=dict(type="path", required=True),
-            url=dict(type="str", default="http://127.0.0.1:6333"),
-            api_key=dict(type="str", no_log=True),
-            collections=dict(type="list", elements="str"),
-            timeout=dict(type="int", default=600),
-            safety_name=dict(type="str", default="safety"),
-            keep_safety_copy=dict(type="bool", default=True),
-        ),
+        argument_spec=argument_spec(restore=dict(steps=["safety", "restore", "verify", "rollback", "cleanup"],
+                                                 safety_name="safety"), **qdrant_argument_spec()),
         supports_check_mode=True,
     )
     p = module.params
@@ -205,7 +160,7 @@ def main():
         if step == "cleanup":
             removed = cleanup(p["staging"], safety_dir, p["keep_safety_copy"], dry_run=check)
             module.exit_json(changed=bool(removed), removed=removed, collections=[])
-        client = QdrantClient(p["url"], api_key=p["api_key"], timeout=p["timeout"])
+        client = QdrantClient(p["url"], api_key=p["api_key"], timeout=p["timeout"], retries=p["retries"])
         if step == "rollback":
             names = sorted(read_safety(safety_dir))
             if check:
@@ -213,10 +168,7 @@ def main():
                                  msg="would put back %s from %s" % (", ".join(names) or "nothing", safety_dir))
             result = rollback(client, safety_dir)
             module.exit_json(changed=bool(names), collections=names, **result)
-        entry = load_manifest(p["set_path"])["components"]["qdrant"]
-        if entry.get("status") != "success":
-            module.fail_json(msg="the set's qdrant component did not succeed: %s" % entry.get("error", ""))
-        collections = set_collections(p["set_path"], entry, p["collections"])
+        collections = set_collections(p["set_path"], load_component(p["set_path"], "qdrant"), p["collections"])
         names = list(collections)
         if step == "safety":
             if check:
@@ -243,7 +195,7 @@ def main():
             module.warn("collection %s: restored, but its content could not be verified: %s"
                         % (name, result["against"][name]))
         module.exit_json(changed=False, collections=names, **result)
-    except (QdrantRestoreError, QdrantBackupError, QdrantError, BackupSetError, KeyError, ValueError, OSError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="Qdrant restore step %s failed: %s" % (step, exc))
 
 

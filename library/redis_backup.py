@@ -29,42 +29,23 @@ description:
     verified later compares every key that cannot have expired meanwhile (see C(redis_restore)).
   - Returns the manifest entry of the component for C(backup_set), with that fingerprint, the save point, whether
     AOF is on, and the server's version.
-  - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.connection, llmops.redis, llmops.compression, llmops.timeout]
 attributes:
   check_mode:
     support: full
     description:
       - Connects and returns the server's version, persistence settings and keyspace, but starts no save and
         writes nothing; C(changed) says that a backup would be made.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   dest:
     description:
       - Folder of this component inside the set being written; created with mode 0700. The file is 0600.
     type: path
     required: true
-  container:
-    description:
-      - The Redis container to run C(redis-cli), C(cat) and C(redis-check-rdb) in. An empty string runs them on
-        this host (then O(method=rdb) is usually the right choice).
-    type: str
-    default: llmops-appdb-redis-1
-  host:
-    description: Connect to this host instead of the server's default address inside the container.
-    type: str
-  port:
-    description: The port with O(host).
-    type: int
-    default: 6379
-  password:
-    description: The server's password (C(requirepass)), handed to redis-cli in E(REDISCLI_AUTH).
-    type: str
   method:
-    description: V(bgsave) (snapshot on the server, then copy its file) or V(rdb) (C(redis-cli --rdb -)).
+    description:
+      - V(bgsave) (snapshot on the server, then copy its file) or V(rdb) (C(redis-cli --rdb -)), the usual choice
+        for a server whose files are out of reach (tools on this host, an empty O(container)).
     type: str
     choices: [bgsave, rdb]
     default: bgsave
@@ -80,20 +61,10 @@ options:
     description: Seconds to wait for the background save (and one already running) to finish.
     type: int
     default: 300
-  zstd_level:
-    description: zstd compression level.
-    type: int
-    default: 3
-  zstd_threads:
-    description: zstd worker threads (V(0) = one per core).
-    type: int
-    default: 0
   timeout:
     description:
       - Seconds after which copying, checking or fingerprinting the snapshot is stopped and fails (V(0) = no limit
         for the copy and check, one hour for loading it in the scratch server and for each database's script).
-    type: int
-    default: 0
   image:
     description:
       - The Redis image of the scratch server that loads the snapshot to fingerprint it. Defaults to the image of
@@ -106,31 +77,29 @@ notes:
     asked for); every write acknowledged before it is in the snapshot. With O(method=bgsave), when another save
     replaced the server's RDB file before the copy ended, the save and the copy are repeated (three times at
     most).
-seealso:
-  - name: Redis persistence
-    description: RDB snapshots, BGSAVE and AOF.
-    link: https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/
 """
 
 EXAMPLES = r"""
 - name: Back up Redis
   redis_backup:
     dest: "{{ bset.path }}/redis"
-    password: "{{ redis_password }}"
+    login_password: "{{ redis_password }}"
   register: redis_result
 
 - name: Back up a remote Redis over the replication protocol
   redis_backup:
     dest: "{{ bset.path }}/redis"
     container: ""
-    host: cache.internal
-    password: "{{ redis_password }}"
+    login_host: cache.internal
+    login_password: "{{ redis_password }}"
     method: rdb
 """
 
 RETURN = r"""
 component:
-  description: The manifest entry for C(backup_set) (not in check mode).
+  description:
+    - The redis component's manifest entry, for C(backup_set command=component) (not in check mode), with the
+      fingerprint of the artefact per database and by expiry (C(fingerprint_detail)).
   returned: success and not check mode
   type: dict
   sample:
@@ -176,46 +145,39 @@ server:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
-from ansible.module_utils.llmops_pipeline import PipelineError
-from ansible.module_utils.llmops_redis import RedisError, backup, server_info
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_exec import connection_of
+from ansible.module_utils.llmops_redis import backup, server_info
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            store="redis", compression=True, default_timeout=0,
             dest=dict(type="path", required=True),
-            container=dict(type="str", default="llmops-appdb-redis-1"),
-            host=dict(type="str"),
-            port=dict(type="int", default=6379),
-            password=dict(type="str", no_log=True),
             method=dict(type="str", default="bgsave", choices=["bgsave", "rdb"]),
             rdb_dir=dict(type="str", default="/data"),
             rdb_filename=dict(type="str", default="dump.rdb"),
             wait_timeout=dict(type="int", default=300),
-            zstd_level=dict(type="int", default=3),
-            zstd_threads=dict(type="int", default=0),
-            timeout=dict(type="int", default=0),
             image=dict(type="str"),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    target = ExecTarget(p["container"] or None)
-    conn = {"host": p["host"], "port": p["port"]}
+    target, conn, password = connection_of(p)
     try:
-        info = server_info(target, conn, p["password"])  # fails (auth, unreachable) before anything is written
+        info = server_info(target, conn, password)  # fails (auth, unreachable) before anything is written
         if module.check_mode:
             module.exit_json(changed=True, server=info, msg="would take an RDB snapshot (%s) into %s"
                              % (p["method"], os.path.join(p["dest"], "dump.rdb.zst")))
         os.makedirs(p["dest"], mode=0o700, exist_ok=True)
-        entry = backup(target, conn, p["dest"], password=p["password"], method=p["method"], rdb_dir=p["rdb_dir"],
+        entry = backup(target, conn, p["dest"], password=password, method=p["method"], rdb_dir=p["rdb_dir"],
                        rdb_filename=p["rdb_filename"], wait_timeout=p["wait_timeout"], zstd_level=p["zstd_level"],
                        zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None, image=p["image"])
         if entry["rdb_check"]["ok"] is None:
             module.warn("the snapshot was not checked: %s" % entry["rdb_check"]["reason"])
         module.exit_json(changed=True, server=info, component=entry)
-    except (RedisError, ExecError, PipelineError, ValueError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="Redis backup failed: %s" % exc)
 
 

@@ -34,47 +34,28 @@ description:
     made before artefact fingerprints is compared with the fingerprint O(step=load) recorded from its RDB.
   - O(step=rollback) (service stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
-  - The password travels only in the E(REDISCLI_AUTH) environment variable, never on a command line.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.redis]
 attributes:
   check_mode:
     support: full
     description: Says what the step would do and changes nothing; O(step=verify) only reads and runs as usual.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   step:
-    description: The step to run, see the description.
-    type: str
-    required: true
     choices: [stage, swap, load, verify, rollback, cleanup]
-  set_path:
-    description: The set to restore (the plan of C(restore_plan) names it).
-    type: path
-    required: true
-  staging:
-    description: Folder where the RDB is unpacked and checked (on the backup volume).
-    type: path
-    required: true
   datadir:
     description:
       - The host folder mounted as the server's data folder (its C(dir)). Required for O(step=swap),
         O(step=load), O(step=rollback) and O(step=cleanup).
     type: path
   safety_name:
-    description: Name of the safety copy's folder inside O(datadir).
+    description:
+      - Name of the safety copy's folder inside O(datadir). A name, not a suffix as the other restores'
+        C(safety_suffix) - the data folder is the server's mount and stays in place, so the RDB and the AOF folder
+        move into this folder inside it (a rename on the same file system).
     type: str
     default: .pre-restore
-  keep_safety_copy:
-    description: Keep the safety copy after a successful restore (O(step=cleanup) removes it otherwise).
-    type: bool
-    default: true
   container:
     description: The Redis container (its image provides the tools; its settings are read by O(step=stage)).
-    type: str
-    default: llmops-appdb-redis-1
   image:
     description: The image whose C(redis-check-rdb) and C(redis-server) are used. Defaults to the image of O(container).
     type: str
@@ -82,26 +63,12 @@ options:
     description: C(uid:gid) owning the restored files; the throw-away server runs as this user (the images use 999).
     type: str
     default: "999:999"
-  host:
-    description: Connect to this host instead of the server's default address inside O(container).
-    type: str
-  port:
-    description: The port with O(host).
-    type: int
-    default: 6379
-  password:
-    description: The server's password (C(requirepass)), handed to redis-cli in E(REDISCLI_AUTH).
-    type: str
   timeout:
     description:
       - Seconds to wait for the throw-away server to load the RDB and to rewrite the AOF, each, and for one
         database's fingerprint script.
     type: int
     default: 600
-seealso:
-  - name: Redis persistence
-    description: RDB and AOF, and how Redis 7 starts from the AOF's manifest.
-    link: https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/
 """
 
 EXAMPLES = r"""
@@ -110,7 +77,7 @@ EXAMPLES = r"""
     step: stage
     set_path: "{{ plan.plan.set_path }}"
     staging: /backup/.restore/redis
-    password: "{{ redis_password }}"
+    login_password: "{{ redis_password }}"
 
 - name: Swap it in (service stopped)
   redis_restore:
@@ -170,6 +137,7 @@ against:
   description: The reference O(step=verify) compared with.
   returned: when O(step=verify)
   type: str
+  sample: the manifest's fingerprint of the artefact
 compared_keys:
   description: Keys of the reference that O(step=verify) compared (no expiry, or expiring after RV(cutoff)).
   returned: when O(step=verify)
@@ -182,6 +150,7 @@ cutoff:
   description: Keys expiring after this instant were compared (O(step=verify)).
   returned: when O(step=verify)
   type: str
+  sample: "2026-01-31T02:00:08.192Z"
 summary:
   description: One line saying how many keys O(step=verify) compared and left out (also its C(msg)).
   returned: when O(step=verify)
@@ -195,13 +164,11 @@ removed:
 """
 
 import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError, load_manifest
-from ansible.module_utils.llmops_exec import ExecError, ExecTarget
-from ansible.module_utils.llmops_pipeline import PipelineError
-from ansible.module_utils.llmops_redis import RedisError
+from ansible.module_utils.llmops_backupset import load_component
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_redis_restore import (
     artefact_of,
     load,
@@ -217,36 +184,26 @@ NEEDS_DATADIR = ("swap", "load", "rollback", "cleanup")
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type="str", required=True, choices=["stage", "swap", "load", "verify", "rollback", "cleanup"]),
-            set_path=dict(type="path", required=True),
-            staging=dict(type="path", required=True),
+        argument_spec=argument_spec(
+            store="redis", default_timeout=600,
+            restore=dict(steps=["stage", "swap", "load", "verify", "rollback", "cleanup"], safety_name=".pre-restore"),
             datadir=dict(type="path"),
-            safety_name=dict(type="str", default=".pre-restore"),
-            keep_safety_copy=dict(type="bool", default=True),
-            container=dict(type="str", default="llmops-appdb-redis-1"),
             image=dict(type="str"),
             owner=dict(type="str", default="999:999"),
-            host=dict(type="str"),
-            port=dict(type="int", default=6379),
-            password=dict(type="str", no_log=True),
-            timeout=dict(type="int", default=600),
         ),
         required_if=[("step", step, ["datadir"]) for step in NEEDS_DATADIR],
         supports_check_mode=True,
     )
     p = module.params
     step = p["step"]
-    target = ExecTarget(p["container"])
-    conn = {"host": p["host"], "port": p["port"]}
+    target, conn, password = connection_of(p)
     safety = os.path.join(p["datadir"] or "", p["safety_name"])
     try:
-        entry = load_manifest(p["set_path"])["components"]["redis"]
-        artefact, sha256 = artefact_of(p["set_path"], entry)
         if step == "stage":
+            artefact, sha256 = artefact_of(p["set_path"], load_component(p["set_path"], "redis"))
             if module.check_mode:
                 module.exit_json(changed=True, msg="would unpack %s and check it with redis-check-rdb" % artefact)
-            settings = server_settings(target, conn, p["password"])
+            settings = server_settings(target, conn, password)
             staged = stage(p["image"] or target.image(), artefact, sha256, p["staging"], settings,
                            timeout=p["timeout"])
             module.exit_json(changed=True, keys_read=staged["keys_read"], settings=settings, rdb=staged["rdb"])
@@ -256,13 +213,15 @@ def main():
                                  "and put the staged RDB in place" % (p["datadir"], safety))
             module.exit_json(changed=True, **swap(p["datadir"], p["staging"], p["safety_name"], owner=p["owner"]))
         if step == "load":
+            entry = load_component(p["set_path"], "redis")
             if module.check_mode:
                 module.exit_json(changed=True, msg="would load the RDB in a throw-away server on %s and write its "
                                  "AOF" % p["datadir"])
             module.exit_json(changed=True, **load(p["datadir"], p["staging"], owner=p["owner"],
                                                   timeout=p["timeout"], entry=entry))
         if step == "verify":
-            result = verify(target, conn, entry, p["staging"], p["password"], timeout=p["timeout"])
+            result = verify(target, conn, load_component(p["set_path"], "redis"), p["staging"], password,
+                            timeout=p["timeout"])
             if result["differences"]:
                 module.fail_json(msg="the restored Redis data differs from %s (%s): %s" % (
                     result["against"], result["summary"], "; ".join(result["differences"][:20])), **result)
@@ -276,14 +235,10 @@ def main():
             if restored is None:
                 module.exit_json(changed=False, msg="no safety copy at %s: the data folder was not changed" % safety)
             module.exit_json(changed=True, restored=restored, restored_from=safety)
-        if step == "cleanup":
-            removed = [path for path in [p["staging"]] + ([] if p["keep_safety_copy"] else [safety])
-                       if path and os.path.exists(path)]
-            if not module.check_mode:
-                for path in removed:
-                    shutil.rmtree(path)
-            module.exit_json(changed=bool(removed), removed=removed)
-    except (BackupSetError, RedisError, ExecError, PipelineError, KeyError, OSError, ValueError) as exc:
+        # step == "cleanup"
+        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] else [safety]), dry_run=module.check_mode)
+        module.exit_json(changed=bool(removed), removed=removed)
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="Redis restore step %s failed: %s" % (step, exc))
 
 

@@ -17,15 +17,11 @@ description:
     restore needs with the free space of the staging area.
   - Returns the plan (artefacts in order, services that stop, bytes needed) and fails, listing every problem,
     when the set cannot be restored as asked. It changes nothing.
-author:
-  - llmops contributors (!UNKNOWN)
+extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
     description: Reads only; the same result in check mode.
-  diff_mode:
-    support: none
-    description: There is no diff.
 options:
   backup_root:
     description: The folder holding the backup sets.
@@ -66,10 +62,14 @@ plan:
     C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free) and the ordered C(steps).
   returned: always
   type: dict
+  sample: {ok: true, problems: [], set_id: llmops_20260131_020000, set_path: /backup/llmops_20260131_020000,
+           components: [mariadb, redis], services_to_stop: [mariadb, redis], mariadb_chain: [llmops_20260131_020000],
+           binlogs: [], bytes_needed: 1711798, bytes_free: 912345678901,
+           steps: ["mariadb: unpack and prepare llmops_20260131_020000 (full), checksums checked while unpacking"]}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import BackupSetError
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_restore import plan_restore
 
 
@@ -89,7 +89,7 @@ def main():
     try:
         plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"], p["binlog_dir"],
                             p["staging_root"])
-    except (BackupSetError, ValueError) as exc:
+    except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot plan the restore: %s" % exc)
     if not plan["ok"]:
         module.fail_json(msg="the restore of %s cannot go ahead: %s" % (plan["set_id"], "; ".join(plan["problems"])),

@@ -2,7 +2,6 @@
 
 Layout of a root (``/backup`` for instance)::
 
-    <root>/.lock                              flock held by the run (SetLock, or flock(1) in cron)
     <root>/.<name>_YYYYmmdd_HHMMSS.partial/   a run in progress (or abandoned: cleanup_partials)
         .owner.json                           host, pid, started, heartbeat of the run
         .components/<component>.json          one manifest entry per component, merged at finalize
@@ -32,7 +31,6 @@ Stdlib only; modules import it as ``from ansible.module_utils.llmops_backupset i
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
@@ -44,8 +42,10 @@ import socket
 import time
 
 try:
+    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
     from ansible.module_utils.llmops_pipeline import fsync_dir, hash_file
 except ImportError:  # imported directly (tests) rather than through Ansible
+    from module_utils.llmops_common import InvalidValueError, LlmopsError
     from module_utils.llmops_pipeline import fsync_dir, hash_file
 
 SCHEMA_VERSION = 1
@@ -64,7 +64,6 @@ UNLISTED = (SUMS, VERIFICATION, VERIFICATION_SUMS)
 OWNER = ".owner.json"
 COMPONENTS_DIR = ".components"
 LATEST = "latest"
-LOCK = ".lock"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}_\d{6})$")
@@ -73,16 +72,12 @@ _SUMS_LINE_RE = re.compile(rb"([0-9a-fA-F]{64}) [ *](.+)", re.S)
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class BackupSetError(Exception):
+class BackupSetError(LlmopsError):
     """A backup set operation cannot be done; the message tells the operator what to do."""
 
 
 class SumsFormatError(BackupSetError, ValueError):
     """A SHA256SUMS text has a line that is not ``[\\]<sha256>  <name>`` (also a ``ValueError``)."""
-
-
-class SetLockError(BackupSetError):
-    """Another process holds the root's lock."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,13 +105,19 @@ def run_times(started, t0):
 
 
 def parse_time(value):
-    """Parse an ISO 8601 instant written by this module (``...Z`` or with an offset)."""
+    """Parse an ISO 8601 instant (``...Z`` or with an offset; none means UTC).
+
+    Raises ``InvalidValueError`` (a ``ValueError``) naming the value otherwise.
+    """
     if isinstance(value, datetime.datetime):
         return utc(value)
     text = str(value).strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
-    return utc(datetime.datetime.fromisoformat(text))
+    try:
+        return utc(datetime.datetime.fromisoformat(text))
+    except ValueError as exc:
+        raise InvalidValueError("%r is not an ISO 8601 time such as 2026-11-22T14:03:00Z" % (value,)) from exc
 
 
 def new_set_id(now=None):
@@ -166,14 +167,6 @@ def encode_name(name):
     return encoded
 
 
-def stamp_time(set_id):
-    """The UTC datetime encoded in a set id, or None."""
-    match = _SET_RE.match(set_id)
-    if not match:
-        return None
-    return datetime.datetime.strptime(match.group("stamp"), STAMP_FORMAT).replace(tzinfo=datetime.timezone.utc)
-
-
 # --------------------------------------------------------------------------------------------
 # durable file helpers
 
@@ -212,59 +205,6 @@ def _ensure_root(root):
         os.makedirs(root, mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
     return root
-
-
-# --------------------------------------------------------------------------------------------
-# lock
-
-
-class SetLock:
-    """Exclusive, non-blocking ``fcntl.flock`` on ``<root>/.lock`` for the life of a run.
-
-    ``with SetLock(root):`` raises ``SetLockError("another backup run holds <root>/.lock (pid N)")``
-    when another process holds it. The same file can be held by ``flock -n <root>/.lock cmd`` in
-    cron, so a cron run and a scripted run exclude each other. The file is never deleted.
-    """
-
-    def __init__(self, root):
-        self.root = _ensure_root(root)
-        self.path = os.path.join(self.root, LOCK)
-        self.fd = None
-
-    def acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = "unknown"
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise SetLockError("another backup run holds %s (pid %s); wait for it to finish or check that "
-                                   "process" % (self.path, holder)) from exc
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, ("%d\n" % os.getpid()).encode("ascii"), 0)
-        self.fd = fd
-        return self
-
-    def release(self):
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc_info):
-        self.release()
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +350,20 @@ def confined_path(set_path, relative, follow=True):
     if not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
         raise BackupSetError("entry %r of set %s resolves to %s, outside the set (a symbolic link escapes it); "
                              "do not restore from this set" % (relative, set_path, resolved))
+    return full
+
+
+def set_member(set_path, rel, what="file", error=BackupSetError):
+    """The absolute path of ``rel``, a path a restore reads from a manifest (untrusted): it must be relative,
+    normalised, without ``..`` and, symlinks resolved, inside the set. Raises ``error`` (a ``BackupSetError``
+    unless the caller names its own ``LlmopsError`` class) otherwise."""
+    root = os.path.realpath(set_path)
+    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
+            or ".." in rel.split(os.sep):
+        raise error("the manifest names %s %r, which is not a plain path inside the set" % (what, rel))
+    full = os.path.join(root, rel)
+    if not os.path.realpath(full).startswith(root + os.sep):
+        raise error("the manifest's %s %r leads outside the set %s" % (what, rel, set_path))
     return full
 
 
@@ -799,6 +753,26 @@ def load_manifest(path):
         raise BackupSetError("%s lists paths outside the set (%s); the manifest was tampered with or damaged: do "
                              "not restore from this set" % (file_path, "; ".join(problems[:5])))
     return manifest
+
+
+def load_component(set_path, component):
+    """The manifest entry of ``component`` in the set at ``set_path``, which must have succeeded.
+
+    Raises ``BackupSetError`` naming the set, what it holds and what to do when the set has no such
+    component or it failed (the manifest is untrusted: a missing key is a message, never a ``KeyError``).
+    """
+    manifest = load_manifest(set_path)
+    components = manifest.get("components") or {}
+    entry = components.get(component)
+    where = manifest.get("id") or os.path.basename(os.path.abspath(os.fspath(set_path)))
+    if not isinstance(entry, dict):
+        held = ", ".join(sorted(components)) or "none"
+        raise BackupSetError("the set %s has no %s component (it holds: %s); restore %s from a set that has it "
+                             "(restore_plan lists them) or leave it out" % (where, component, held, component))
+    if entry.get("status") != "success":
+        raise BackupSetError("the %s component of the set %s did not succeed (%s); restore it from another set"
+                             % (component, where, entry.get("error") or "status %s" % entry.get("status")))
+    return entry
 
 
 # --------------------------------------------------------------------------------------------

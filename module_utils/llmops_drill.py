@@ -12,10 +12,45 @@ import glob
 import json
 import os
 
-from ansible.module_utils.llmops_backupset import parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import parse_time, read_json, write_file_atomic
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_report import gauge
 
 REPORT_JSON = "report.json"
+# What the drill role must say about a drill (the rest is optional): a report cannot be made without it.
+REQUIRED = ("id", "started", "ended", "set_id", "set_ended", "rto_target_seconds", "rpo_target_seconds")
+
+
+class DrillError(LlmopsError):
+    """The drill's facts cannot be reported; the message names what is missing or wrong."""
+
+
+def check_drill(drill):
+    """A copy of ``drill`` with its targets as numbers, or ``DrillError`` naming every missing or bad fact."""
+    drill = dict(drill)
+    problems = ["%s is missing" % key for key in REQUIRED if drill.get(key) in (None, "")]
+    for key in ("rto_target_seconds", "rpo_target_seconds"):  # -e on the command line gives strings
+        if drill.get(key) not in (None, ""):
+            try:
+                drill[key] = float(drill[key])
+            except (TypeError, ValueError):
+                problems.append("%s is %r, not a number of seconds" % (key, drill[key]))
+    for key in ("started", "ended", "set_ended"):
+        if drill.get(key) not in (None, ""):
+            try:
+                parse_time(drill[key])
+            except ValueError:
+                problems.append("%s is %r, not an ISO 8601 time" % (key, drill[key]))
+    timings = drill.get("timings") or {}
+    try:
+        if any(float(seconds) < 0 for seconds in timings.values()):
+            problems.append("timings holds a negative duration: %r" % (timings,))
+    except (AttributeError, TypeError, ValueError):
+        problems.append("timings must map each component to the seconds until it was verified, got %r" % (timings,))
+    if problems:
+        raise DrillError("the drill's facts cannot be reported: %s (the drill role builds them; a playbook calling "
+                         "drill_report must give them too)" % "; ".join(problems))
+    return drill
 
 
 def newest_binlog_time(binlog_dir):
@@ -44,9 +79,7 @@ def measure(started, ended, timings, set_ended, binlog_time=None, components=())
 
 def build_report(drill):
     """The report dict: the drill's facts, the measures and the verdict against the targets."""
-    drill = dict(drill)
-    for key in ("rto_target_seconds", "rpo_target_seconds"):  # -e on the command line gives strings
-        drill[key] = float(drill[key])
+    drill = check_drill(drill)
     measures = measure(drill["started"], drill["ended"], drill.get("timings"), drill["set_ended"],
                        drill.get("binlog_time"), drill.get("components", ()))
     misses = []
@@ -159,7 +192,3 @@ def write_report(drill, reports_dir, metrics_path=None):
         os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
         write_file_atomic(metrics_path, metrics(report).encode("utf-8"), mode=0o644)
     return report
-
-
-def new_drill_id(now=None):
-    return "drill_%s" % utc(now).strftime("%Y%m%d_%H%M%S")

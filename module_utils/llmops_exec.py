@@ -15,10 +15,11 @@ import os
 import subprocess
 import time
 
+from ansible.module_utils.llmops_common import LlmopsError, connection_params
 from ansible.module_utils.llmops_pipeline import STDERR_TAIL_BYTES, redact_text
 
 
-class ExecError(Exception):
+class ExecError(LlmopsError):
     """A tool exited non-zero (or could not start); the message holds the redacted stderr tail."""
 
     def __init__(self, message, rc=None, stderr_tail=""):
@@ -97,6 +98,15 @@ class ExecTarget:
     def text(self, tool_argv, **kwargs):
         """``run`` decoded as UTF-8."""
         return self.run(tool_argv, **kwargs).decode("utf-8", "replace")
+
+
+def connection_of(params):
+    """``(target, conn, password)`` of a store module's connection options (``connection_argument_spec``):
+    where its tools run (``container``, ``container_user``), how they log in (``connection_params``) and
+    the password (passed to the tools by name in the environment, never on a command line)."""
+    container = params["container"] or None
+    target = ExecTarget(container, user=params["container_user"] if container else None)
+    return target, connection_params(params), params["login_password"]
 
 
 class ImageTarget(ExecTarget):

@@ -61,6 +61,7 @@ from ansible.module_utils.llmops_backupset import (
     write_file_atomic,
     write_json,
 )
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
 
 TREE_DIR = "uploads"
@@ -83,7 +84,7 @@ GIT_DIR = ".git"
 GIT_ATTRIBUTES = "* -text -eol -crlf -ident -filter -working-tree-encoding\n"
 
 
-class FilesBackupError(Exception):
+class FilesBackupError(LlmopsError):
     """A file backup step failed; the message says which and why."""
 
 

@@ -37,7 +37,9 @@ import secrets
 import shutil
 import stat
 
+from ansible.module_utils.llmops_backupset import set_member as member_path
 from ansible.module_utils.llmops_backupset import write_json
+from ansible.module_utils.llmops_common import LlmopsError, load_state
 from ansible.module_utils.llmops_files import (
     ARCHIVE,
     CONFIGS_REF,
@@ -60,7 +62,7 @@ LINK_NAME = "current"
 MODEL_CHMOD = "--chmod=Du=rwx,Dgo=rx,Fu=rw,Fgo=r"  # an unprefixed item would apply to both
 
 
-class FilesRestoreError(Exception):
+class FilesRestoreError(LlmopsError):
     """A file restore step failed; the message says which and why."""
 
 
@@ -78,11 +80,7 @@ class Journal:
     @classmethod
     def load(cls, staging):
         journal = cls(staging)
-        try:
-            with open(journal.path, encoding="utf-8") as handle:
-                journal.entries = json.load(handle)
-        except FileNotFoundError:
-            pass
+        journal.entries = load_state(journal.path, [])
         return journal
 
     def save(self):
@@ -185,16 +183,8 @@ def _rsync(src, dest, extra=()):
 
 
 def set_member(set_path, rel, what="file"):
-    """The absolute path of ``rel``, a path read from a manifest (untrusted): it must be relative, normalised,
-    without ``..`` and, symlinks resolved, inside the set. Raises ``FilesRestoreError`` otherwise."""
-    root = os.path.realpath(set_path)
-    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
-            or ".." in rel.split(os.sep):
-        raise FilesRestoreError("the manifest names %s %r, which is not a plain path inside the set" % (what, rel))
-    full = os.path.join(root, rel)
-    if not os.path.realpath(full).startswith(root + os.sep):
-        raise FilesRestoreError("the manifest's %s %r leads outside the set %s" % (what, rel, set_path))
-    return full
+    """``llmops_backupset.set_member``, raising ``FilesRestoreError``."""
+    return member_path(set_path, rel, what, FilesRestoreError)
 
 
 def _listed(set_path, entry, name):
@@ -204,6 +194,18 @@ def _listed(set_path, entry, name):
     if len(paths) != 1:
         raise FilesRestoreError("the manifest lists %d files called %s" % (len(paths), name))
     return set_member(set_path, paths[0], name)
+
+
+def _set_json(set_path, entry, name):
+    """The JSON object in the set's file ``name`` (listed in the entry's files), or ``FilesRestoreError``."""
+    with open(_listed(set_path, entry, name), encoding="utf-8") as handle:
+        try:
+            doc = json.load(handle)
+        except ValueError as exc:
+            raise FilesRestoreError("the set's %s is not JSON (%s): restore from another set" % (name, exc)) from exc
+    if not isinstance(doc, dict):
+        raise FilesRestoreError("the set's %s is not a JSON object: restore from another set" % name)
+    return doc
 
 
 def check_name(value, what):
@@ -308,10 +310,9 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
     """
     models = entry.get("models")
     if not isinstance(models, dict):
-        with open(_listed(set_path, entry, MODELS_INDEX), encoding="utf-8") as handle:
-            models = json.load(handle)["models"]
+        models = _set_json(set_path, entry, MODELS_INDEX).get("models")
         if not isinstance(models, dict):
-            raise FilesRestoreError("%s holds no models" % MODELS_INDEX)
+            raise FilesRestoreError("the set's %s holds no models: restore them from another set" % MODELS_INDEX)
     chosen = parse_versions(model_version)
     plan = []
     for model in sorted(chosen or models):
@@ -319,13 +320,17 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
         if desc is None:
             raise FilesRestoreError("the set references no model %s (it has: %s)" % (model, ", ".join(sorted(models))))
         check_name(model, "the model")
-        versions = [chosen[model]] if chosen else sorted(desc["versions"])
+        known = desc.get("versions") if isinstance(desc, dict) else None
+        if not isinstance(known, dict):
+            raise FilesRestoreError("the set's record of model %s lists no versions: restore it from another set"
+                                    % model)
+        versions = [chosen[model]] if chosen else sorted(known)
         links = {link_name: chosen[model]} if chosen else dict(desc.get("links") or {})
         for version in versions:
-            ver = desc["versions"].get(version)
-            if ver is None:
+            ver = known.get(version)
+            if not isinstance(ver, dict):
                 raise FilesRestoreError("the set references no version %s of model %s (it has: %s)"
-                                        % (version, model, ", ".join(sorted(desc["versions"]))))
+                                        % (version, model, ", ".join(sorted(known))))
             check_name(version, "the version")
             sha = ver.get("sha256")
             if not isinstance(sha, str) or len(sha) != 64 or ver.get("store") != "%s/%s/%s-%s" % (
@@ -435,10 +440,7 @@ def configs_source(set_path, entry, backup_root, commit=None):
     ref = {}
     names = [os.path.basename(str(f.get("path"))) for f in entry.get("files") or [] if isinstance(f, dict)]
     if CONFIGS_REF in names:
-        with open(_listed(set_path, entry, CONFIGS_REF), encoding="utf-8") as handle:
-            ref = json.load(handle)
-        if not isinstance(ref, dict):
-            raise FilesRestoreError("%s is not a JSON object" % CONFIGS_REF)
+        ref = _set_json(set_path, entry, CONFIGS_REF)
     commit = commit or entry.get("commit") or ref.get("commit")
     if not commit:
         raise FilesRestoreError("the set records no commit of the config history")

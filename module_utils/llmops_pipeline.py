@@ -31,6 +31,11 @@ import subprocess
 import threading
 import time
 
+try:
+    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
+except ImportError:  # imported directly (tests) rather than through Ansible
+    from module_utils.llmops_common import InvalidValueError, LlmopsError
+
 CHUNK_SIZE = 1024 * 1024
 STDERR_TAIL_BYTES = 2048
 REDACTED = "********"
@@ -38,7 +43,7 @@ _F_SETPIPE_SZ = 1031  # Linux; larger pipes mean fewer, larger reads.
 _SECRET_ENV_RE = re.compile(r"PASS|PWD|AUTH|TOKEN|SECRET|KEY|CREDENTIAL", re.IGNORECASE)
 
 
-class PipelineError(Exception):
+class PipelineError(LlmopsError):
     """A pipeline stage failed, timed out or the output could not be written.
 
     Attributes: ``stage`` (name of the failing stage), ``rc`` (its exit code, or None),
@@ -129,9 +134,9 @@ def zstd_argv(zstd_path="zstd", level=3, threads=0, decompress=False):
     if decompress:
         return [zstd_path, "-q", "-d", "-c"]
     if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= 19:
-        raise ValueError("zstd_level must be an integer from 1 to 19, got %r" % (level,))
+        raise InvalidValueError("zstd_level must be an integer from 1 to 19, got %r" % (level,))
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError("zstd_threads must be an integer >= 0 (0 = one per core), got %r" % (threads,))
+        raise InvalidValueError("zstd_threads must be an integer >= 0 (0 = one per core), got %r" % (threads,))
     return [zstd_path, "-q", "-T%d" % threads, "-%d" % level, "-c"]
 
 
@@ -185,10 +190,15 @@ def _drain(stream, tail):
     except (OSError, ValueError):
         pass
     finally:
-        try:
-            stream.close()
-        except OSError:
-            pass
+        _close(stream)
+
+
+def _close(stream):
+    """Close ``stream``; an ``OSError`` (the other end is gone) does not matter any more."""
+    try:
+        stream.close()
+    except OSError:
+        pass
 
 
 def _grow_pipe(fileobj):
@@ -539,10 +549,7 @@ def _feed(stream, data):
     except (BrokenPipeError, OSError, ValueError):
         pass
     finally:
-        try:
-            stream.close()
-        except OSError:
-            pass
+        _close(stream)
 
 
 def decompress_to(src, argv_consumer, *, expected_sha256=None, compressed=True, zstd_path="zstd", env=None,

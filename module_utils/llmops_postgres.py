@@ -47,6 +47,7 @@ import threading
 import time
 
 from ansible.module_utils.llmops_backupset import BackupSetError, encode_name, run_times, utc
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_exec import ExecError
 from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to, redact_text, run_pipeline
 
@@ -113,7 +114,7 @@ SNAPSHOT_SQL = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
                 "to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text;")
 
 
-class PostgresError(Exception):
+class PostgresError(LlmopsError):
     """A PostgreSQL backup step failed; the message says which and why."""
 
 
@@ -341,11 +342,15 @@ def split_qualified_name(text):
 
 
 def client_args(conn):
-    """Connection options of the client tools for ``conn`` (dict: host, port, user); none = local socket."""
+    """Connection options of the client tools for ``conn`` (dict: host, port, user, socket).
+
+    ``host`` connects over TCP; ``socket`` is the folder holding the server's unix socket (libpq takes
+    it as the host, and the port names the socket file); neither = the client's default socket.
+    """
     conn = conn or {}
     args = []
-    if conn.get("host"):
-        args += ["--host=%s" % conn["host"], "--port=%d" % int(conn.get("port") or 5432)]
+    if conn.get("host") or conn.get("socket"):
+        args += ["--host=%s" % (conn.get("host") or conn["socket"]), "--port=%d" % int(conn.get("port") or 5432)]
     if conn.get("user"):
         args.append("--username=%s" % conn["user"])
     return args + ["--no-password"]
@@ -410,11 +415,6 @@ def database_sizes(target, conn=None, password=None, include_postgres=False):
     if not include_postgres:
         sizes.pop("postgres", None)
     return sizes
-
-
-def list_databases(target, conn=None, password=None, include_postgres=False):
-    """Names of the connectable, non-template databases, sorted (``postgres`` only when asked)."""
-    return sorted(database_sizes(target, conn, password, include_postgres))
 
 
 def select_databases(target, requested=None, conn=None, password=None):

@@ -34,6 +34,7 @@ import re
 import stat
 
 from ansible.module_utils.llmops_backupset import diff_fingerprints, encode_name, write_file_atomic
+from ansible.module_utils.llmops_common import load_state
 from ansible.module_utils.llmops_exec import ExecError
 from ansible.module_utils.llmops_pipeline import decompress_to
 from ansible.module_utils.llmops_postgres import (
@@ -271,11 +272,7 @@ def _state_path(staging):
 
 def read_state(staging):
     """What the restore step did so far: ``{db: {"safety": name|None, "created": bool}}``."""
-    try:
-        with open(_state_path(staging), encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return {}
+    return load_state(_state_path(staging), {})
 
 
 def _write_state(staging, state):

@@ -31,13 +31,18 @@ import time
 import uuid
 from urllib.parse import quote, urlencode, urlsplit
 
+try:
+    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
+except ImportError:  # imported directly (tests) rather than through Ansible
+    from module_utils.llmops_common import InvalidValueError, LlmopsError
+
 __all__ = ["QdrantClient", "QdrantError"]
 
 _RETRY_STATUSES = frozenset([429, 500, 502, 503, 504])
 _CONNECTION_ERRORS = (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException, OSError)
 
 
-class QdrantError(Exception):
+class QdrantError(LlmopsError):
     """A failed Qdrant call.  ``status`` is the HTTP status (None for connection errors),
     ``error`` Qdrant's error text (``status.error`` of the response body)."""
 
@@ -67,9 +72,9 @@ class QdrantClient:
     def __init__(self, url, api_key=None, timeout=30, retries=3, backoff=1.0, verify_tls=True, request_hook=None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("Qdrant url must look like http(s)://host:port, got scheme %r" % (parts.scheme,))
+            raise InvalidValueError("Qdrant url must look like http(s)://host:port, got scheme %r" % (parts.scheme,))
         if parts.username or parts.password:
-            raise ValueError("Qdrant url must not carry credentials; use api_key")
+            raise InvalidValueError("Qdrant url must not carry credentials; use api_key")
         self._scheme = parts.scheme
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -46,6 +46,7 @@ import time
 import uuid
 
 from ansible.module_utils.llmops_backupset import BackupSetError, encode_name, run_times, utc
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
 
@@ -63,7 +64,7 @@ STANDIN_SNAPSHOT_FORMAT = "llmops-lab-qdrant-standin-snapshot/1"
 STANDIN_MARKER = "STANDIN.txt"
 
 
-class QdrantBackupError(Exception):
+class QdrantBackupError(LlmopsError):
     """A Qdrant backup step failed; the message says which and why (never the API key)."""
 
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
+from ansible.module_utils.llmops_backupset import set_member as member_path
 from ansible.module_utils.llmops_backupset import write_json
+from ansible.module_utils.llmops_common import LlmopsError, load_state, remove_paths
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
 from ansible.module_utils.llmops_qdrant_backup import (
@@ -44,21 +45,13 @@ SAFETY_INDEX = "safety.json"
 TOUCHED = "uploaded.json"  # the collections the restore step started to upload: all a rollback must undo
 
 
-class QdrantRestoreError(Exception):
+class QdrantRestoreError(LlmopsError):
     """A Qdrant restore step failed; the message says which and why (never the API key)."""
 
 
 def set_member(set_path, rel, what="file"):
-    """The absolute path of ``rel``, a path read from a manifest (untrusted): it must be relative, normalised,
-    without ``..`` and, symlinks resolved, inside the set. Raises ``QdrantRestoreError`` otherwise."""
-    root = os.path.realpath(set_path)
-    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
-            or ".." in rel.split(os.sep):
-        raise QdrantRestoreError("the manifest names %s %r, which is not a plain path inside the set" % (what, rel))
-    full = os.path.join(root, rel)
-    if not os.path.realpath(full).startswith(root + os.sep):
-        raise QdrantRestoreError("the manifest's %s %r leads outside the set %s" % (what, rel, set_path))
-    return full
+    """``llmops_backupset.set_member``, raising ``QdrantRestoreError``."""
+    return member_path(set_path, rel, what, QdrantRestoreError)
 
 
 def _file_name(value, what):
@@ -217,18 +210,10 @@ def verify_collections(client, collections):
     return {"differences": differences, "against": against, "unverified": unverified}
 
 
-def _read(path, default):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return default
-
-
 def read_safety(safety_dir):
     """The collections a rollback puts back: those of the safety index that the restore step started to upload."""
-    index = _read(os.path.join(safety_dir, SAFETY_INDEX), {})
-    touched = set(_read(os.path.join(safety_dir, TOUCHED), []))
+    index = load_state(os.path.join(safety_dir, SAFETY_INDEX), {})
+    touched = set(load_state(os.path.join(safety_dir, TOUCHED), []))
     return {name: item for name, item in index.items() if name in touched}
 
 
@@ -265,10 +250,4 @@ def cleanup(staging, safety_dir, keep_safety_copy=True, dry_run=False):
         removed.append(full)
     if not keep_safety_copy and len(removed) == len(os.listdir(staging)):
         removed = [staging]
-    if not dry_run:
-        for path in removed:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-    return removed
+    return remove_paths(removed, dry_run=dry_run)

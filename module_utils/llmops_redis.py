@@ -42,6 +42,7 @@ import tempfile
 import time
 
 from ansible.module_utils.llmops_backupset import diff_fingerprints, isoformat, run_times, utc
+from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_exec import ExecError, ScratchServer
 from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to, run_pipeline
 
@@ -54,7 +55,7 @@ FINGERPRINT_METHOD = "redis-lua/1"
 _AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password")
 
 
-class RedisError(Exception):
+class RedisError(LlmopsError):
     """A Redis backup step failed; the message says which and why."""
 
 
@@ -63,11 +64,16 @@ def _env(password):
 
 
 def cli_argv(conn, *args, db=None, fmt="--json"):
-    """``redis-cli`` argv for ``conn`` (dict: host, port; none = the server's default inside its container)."""
+    """``redis-cli`` argv for ``conn`` (dict: host, port, socket, user; none = the server's default inside its
+    container). ``user`` is an ACL user: with it the password (``REDISCLI_AUTH``) is that user's."""
     conn = conn or {}
     argv = ["redis-cli"]
     if conn.get("host"):
         argv += ["-h", conn["host"], "-p", str(int(conn.get("port") or 6379))]
+    elif conn.get("socket"):
+        argv += ["-s", conn["socket"]]
+    if conn.get("user"):
+        argv += ["--user", conn["user"]]
     if db is not None:
         argv += ["-n", str(int(db))]
     if fmt:
@@ -420,6 +426,17 @@ def compare_fingerprints(expected, actual):
     return dict(counts, differences=diff_fingerprints(views[0], views[1], prefix="db"), cutoff=since)
 
 
+def unpack_rdb(artefact, sha256, rdb, timeout=None, purpose=""):
+    """Unpack the RDB artefact into ``rdb`` (created 0600), its sha256 checked while it streams; ``RedisError``
+    (saying what for: ``purpose``) when that fails."""
+    os.close(os.open(rdb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        decompress_to(artefact, ["dd", "of=%s" % rdb, "conv=notrunc", "status=none"], expected_sha256=sha256,
+                      timeout=timeout, consumer_name="unpack RDB")
+    except PipelineError as exc:
+        raise RedisError("cannot unpack %s%s: %s" % (artefact, purpose, exc)) from exc
+
+
 def scratch_fingerprint(image, artefact, sha256, work_root, reference_ms, timeout=None, docker="docker",
                         databases=None):
     """The ``fingerprint_parts`` of what ``artefact`` (a zstd-compressed RDB, sha256 checked) holds.
@@ -432,13 +449,7 @@ def scratch_fingerprint(image, artefact, sha256, work_root, reference_ms, timeou
     staging = tempfile.mkdtemp(prefix=".redis-fingerprint-", dir=work_root)
     t0 = time.monotonic()
     try:
-        rdb = os.path.join(staging, "dump.rdb")
-        os.close(os.open(rdb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        try:
-            decompress_to(artefact, ["dd", "of=%s" % rdb, "conv=notrunc", "status=none"], expected_sha256=sha256,
-                          timeout=timeout, consumer_name="unpack RDB")
-        except PipelineError as exc:
-            raise RedisError("cannot unpack %s for its fingerprint: %s" % (artefact, exc)) from exc
+        unpack_rdb(artefact, sha256, os.path.join(staging, "dump.rdb"), timeout=timeout, purpose=" for its fingerprint")
         server = ScratchServer(image, ["redis-server", "--port", "6379", "--dir", "/data", "--dbfilename", "dump.rdb",
                                        "--appendonly", "no", "--save", "", "--databases", int(databases or 16)],
                                mounts={staging: "/data:ro"}, user="%d:%d" % (os.getuid(), os.getgid()),

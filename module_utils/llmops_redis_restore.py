@@ -32,8 +32,8 @@ import subprocess
 import time
 
 from ansible.module_utils.llmops_backupset import write_file_atomic
+from ansible.module_utils.llmops_common import load_state
 from ansible.module_utils.llmops_exec import ExecError, ExecTarget, ImageTarget
-from ansible.module_utils.llmops_pipeline import PipelineError, decompress_to
 from ansible.module_utils.llmops_redis import (
     ARTEFACT,
     BUCKET_MS,
@@ -44,6 +44,7 @@ from ansible.module_utils.llmops_redis import (
     fingerprint_parts,
     info,
     summarize,
+    unpack_rdb,
 )
 
 STAGED_RDB = "dump.rdb"
@@ -55,19 +56,11 @@ DEFAULTS = {"appendonly": "yes", "appenddirname": "appendonlydir", "appendfilena
 
 def artefact_of(set_path, entry):
     """``(path, sha256)`` of the set's RDB artefact (``entry``: the set's redis manifest entry)."""
-    for item in entry.get("files", []):
-        if item["path"].endswith(ARTEFACT):
-            path = item["path"] if os.path.isabs(item["path"]) else os.path.join(set_path, item["path"])
-            return path, item["sha256"]
-    raise RedisError("the set has no %s artefact" % ARTEFACT)
-
-
-def _read_json(path, default=None):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return default
+    for item in entry.get("files") or []:
+        if item["path"].endswith(ARTEFACT) and item.get("sha256"):
+            return os.path.join(set_path, item["path"]), item["sha256"]
+    raise RedisError("the set's redis component lists no %s artefact with a sha256: restore Redis from another set"
+                     % ARTEFACT)
 
 
 def server_settings(target, conn, password=None):
@@ -85,12 +78,7 @@ def stage(image, artefact, sha256, staging, settings, timeout=None):
         shutil.rmtree(staging)
     os.makedirs(staging, mode=0o700)
     rdb = os.path.join(staging, STAGED_RDB)
-    os.close(os.open(rdb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    try:
-        decompress_to(artefact, ["dd", "of=%s" % rdb, "conv=notrunc", "status=none"], expected_sha256=sha256,
-                      timeout=timeout, consumer_name="unpack RDB")
-    except PipelineError as exc:
-        raise RedisError("cannot unpack %s: %s" % (artefact, exc)) from exc
+    unpack_rdb(artefact, sha256, rdb, timeout=timeout)
     tools = ImageTarget(image, {staging: "/staging"})
     try:
         out = tools.text(["sh", "-c", 'redis-check-rdb "$0" 2>&1', "/staging/" + STAGED_RDB], timeout=timeout or 3600)
@@ -105,7 +93,7 @@ def stage(image, artefact, sha256, staging, settings, timeout=None):
 
 def load_settings(staging):
     """The settings ``stage`` saved; raises ``RedisError`` when stage did not run."""
-    settings = _read_json(os.path.join(staging, SETTINGS_FILE))
+    settings = load_state(os.path.join(staging, SETTINGS_FILE))
     if settings is None or not os.path.isfile(os.path.join(staging, STAGED_RDB)):
         raise RedisError("nothing staged in %s: run step=stage first" % staging)
     return settings
@@ -150,7 +138,7 @@ def rollback(datadir, staging, safety):
     kept_dir = os.path.join(datadir, safety)
     if not os.path.isdir(kept_dir):
         return None  # the swap did not begin: the data folder is as it was
-    settings = _read_json(os.path.join(staging, SETTINGS_FILE), DEFAULTS)
+    settings = load_state(os.path.join(staging, SETTINGS_FILE), DEFAULTS)
     restored = []
     for name in (settings["dbfilename"], settings["appenddirname"]):
         path = os.path.join(datadir, name)
@@ -306,7 +294,7 @@ def verify(target, conn, entry, staging, password=None, timeout=None):
     """
     expected, against = manifest_fingerprint(entry), "the manifest's fingerprint of the artefact"
     if expected is None:
-        expected = _read_json(os.path.join(staging, LOADED_FILE))
+        expected = load_state(os.path.join(staging, LOADED_FILE))
         against = "the RDB as loaded by step=load (the set's manifest has no artefact fingerprint this code reads)"
         if expected is None:
             raise RedisError("nothing to verify against: the set's manifest has no artefact fingerprint and step=load "

@@ -66,15 +66,16 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
     seen = set()
     set_path = pick_set(backup_root, ref, target_time)
     manifest = load_manifest(set_path)
+    set_id = manifest.get("id") or os.path.basename(set_path)
     _verified(set_path, problems, seen)
-    available = manifest.get("components", {})
+    available = manifest.get("components") or {}
     selected = list(components) if components else [c for c in ORDER if c in available]
     for name in selected:
         if name not in available:
-            problems.append("component %s is not in set %s (it holds: %s)" % (name, manifest["id"],
+            problems.append("component %s is not in set %s (it holds: %s)" % (name, set_id,
                                                                               ", ".join(sorted(available))))
         elif available[name].get("status") != "success":
-            problems.append("component %s failed in set %s: %s" % (name, manifest["id"],
+            problems.append("component %s failed in set %s: %s" % (name, set_id,
                                                                    available[name].get("error", "")))
     steps = []
     needed = 0
@@ -145,7 +146,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
     return {
         "ok": not problems,
         "problems": problems,
-        "set_id": manifest["id"],
+        "set_id": set_id,
         "verification": verification,
         "restore_tested": tested,
         "set_path": set_path,

@@ -2,9 +2,11 @@
 # ansible-test sanity on the project's own modules (library/) and module_utils (module_utils/).
 #
 # ansible-test only runs from inside ansible_collections/<namespace>/<name>/, so this builds a
-# throw-away collection llmops.ops under .state/sanity/ from copies of those files, with the
-# `ansible.module_utils.llmops_*` imports rewritten to the collection's paths, and runs
-# `ansible-test sanity` there. Exit status is non-zero on any finding.
+# throw-away collection llmops.ops under .state/sanity/ from copies of those files and of the shared
+# option texts (plugins/doc_fragments/, which ansible.cfg's doc_fragment_plugins points ansible-doc at),
+# with the `ansible.module_utils.llmops_*` imports and the `extends_documentation_fragment: [llmops...]`
+# names rewritten to the collection's (`llmops.ops.llmops...`), and runs `ansible-test sanity` there.
+# Exit status is non-zero on any finding.
 #
 #   scripts/sanity.sh                    # all sanity tests that can run here
 #   scripts/sanity.sh --test pylint      # extra arguments go to ansible-test sanity
@@ -58,7 +60,8 @@ mkdir -p "$ROOT/.state"
 exec 9> "$ROOT/.state/sanity.lock"
 flock -w 1800 9 || { echo "sanity: another scripts/sanity.sh still runs after 30 min" >&2; exit 2; }
 rm -rf "$ROOT/.state/sanity"
-mkdir -p "$COLLECTION/meta" "$COLLECTION/plugins/modules" "$COLLECTION/plugins/module_utils"
+mkdir -p "$COLLECTION/meta" "$COLLECTION/plugins/modules" "$COLLECTION/plugins/module_utils" \
+  "$COLLECTION/plugins/doc_fragments"
 cat > "$COLLECTION/galaxy.yml" <<'EOF'
 namespace: llmops
 name: ops
@@ -81,6 +84,7 @@ printf '%s\n' '/tests/output/' > "$COLLECTION/.gitignore"
 shopt -s nullglob
 modules=(library/*.py)
 utils=(module_utils/*.py)
+fragments=(plugins/doc_fragments/*.py)
 shopt -u nullglob
 if [ ${#modules[@]} -eq 0 ] && [ ${#utils[@]} -eq 0 ]; then
   echo "sanity: nothing to check (no library/*.py, no module_utils/*.py)"
@@ -88,14 +92,22 @@ if [ ${#modules[@]} -eq 0 ] && [ ${#utils[@]} -eq 0 ]; then
 fi
 for f in "${modules[@]}"; do cp "$f" "$COLLECTION/plugins/modules/"; done
 for f in "${utils[@]}"; do cp "$f" "$COLLECTION/plugins/module_utils/"; done
+for f in "${fragments[@]}"; do cp "$f" "$COLLECTION/plugins/doc_fragments/"; done
+# Imports, and the doc fragments a module extends: `llmops` and `llmops.<part>` (plugins/doc_fragments/llmops.py,
+# its DOCUMENTATION and its <PART> variable) are `llmops.ops.llmops` and `llmops.ops.llmops.<part>` in the
+# collection. The fragment list is a YAML flow sequence, on one line or continued up to its `]`; in the copy
+# it takes a line per name (the longer names would pass pep8's line length).
 for f in "$COLLECTION"/plugins/modules/*.py "$COLLECTION"/plugins/module_utils/*.py; do
   [ -e "$f" ] || continue
   sed -i -E \
     -e 's/^(\s*)from ansible\.module_utils\.(llmops_[A-Za-z0-9_]+) import/\1from ansible_collections.llmops.ops.plugins.module_utils.\2 import/' \
     -e 's/^(\s*)import ansible\.module_utils\.(llmops_[A-Za-z0-9_]+)/\1import ansible_collections.llmops.ops.plugins.module_utils.\2/' \
+    -e '/^extends_documentation_fragment:/{' -e ':more' -e '/\]/!{N;b more' -e '}' \
+    -e 's/([[ ,])llmops(\.[a-z_]+)?([],])/\1llmops.ops.llmops\2\3/g' -e 's/,\s+(llmops\.ops\.)/,\n  \1/g' -e '}' \
     "$f"
 done
-echo "sanity: collection llmops.ops at ${COLLECTION#"$ROOT"/} with ${#modules[@]} module(s) and ${#utils[@]} module_utils"
+echo "sanity: collection llmops.ops at ${COLLECTION#"$ROOT"/} with ${#modules[@]} module(s), ${#utils[@]} module_utils" \
+  "and ${#fragments[@]} doc fragment file(s)"
 
 # ansible-test lists the collection's files with git (a plain tree inside this ignored .state/ would
 # show up as empty), so the tree is its own small git repository.

@@ -1,4 +1,4 @@
-"""Tests of module_utils/llmops_backupset.py: layout, SHA256SUMS, finalize, latest, verify, lock."""
+"""Tests of module_utils/llmops_backupset.py: layout, SHA256SUMS, finalize, latest, verify."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 
 import pytest
 
@@ -126,20 +125,6 @@ def test_verify_detects_manifest_tampering(tmp_path):
     text = open(mpath).read().replace('"success"', '"succes2"', 1)
     open(mpath, "w").write(text)
     assert bs.verify_set(path)["mismatched"] == ["backup_manifest.json"]
-
-
-def test_lock_excludes_second_holder(tmp_path):
-    with bs.SetLock(tmp_path) as lock:
-        assert open(lock.path).read().strip() == str(os.getpid())
-        code = "import sys; from module_utils import llmops_backupset as b; b.SetLock(sys.argv[1]).acquire()"
-        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert other.returncode != 0
-        assert f"another backup run holds {tmp_path}/.lock (pid {os.getpid()})" in other.stderr
-    with bs.SetLock(tmp_path):
-        pass
-    held = subprocess.run(["flock", "-n", str(tmp_path / ".lock"), "true"])
-    assert held.returncode == 0
 
 
 def test_symbolic_links_are_recorded_by_target_and_verified(tmp_path):
