@@ -7,7 +7,7 @@ a file system that refuses) with ``fail_json``; anything else (``KeyError``, ``T
 bug and keeps its traceback.
 
 Options: each ``*_argument_spec`` below has a doc fragment of the same name in
-``plugins/doc_fragments/llmops.py`` (``extends_documentation_fragment: [llmops.connection]`` and so
+``module_utils/doc_fragments/llmops.py`` (``extends_documentation_fragment: [llmops.connection]`` and so
 on), so an option's name, type, default and text are written once. Connection options are the same
 for every store: ``login_host``, ``login_port``, ``login_user``, ``login_password``,
 ``login_unix_socket``, and ``container`` / ``container_user`` for where the store's tools run. The
@@ -33,7 +33,7 @@ class InvalidValueError(LlmopsError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# argument specs (the doc fragment of each is plugins/doc_fragments/llmops.py, upper-cased name)
+# argument specs (the doc fragment of each is module_utils/doc_fragments/llmops.py, upper-cased name)
 
 # Where each store's tools run and how they log in, by default (fragments llmops.mariadb, .postgres, .redis).
 STORE_DEFAULTS = {

@@ -3,7 +3,7 @@
 #
 # ansible-test only runs from inside ansible_collections/<namespace>/<name>/, so this builds a
 # throw-away collection llmops.ops under .state/sanity/ from copies of those files and of the shared
-# option texts (plugins/doc_fragments/, which ansible.cfg's doc_fragment_plugins points ansible-doc at),
+# option texts (module_utils/doc_fragments/, which ansible.cfg's doc_fragment_plugins points ansible-doc at),
 # with the `ansible.module_utils.llmops_*` imports and the `extends_documentation_fragment: [llmops...]`
 # names rewritten to the collection's (`llmops.ops.llmops...`), and runs `ansible-test sanity` there.
 # Exit status is non-zero on any finding.
@@ -84,7 +84,7 @@ printf '%s\n' '/tests/output/' > "$COLLECTION/.gitignore"
 shopt -s nullglob
 modules=(library/*.py)
 utils=(module_utils/*.py)
-fragments=(plugins/doc_fragments/*.py)
+fragments=(module_utils/doc_fragments/*.py)
 shopt -u nullglob
 if [ ${#modules[@]} -eq 0 ] && [ ${#utils[@]} -eq 0 ]; then
   echo "sanity: nothing to check (no library/*.py, no module_utils/*.py)"
@@ -93,7 +93,7 @@ fi
 for f in "${modules[@]}"; do cp "$f" "$COLLECTION/plugins/modules/"; done
 for f in "${utils[@]}"; do cp "$f" "$COLLECTION/plugins/module_utils/"; done
 for f in "${fragments[@]}"; do cp "$f" "$COLLECTION/plugins/doc_fragments/"; done
-# Imports, and the doc fragments a module extends: `llmops` and `llmops.<part>` (plugins/doc_fragments/llmops.py,
+# Imports, and the doc fragments a module extends: `llmops` and `llmops.<part>` (module_utils/doc_fragments/llmops.py,
 # its DOCUMENTATION and its <PART> variable) are `llmops.ops.llmops` and `llmops.ops.llmops.<part>` in the
 # collection. The fragment list is a YAML flow sequence, on one line or continued up to its `]`; in the copy
 # it takes a line per name (the longer names would pass pep8's line length).

@@ -1,6 +1,6 @@
 """One interface for every module: shared argument specs and doc fragments, one error base, no KeyError messages.
 
-Checks module_utils/llmops_common.py, plugins/doc_fragments/llmops.py and the way library/*.py use them:
+Checks module_utils/llmops_common.py, module_utils/doc_fragments/llmops.py and the way library/*.py use them:
 every module's argument spec against its documentation as `ansible-doc` builds it (fragments merged, through
 ansible.cfg's doc_fragment_plugins), the same connection options for every store, the old option names as
 aliases, and failures that say what to do instead of `failed: 'mariadb'`.
