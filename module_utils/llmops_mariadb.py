@@ -530,18 +530,43 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
             pass
     reached = None
     events = 0
-    with open(sql, "rb") as handle:
-        for line in handle:
+    safe = sql + ".safe"
+    with open(sql, "rb") as handle, open(safe, "wb") as out:
+        for line in comment_name_continuations(handle):
+            out.write(line)
             stamp = _event_time(line)
             if stamp:
                 reached = stamp
                 events += 1
+    os.replace(safe, sql)
     env = _env(password)
     # --binary-mode: the decoded log holds names and values verbatim; without it the client would read a
     # backslash in them as one of its own commands
     decompress_to(sql, target.argv(client_argv(conn, "--binary-mode"), env_names=env.keys(), interactive=True),
                   compressed=False, env=env, timeout=timeout, consumer_name="mariadb (replay)")
     return {"reached": reached, "events": events, "archive_end": archive_end}
+
+
+_TABLE_MAP = b"\tTable_map: "
+
+
+def comment_name_continuations(lines):
+    """Yield ``mariadb-binlog`` output lines with the continuation lines of a comment commented out.
+
+    The decoder writes a row event's table as a comment (``#... Table_map: `db`.`t` mapped to number N``);
+    a name holding a newline continues that comment on lines without ``#``, which the client would
+    then read as SQL. Inside the comment the backticks of the quoted names are balanced (a backtick
+    in a name is doubled), so a comment whose backticks are unbalanced goes on until they are.
+    """
+    open_quote = False
+    for line in lines:
+        if open_quote:
+            open_quote = line.count(b"`") % 2 == 0
+            yield b"#" + line
+            continue
+        if line.startswith(b"#") and _TABLE_MAP in line:
+            open_quote = line.split(_TABLE_MAP, 1)[1].count(b"`") % 2 == 1
+        yield line
 
 
 _EVENT_RE = re.compile(rb"^#(\d{6}) +(\d{1,2}:\d\d:\d\d) ")

@@ -5,7 +5,7 @@ format (`mariadb --batch --skip-column-names`), built here from the names."""
 from __future__ import annotations
 
 import pytest
-from ansible.module_utils.llmops_mariadb import client_argv, fingerprint, unescape_batch
+from ansible.module_utils.llmops_mariadb import client_argv, comment_name_continuations, fingerprint, unescape_batch
 
 NAMES = [
     ("app", "users"),
@@ -60,3 +60,19 @@ def test_fingerprint_reads_any_name_exactly():
 
 def test_every_client_session_is_utf8mb4():
     assert "--default-character-set=utf8mb4" in client_argv({"host": "db", "port": 3306})
+
+
+def test_a_table_map_comment_continued_by_a_newline_in_a_name_stays_a_comment():
+    # mariadb-binlog's own output for a row event on `db`.`a ``b``\nc` (a real decode, shortened)
+    lines = [b"# at 1006\n",
+             b"#261201  5:58:57 server id 1  end_log_pos 1190 CRC32 0x6cb12848 \tTable_map: `db`.`a ``b`` \\\\ x\n",
+             b"y` mapped to number 22\n",
+             b"# at 1190\n",
+             b"BINLOG '\n"]
+    out = list(comment_name_continuations(lines))
+    assert out[2] == b"#y` mapped to number 22\n"
+    assert out[:2] == lines[:2] and out[3:] == lines[3:]
+    # a name without a newline leaves everything as it was
+    plain = [b"#261201  5:58:57 server id 1  end_log_pos 1 CRC32 0x0 \tTable_map: `db`.`t` mapped to number 1\n",
+             b"BINLOG '\n"]
+    assert list(comment_name_continuations(plain)) == plain
