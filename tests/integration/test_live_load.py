@@ -174,7 +174,7 @@ def restored(lab, stores) -> dict[str, list[int]]:
         value = lab.exec("redis", "redis-cli", "-n", str(REDIS_DB), "--raw", "GET", f"{REDIS_PREFIX}{n}",
                          env={"REDISCLI_AUTH": lab.secret("redis_password")}).stdout.decode()
         assert value == VALUE.format(tag=TAG) + str(n) + "\n"
-    points = stores["qdrant"].scroll_all(QDRANT_COLLECTION, with_vector=False)
+    points = list(stores["qdrant"].scroll_all(QDRANT_COLLECTION, with_vector=False))
     assert all(p["payload"] == {"n": p["id"], "text": VALUE.format(tag=TAG)} for p in points)
     found["qdrant"] = sorted(p["id"] for p in points)
     files = sorted(stores["uploads"].iterdir()) if stores["uploads"].exists() else []

@@ -63,7 +63,7 @@ def test_redis_persistence(host):
 
 def test_backup_schedule_installed(host):
     cron = host.file("/etc/cron.d/llmops-backup").content_string
-    assert cron.count("#Ansible: llmops ") == 9
+    assert cron.count("#Ansible: llmops ") == 10  # the jobs of roles/backup_schedule (README: Schedules)
     assert host.service("cron").is_running
 
 
