@@ -4,7 +4,6 @@ fingerprint equals the source's and the manifest's, and archived binary logs tha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import subprocess
@@ -12,34 +11,12 @@ import time
 
 import pytest
 from ansible.module_utils.llmops_exec import ExecTarget
-from ansible.module_utils.llmops_mariadb import fingerprint
+from ansible.module_utils.llmops_mariadb import SCRATCH_SOCKET, fingerprint, scratch_server
 
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.lab
 IMAGE = "llmops-lab/mariadb:10.11"
-
-
-@contextlib.contextmanager
-def scratch_server(host_dir, datadir):
-    """A throw-away mariadbd on a restored datadir (inside host_dir, mounted at /restore)."""
-    name = f"test-mb-{secrets.token_hex(4)}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{host_dir}:/restore", "--entrypoint", "mariadbd",
-                    IMAGE, "--user=root", f"--datadir=/restore/{datadir}", "--skip-networking",
-                    "--socket=/run/mysqld/mysqld.sock", "--skip-log-bin"], check=True, capture_output=True)
-    try:
-        target = ExecTarget(name)
-        for _ in range(60):
-            if subprocess.run(["docker", "exec", name, "mariadb-admin", "ping", "--silent"],
-                              capture_output=True).returncode == 0:
-                break
-            time.sleep(1)
-        else:
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-            raise AssertionError(f"restored server did not start: {logs.stderr[-2000:]}")
-        yield target
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
 def in_tools(host_dir, script):
@@ -113,9 +90,10 @@ def test_full_and_incremental_restore_with_bare_tools_to_equal_data(lab, own_db,
                    "zstd -dc /restore/incr.zst | mbstream -x -C /restore/incr; "
                    "mariadb-backup --prepare --target-dir=/restore/full 2>&1 | tail -1; "
                    "mariadb-backup --prepare --target-dir=/restore/full --incremental-dir=/restore/incr 2>&1 | tail -1")
-    with scratch_server(work, "full") as restored:
-        assert fingerprint(restored, {"user": "root"}) == ientry["fingerprint"]
-        rows = restored.text(["mariadb", "--default-character-set=utf8mb4", "-N", "-e",
+    # a throw-away server of the same image on the prepared datadir (no network, no grants)
+    with scratch_server(IMAGE, str(work / "full")) as restored:
+        assert fingerprint(restored, {"user": "root", "socket": SCRATCH_SOCKET}) == ientry["fingerprint"]
+        rows = restored.text(["mariadb", "--default-character-set=utf8mb4", f"--socket={SCRATCH_SOCKET}", "-N", "-e",
                               f"SELECT v FROM {own_db}.t WHERE id IN (1, 1500) ORDER BY id"])
         assert rows.splitlines() == ["changed ✓", "incremental"]
 
