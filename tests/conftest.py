@@ -166,3 +166,25 @@ def run_module(module: str, args: dict, *, check_mode: bool = False, inventory: 
     except (ValueError, KeyError, IndexError) as exc:
         raise AssertionError(f"cannot read the result of {module}: {proc.stdout[-3000:]} "
                              f"{proc.stderr[-3000:]}") from exc
+
+
+def make_set(root: Path, components: dict, name: str = "t") -> dict:
+    """A finalized backup set written by the real modules, as backup.yml writes one.
+
+    ``components`` is ``{component: (module, args)}``; each module gets ``dest`` in the set's folder.
+    Returns backup_set's finalize result (``path``, ``set_id``, ``manifest``...) plus ``results``: each
+    module's own result.
+    """
+    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": name})
+    assert not begin.get("failed"), begin.get("msg")
+    results = {}
+    for component, (module, args) in components.items():
+        result = run_module(module, {"dest": f"{begin['path']}/{component}", **args})
+        assert not result.get("failed"), result.get("msg")
+        added = run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
+                                          "component": component, "data": result["component"]})
+        assert not added.get("failed"), added.get("msg")
+        results[component] = result
+    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
+    assert final.get("status") == "success", final
+    return {**final, "results": results}

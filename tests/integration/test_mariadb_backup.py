@@ -13,7 +13,7 @@ import pytest
 from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_mariadb import SCRATCH_SOCKET, fingerprint, scratch_server
 
-from tests.conftest import run_module
+from tests.conftest import make_set, run_module
 
 pytestmark = pytest.mark.lab
 IMAGE = "llmops-lab/mariadb:10.11"
@@ -40,17 +40,9 @@ def own_db(lab):
 
 
 def backup_into_set(root, backup_type):
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "mb"})
-    assert not begin.get("failed"), begin
-    result = run_module("mariadb_backup", {"backup_type": backup_type, "dest": begin["path"] + "/mariadb",
-                                           "backup_root": str(root)})
-    assert not result.get("failed"), result.get("msg")
-    rec = run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                                    "component": "mariadb", "data": result["component"]})
-    assert not rec.get("failed"), rec
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
-    return result, final
+    final = make_set(root, {"mariadb": ("mariadb_backup", {"backup_type": backup_type, "backup_root": str(root)})},
+                     "mb")
+    return final["results"]["mariadb"], final
 
 
 def test_full_and_incremental_restore_with_bare_tools_to_equal_data(lab, own_db, tmp_path):

@@ -29,7 +29,7 @@ from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_postgres import PostgresError, parse_setval, split_sql
 from ansible.module_utils.llmops_postgres_restore import component_artefacts, safety_name, tolerant_globals
 
-from tests.conftest import run_module, run_playbook
+from tests.conftest import make_set, run_module, run_playbook
 
 pytestmark = pytest.mark.lab
 PG = "llmops-appdb-postgres-1"
@@ -202,18 +202,6 @@ def roles_state(names: Names) -> dict:
              WHERE strpos(r.rolname, {tok}) > 0 OR strpos(m.rolname, {tok}) > 0))""")
 
 
-def make_set(root: Path, args: dict) -> dict:
-    """A finalized set holding the postgres component that the real module writes with ``args``."""
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "names"})
-    result = run_module("postgres_backup", {"dest": f"{begin['path']}/postgres", **args})
-    assert not result.get("failed"), result.get("msg")
-    run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                              "component": "postgres", "data": result["component"]})
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
-    return final
-
-
 def unzstd(path: Path) -> bytes:
     return subprocess.run(["zstd", "-q", "-d", "-c", str(path)], capture_output=True, check=True).stdout
 
@@ -276,7 +264,7 @@ COMMENT ON ROLE {role} IS {ql(ALL_HOSTILE)};""")
 
     root = tmp_path / "backups"
     t0 = time.monotonic()
-    final = make_set(root, {"databases": dbs, "plain_sql": True})
+    final = make_set(root, {"postgres": ("postgres_backup", {"databases": dbs, "plain_sql": True})})
     backup_s = time.monotonic() - t0
     set_path = Path(final["path"])
     entry = final["manifest"]["components"]["postgres"]
@@ -432,8 +420,8 @@ def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(n
     try:
         time.sleep(0.5)
         # the directory format: pg_dump --jobs workers share the exported snapshot
-        final = make_set(tmp_path / "backups", {"databases": [db], "globals": False, "format": "directory",
-                                                "jobs": 2})
+        final = make_set(tmp_path / "backups", {"postgres": ("postgres_backup", {
+            "databases": [db], "globals": False, "format": "directory", "jobs": 2})})
         time.sleep(0.5)
     finally:
         writer.stop()

@@ -34,7 +34,7 @@ from ansible.module_utils.llmops_files import tree_hash
 from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
 from ansible.module_utils.llmops_qdrant_backup import canonical_vector, snapshot_fingerprint
 
-from tests.conftest import run_module
+from tests.conftest import make_set, run_module
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -117,21 +117,6 @@ def describe(root: Path, modes: bool = True) -> dict:
             else:
                 out[os.path.relpath(full, root)] = ("f", mode, Path(full).read_bytes())
     return out
-
-
-def make_set(root: Path, components: dict) -> Path:
-    """A finalized set under ``root`` holding ``{component: (module, args)}`` backups; returns its path."""
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "names"})
-    assert not begin.get("failed"), begin.get("msg")
-    for component, (module, args) in components.items():
-        result = run_module(module, {"dest": f"{begin['path']}/{component}", **args})
-        assert not result.get("failed"), result.get("msg")
-        added = run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                                          "component": component, "data": result["component"]})
-        assert not added.get("failed"), added.get("msg")
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final.get("status") == "success", final
-    return Path(final["path"])
 
 
 def check_inside(set_path: Path) -> dict:
@@ -228,6 +213,11 @@ def require_unicode_snapshot_names(lab, qdrant, qdrant_url, tok, folder: Path):
         qdrant.delete_snapshot(probe, snap["name"])
 
 
+def set_folder(root: Path, components: dict) -> Path:
+    """The folder of a finalized set holding ``components`` (tests/conftest.make_set)."""
+    return Path(make_set(root, components, "names")["path"])
+
+
 def test_hostile_names_back_up_and_restore_exactly(lab, qdrant, qdrant_url, tmp_path):
     tok = secrets.token_hex(4)
     require_unicode_snapshot_names(lab, qdrant, qdrant_url, tok, tmp_path)
@@ -259,7 +249,7 @@ def test_hostile_names_back_up_and_restore_exactly(lab, qdrant, qdrant_url, tmp_
               "models": describe(models), "etc": describe(etc), "single": describe(single.parent)[single.name]}
 
     root = tmp_path / "backups"
-    set_path = make_set(root, {
+    set_path = set_folder(root, {
         "qdrant": ("qdrant_backup", {"url": qdrant_url, "api_key": "{{ qdrant_api_key }}", "collections": names}),
         "uploads": ("files_backup", {"mode": "tree", "src": str(uploads), "backup_root": str(root)}),
         "models": ("files_backup", {"mode": "models", "src": str(models), "backup_root": str(root)}),
@@ -381,7 +371,7 @@ def test_qdrant_writer_during_backup(lab, qdrant, qdrant_url, tmp_path):
     backup_point = time.monotonic()
     root = tmp_path / "backups"
     try:
-        set_path = make_set(root, {"qdrant": ("qdrant_backup", {"url": qdrant_url, "api_key": "{{ qdrant_api_key }}",
+        set_path = set_folder(root, {"qdrant": ("qdrant_backup", {"url": qdrant_url, "api_key": "{{ qdrant_api_key }}",
                                                                 "collections": [name]})})
     finally:
         writer.stop()
@@ -430,7 +420,7 @@ def test_uploads_writer_during_backup(tmp_path):
     backup_point = time.monotonic()
     root = tmp_path / "backups"
     try:
-        set_path = make_set(root, {"uploads": ("files_backup", {"mode": "tree", "src": str(uploads),
+        set_path = set_folder(root, {"uploads": ("files_backup", {"mode": "tree", "src": str(uploads),
                                                                 "backup_root": str(root)})})
     finally:
         writer.stop()

@@ -35,7 +35,7 @@ from ansible.module_utils.llmops_redis import (
     summarize,
 )
 
-from tests.conftest import redis_safety_copies, run_module, run_playbook
+from tests.conftest import make_set, redis_safety_copies, run_module, run_playbook
 from tests.integration.test_redis_backup import bare_server, throwaway_server
 
 pytestmark = pytest.mark.lab
@@ -243,20 +243,14 @@ def own_prefix(lab):
     delete_own_keys(lab, prefix)
 
 
-def make_set(root):
+def redis_set(root):
     """A finalized backup set holding Redis, made by the real modules; returns (set path, component entry)."""
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "hn"})
     t0 = time.monotonic()
-    result = run_module("redis_backup", {"dest": f"{begin['path']}/redis", "password": "{{ redis_password }}"})
+    final = make_set(root, {"redis": ("redis_backup", {"password": "{{ redis_password }}"})}, "hn")
     seconds = time.monotonic() - t0
-    assert not result.get("failed"), result.get("msg")
-    run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                              "component": "redis", "data": result["component"]})
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
     comp = final["manifest"]["components"]["redis"]
-    print(f"redis_backup: {seconds:.1f} s through ansible, {comp['duration_s']} s in the module, of which the "
-          f"scratch fingerprint {comp['fingerprint_detail']['seconds']} s")
+    print(f"redis_backup: {seconds:.1f} s through ansible (with the set's steps), {comp['duration_s']} s in the "
+          f"module, of which the scratch fingerprint {comp['fingerprint_detail']['seconds']} s")
     return root / final["set_id"], comp
 
 
@@ -303,7 +297,7 @@ def test_hostile_names_survive_backup_and_restore(lab, hostile, redis_copies, tm
             pttl = original[db][key][2]
             assert (pttl == -1) if ttl is None else (0 < pttl <= ttl), (key, pttl, ttl)
 
-    set_path, comp = make_set(root)
+    set_path, comp = redis_set(root)
     detail = comp["fingerprint_detail"]
     assert {str(db) for db in DBS} <= set(comp["fingerprint"])
     for db in DBS:
@@ -434,7 +428,7 @@ def test_concurrent_writes_the_backup_is_its_artefact(lab, own_prefix, redis_cop
     writer.start()
     try:
         time.sleep(1)
-        set_path, comp = make_set(root)
+        set_path, comp = redis_set(root)
         time.sleep(0.5)
     finally:
         writer.stop.set()

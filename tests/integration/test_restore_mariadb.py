@@ -14,7 +14,7 @@ import pytest
 from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_mariadb import fingerprint
 
-from tests.conftest import run_module, run_playbook
+from tests.conftest import make_set, run_module, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -25,15 +25,7 @@ def started_at(container: str) -> str:
 
 
 def backup_set_with_mariadb(root) -> dict:
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "rt"})
-    result = run_module("mariadb_backup", {"backup_type": "full", "dest": begin["path"] + "/mariadb",
-                                           "backup_root": str(root)})
-    assert not result.get("failed"), result.get("msg")
-    run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                              "component": "mariadb", "data": result["component"]})
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
-    return final
+    return make_set(root, {"mariadb": ("mariadb_backup", {"backup_type": "full", "backup_root": str(root)})})
 
 
 def restore(root, *extra: str, check: bool = False):

@@ -15,7 +15,7 @@ from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_postgres import fingerprint as pg_fingerprint
 from ansible.module_utils.llmops_redis import fingerprint as redis_fingerprint
 
-from tests.conftest import redis_safety_copies, run_module, run_playbook
+from tests.conftest import make_set, redis_safety_copies, run_playbook
 
 pytestmark = pytest.mark.lab
 PG = ExecTarget("llmops-appdb-postgres-1", "postgres")
@@ -97,19 +97,6 @@ def assert_same_keys(before, after):
             assert r_pttl == pttl, key
         else:
             assert 0 < r_pttl <= pttl and pttl - r_pttl < TTL_TOLERANCE_MS, (key, pttl, r_pttl)
-
-
-def make_set(root, components):
-    """A finalized backup set with ``components`` ({name: (module, args)})."""
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "rs"})
-    for name, (module, args) in components.items():
-        result = run_module(module, {"dest": f"{begin['path']}/{name}", **args})
-        assert not result.get("failed"), result.get("msg")
-        run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                                  "component": name, "data": result["component"]})
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
-    return final
 
 
 REDIS_BACKUP = ("redis_backup", {"password": "{{ redis_password }}"})

@@ -18,24 +18,11 @@ import pytest
 from ansible.module_utils.llmops_files import tree_hash
 from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
 
-from tests.conftest import LAB_STATE, run_module, run_playbook
+from tests.conftest import LAB_STATE, make_set, run_module, run_playbook
 
 pytestmark = pytest.mark.lab
 
 DIM = 8
-
-
-def make_set(root, components: dict) -> dict:
-    """A finalized set under ``root`` holding the given ``{component: (module, args)}`` backups."""
-    begin = run_module("backup_set", {"command": "begin", "root": str(root), "name": "rq"})
-    for component, (module, args) in components.items():
-        result = run_module(module, {"dest": f"{begin['path']}/{component}", **args})
-        assert not result.get("failed"), result.get("msg")
-        run_module("backup_set", {"command": "component", "root": str(root), "path": begin["path"],
-                                  "component": component, "data": result["component"]})
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
-    assert final["status"] == "success", final
-    return final
 
 
 def restore(root, components: str, extra_vars: dict | None = None, *args: str):
