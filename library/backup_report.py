@@ -98,7 +98,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import read_json, write_file_atomic
-from ansible.module_utils.llmops_report import STATE_FILE, alerts, metrics, storage, summary_rows, table, update_state
+from ansible.module_utils.llmops_layout import layout_path
+from ansible.module_utils.llmops_report import alerts, metrics, storage, summary_rows, table, update_state
 
 
 def main():
@@ -122,7 +123,7 @@ def main():
         disk = storage(p["root"])
         if module.check_mode:
             try:
-                state = read_json(os.path.join(p["root"], STATE_FILE))
+                state = read_json(layout_path(p["root"], "state_file"))
             except (OSError, ValueError):
                 state = {}
         else:

@@ -33,8 +33,8 @@ options:
         C(rto_target_seconds), C(rpo_target_seconds) and C(project_prefix).
     type: dict
     required: true
-  binlog_dir:
-    description: The MariaDB binary log archive, whose newest log can make the RPO shorter.
+  backup_root:
+    description: The backup root, whose MariaDB binary log archive (C(<backup_root>/binlogs)) can make the RPO shorter.
     type: path
   metrics_path:
     description: The C(.prom) file for the node_exporter textfile collector.
@@ -58,6 +58,7 @@ report:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_drill import build_report, newest_binlog_time, write_report
+from ansible.module_utils.llmops_layout import layout_path
 
 
 def main():
@@ -65,14 +66,14 @@ def main():
         argument_spec=dict(
             reports_dir=dict(type="path", required=True),
             drill=dict(type="dict", required=True),
-            binlog_dir=dict(type="path"),
+            backup_root=dict(type="path"),
             metrics_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     drill = dict(p["drill"])
-    drill["binlog_time"] = newest_binlog_time(p["binlog_dir"])
+    drill["binlog_time"] = newest_binlog_time(layout_path(p["backup_root"], "binlogs")) if p["backup_root"] else None
     try:
         if module.check_mode:
             report = build_report(drill)

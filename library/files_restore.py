@@ -12,20 +12,20 @@ module: files_restore
 short_description: Restore the uploads tree, model versions or configuration files from a backup set
 description:
   - The counterpart of C(files_backup). Every change to a live path is written to a journal in O(staging) first,
-    so that O(step=rollback) undoes exactly what O(step=restore) did; O(step=cleanup) removes the staging folder
+    so that O(step=rollback) undoes exactly what O(step=swap) did; O(step=cleanup) removes the staging folder
     and, unless O(keep_safety_copy), the safety copies.
   - O(mode=tree) (uploads) checks the set's tree against the tree hash in the manifest (or unpacks the full archive
-    when the tree is gone), moves O(path) aside as C(<path><safety_suffix>), copies the tree into place with
+    when the tree is gone), moves O(path) aside as C(<path>.<safety_tag>), copies the tree into place with
     C(rsync -a --numeric-ids) and checks that the result has the manifest's tree hash.
   - O(mode=models) copies the chosen version of each model (O(model_version); default every version the set
     references) from the content-addressed store into a hidden temp folder next to C(<path>/<model>/<version>),
     checks every file's sha256 against the store's record, swaps it in (a different copy already there is kept
-    as C(.<version><safety_suffix>); an equal one is left as it is) and points C(current) at it (by default the
+    as C(.<version>.<safety_tag>); an equal one is left as it is) and points C(current) at it (by default the
     links as the set recorded them). When any check fails, every folder and link is put back as it was (the
     previous C(current) target). Other versions in O(path) are left alone. Restored files are 0644, folders 0755.
   - O(mode=configs) checks out O(commit) (default the set's) of the config history
     (C(<backup_root>/configs.git-worktree)) into a temp worktree and copies every path the set recorded back to
-    its absolute path, or under O(dest_root); the replaced file or folder is kept as C(<path><safety_suffix>)
+    its absolute path, or under O(dest_root); the replaced file or folder is kept as C(<path>.<safety_tag>)
     and the owners of its files are kept. With the set's own commit, what Git does not keep (every file's and
     folder's mode, empty folders, from C(configs_commit.json)) is put back and each path is checked against the
     fingerprint of the backup's copy (kind, mode, tree hash with modes); with another O(commit) (or a set written
@@ -35,7 +35,7 @@ description:
     inside it; model, version and link names single file names; store entries C(models/<model>/<version>-<hash12>);
     config paths absolute and normalised; the config history is always the one under O(backup_root); a commit can
     never be taken for an option.
-extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix]
+extends_documentation_fragment: [llmops, llmops.restore]
 attributes:
   check_mode:
     support: full
@@ -50,12 +50,14 @@ options:
     choices: [tree, models, configs]
     required: true
   step:
-    description: V(restore), V(rollback) (undo what the journal in O(staging) records) or V(cleanup).
-    choices: [restore, rollback, cleanup]
-    default: restore
+    description:
+      - V(swap) (checks the set, keeps the safety copy, puts the set's files in place and checks them),
+        V(rollback) (undo what the journal in O(staging) records) or V(cleanup).
+    choices: [swap, rollback, cleanup]
+    default: swap
     required: false
   set_path:
-    description: The set to restore from (the plan of C(restore_plan) names it). Required for O(step=restore).
+    description: The set to restore from (the plan of C(restore_plan) names it). Required for O(step=swap).
     required: false
   component:
     description: The component name in the set's manifest. Defaults to V(uploads), V(models) or V(configs) by O(mode).
@@ -87,7 +89,7 @@ EXAMPLES = r"""
     set_path: "{{ plan.plan.set_path }}"
     path: /srv/llmops/appdb/uploads
     staging: /backup/.restore/uploads
-    safety_suffix: ".pre-restore-20260131_101500"
+    safety_tag: pre-restore-20260131_101500
 
 - name: Bring model llm back to v1 and point current at it
   files_restore:
@@ -115,34 +117,34 @@ EXAMPLES = r"""
 RETURN = r"""
 path:
   description: The restored uploads folder (O(mode=tree)).
-  returned: when O(mode=tree) and O(step=restore)
+  returned: when O(mode=tree) and O(step=swap)
   type: str
 safety_copy:
   description: Where the previous uploads folder was moved (null when there was none).
-  returned: when O(mode=tree) and O(step=restore)
+  returned: when O(mode=tree) and O(step=swap)
   type: str
 tree_sha256:
   description: The tree hash of the restored uploads, equal to the manifest's (O(mode=tree)).
-  returned: when O(mode=tree) and O(step=restore)
+  returned: when O(mode=tree) and O(step=swap)
   type: str
 models:
   description: Per model the versions C(copied) and C(unchanged), and the C(links) changed (C(before), C(after)).
-  returned: when O(mode=models) and O(step=restore)
+  returned: when O(mode=models) and O(step=swap)
   type: dict
   sample: {llm: {copied: [v1], unchanged: [], links: {current: {before: v2, after: v1}}}}
 commit:
   description: The full commit restored (O(mode=configs)).
-  returned: when O(mode=configs) and O(step=restore)
+  returned: when O(mode=configs) and O(step=swap)
   type: str
 restored:
   description: The config paths restored, each with C(dest), C(safety_copy), C(sha256) and C(checked_against)
     (V(fingerprint) of the backup's copy, or V(checkout) of another commit); only C(dest) in check mode.
-  returned: when O(mode=configs) and O(step=restore)
+  returned: when O(mode=configs) and O(step=swap)
   type: list
   elements: raw
 not_in_commit:
   description: Recorded config paths that the commit does not hold (left alone).
-  returned: when O(mode=configs) and O(step=restore)
+  returned: when O(mode=configs) and O(step=swap)
   type: list
   elements: str
 rolled_back:
@@ -161,7 +163,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import load_component
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_common import argument_spec, run_restore_step, safety_tag
 from ansible.module_utils.llmops_files_restore import (
     Journal,
     cleanup,
@@ -178,8 +180,7 @@ DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            restore=dict(steps=["restore", "rollback", "cleanup"], default_step="restore",
-                         safety_suffix=".pre-restore"),
+            restore=dict(steps=["swap", "rollback", "cleanup"], default_step="swap"),
             mode=dict(type="str", required=True, choices=["tree", "models", "configs"]),
             component=dict(type="str"),
             path=dict(type="path"),
@@ -188,39 +189,39 @@ def main():
             commit=dict(type="str"),
             dest_root=dict(type="path"),
         ),
-        required_if=[("step", "restore", ["set_path"])],
+        required_if=[("step", "swap", ["set_path"]), ("mode", "tree", ["path"]), ("mode", "models", ["path"])],
         supports_check_mode=True,
     )
-    p = module.params
-    mode, step, check = p["mode"], p["step"], module.check_mode
-    try:
-        if step == "cleanup":
-            removed = cleanup(p["staging"], p["keep_safety_copy"], dry_run=check)
-            module.exit_json(changed=bool(removed), removed=removed)
-        if step == "rollback":
-            journal = Journal.load(p["staging"])
-            if check:
-                module.exit_json(changed=bool(journal.entries), rolled_back=[e["path"] for e in journal.entries])
-            rolled_back = undo(journal)
-            module.exit_json(changed=bool(rolled_back), rolled_back=rolled_back)
+
+    def swap(p, check):
+        mode = p["mode"]
         if not check:
             Journal(p["staging"]).save()  # a new restore: a rollback undoes this run's changes only
         entry = load_component(p["set_path"], p["component"] or DEFAULT_COMPONENT[mode])
         backup_root = p["backup_root"] or os.path.dirname(os.path.abspath(p["set_path"]))
-        suffix = p["safety_suffix"]
-        if mode in ("tree", "models") and not p["path"]:
-            module.fail_json(msg="mode=%s needs path" % mode)
+        suffix = "." + safety_tag(p)
         if mode == "tree":
-            module.exit_json(**restore_tree(p["set_path"], entry, p["path"], p["staging"], suffix, check_mode=check))
+            return restore_tree(p["set_path"], entry, p["path"], p["staging"], suffix, check_mode=check)
         if mode == "models":
             plan = models_plan(p["set_path"], entry, backup_root, os.path.abspath(p["path"]), p["model_version"])
             changes = restore_models(plan, p["staging"], suffix, check_mode=check)
-            changed = any(m["copied"] or m["links"] for m in changes.values())
-            module.exit_json(changed=changed, models=changes)
-        module.exit_json(**restore_configs(p["set_path"], entry, backup_root, p["staging"], suffix, commit=p["commit"],
-                                           dest_root=p["dest_root"], check_mode=check))
-    except (LlmopsError, OSError) as exc:
-        module.fail_json(msg="files restore (mode=%s, step=%s) failed: %s" % (mode, step, exc))
+            return dict(changed=any(m["copied"] or m["links"] for m in changes.values()), models=changes)
+        return restore_configs(p["set_path"], entry, backup_root, p["staging"], suffix, commit=p["commit"],
+                               dest_root=p["dest_root"], check_mode=check)
+
+    def rollback(p, check):
+        journal = Journal.load(p["staging"])
+        if check:
+            return dict(changed=bool(journal.entries), rolled_back=[e["path"] for e in journal.entries])
+        rolled_back = undo(journal)
+        return dict(changed=bool(rolled_back), rolled_back=rolled_back)
+
+    def cleanup_step(p, check):
+        removed = cleanup(p["staging"], p["keep_safety_copy"], dry_run=check)
+        return dict(changed=bool(removed), removed=removed)
+
+    run_restore_step(module, "files (mode=%s)" % module.params["mode"],
+                     dict(swap=swap, rollback=rollback, cleanup=cleanup_step))
 
 
 if __name__ == "__main__":

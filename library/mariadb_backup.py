@@ -19,12 +19,12 @@ description:
     recorded, as are the binary log file, position and GTID of the backup.
   - The entry holds a data fingerprint (row count and C(CHECKSUM TABLE) of every table, counts of views,
     routines and triggers) that a restore is verified against. It is taken from the artefact itself. The
-    backup (with its chain, for an incremental) is prepared in a staging folder and read by a throw-away,
+    backup (with its chain, for an incremental) is prepared in C(<backup_root>/.staging/) and read by a throw-away,
     network-less server of the server's own image, so it describes the backup's consistent point however
     busy the live server is. Names are read as C(HEX) in a utf8mb4 session, so any name the server allows works.
   - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
-    not yet archived into O(binlog_dir)), so that point-in-time restore is possible between backups. It
-    reports whether C(binlog_format) is ROW.
+    not yet archived into the archive C(<backup_root>/binlogs/)), so that point-in-time restore is possible
+    between backups. It reports whether C(binlog_format) is ROW.
 extends_documentation_fragment: [llmops, llmops.connection, llmops.mariadb, llmops.compression, llmops.timeout]
 attributes:
   check_mode:
@@ -52,10 +52,6 @@ options:
       - The folder holding the backup sets, where the base of an incremental is looked up.
     type: path
     required: true
-  binlog_dir:
-    description:
-      - Where O(backup_type=binlog) archives the logs. Defaults to C(<backup_root>/binlogs).
-    type: path
   binlog_keep_days:
     description:
       - With O(backup_type=prune), archived binary logs younger than this are kept (MISSION.md keeps 14 days).
@@ -72,11 +68,6 @@ options:
       - Without a container and without an image, the fingerprint is read from the live server after the stream
         (C(fingerprint_source=live-server)), which is exact only when nothing writes meanwhile.
     type: str
-  staging:
-    description:
-      - Folder where the artefact is prepared to be fingerprinted (removed afterwards). Defaults to
-        C(<backup_root>/.staging/mariadb-fingerprint-<pid>).
-    type: path
   parallel:
     description: Number of threads C(mariadb-backup) copies files with (C(--parallel)).
     type: int
@@ -142,6 +133,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError, argument_spec
 from ansible.module_utils.llmops_exec import connection_of
+from ansible.module_utils.llmops_layout import backup_layout
 from ansible.module_utils.llmops_mariadb import (
     archive_binlogs,
     backup,
@@ -160,10 +152,8 @@ def main():
             binlog_keep_days=dict(type="int", default=14),
             dest=dict(type="path"),
             backup_root=dict(type="path", required=True),
-            binlog_dir=dict(type="path"),
             full_interval_hours=dict(type="int", default=24),
             image=dict(type="str"),
-            staging=dict(type="path"),
             parallel=dict(type="int", default=2),
         ),
         required_if=[("backup_type", "auto", ["dest"]), ("backup_type", "full", ["dest"]),
@@ -172,14 +162,15 @@ def main():
     )
     p = module.params
     target, conn, password = connection_of(p)
+    layout = backup_layout(p["backup_root"])
     try:
         if p["backup_type"] == "prune":
-            pruned = prune_binlogs(p["backup_root"], p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs"),
+            pruned = prune_binlogs(p["backup_root"], layout["binlogs"],
                                    p["binlog_keep_days"], dry_run=module.check_mode)
             module.exit_json(changed=bool(pruned["deleted"]), backup_type="prune", binlog=pruned)
         info = server_info(target, conn, password)
         if p["backup_type"] == "binlog":
-            binlog_dir = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")
+            binlog_dir = layout["binlogs"]
             if module.check_mode:
                 module.exit_json(changed=True, backup_type="binlog", server=info,
                                  msg="would flush and archive the closed binary logs into %s" % binlog_dir)
@@ -200,7 +191,7 @@ def main():
         if not image:
             module.warn("no image to fingerprint the artefact with: the fingerprint is read from the live server "
                         "and a restore's verification is exact only if nothing wrote during the backup")
-        staging = p["staging"] or os.path.join(p["backup_root"], ".staging", "mariadb-fingerprint-%d" % os.getpid())
+        staging = os.path.join(layout["staging"], "mariadb-fingerprint-%d" % os.getpid())
         entry = backup(target, conn, p["dest"], backup_type=backup_type, base_set=base_set, base_entry=base_entry,
                        password=password, parallel=p["parallel"], zstd_level=p["zstd_level"],
                        zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None, backup_root=p["backup_root"],

@@ -16,7 +16,7 @@ description:
   - O(step=stage) unpacks the set's artefact and every incremental of its chain (checksums checked while they
     stream) into O(staging) and prepares them with C(mariadb-backup --prepare), in throw-away containers of the
     server's own image. The running server is not touched.
-  - O(step=swap) (server stopped) moves the datadir aside to C(<datadir><safety_suffix>), the safety copy, and
+  - O(step=swap) (server stopped) moves the datadir aside to C(<datadir>.<safety_tag>), the safety copy, and
     copies the prepared backup into an empty datadir (C(mariadb-backup --copy-back)), owned by O(owner).
   - O(step=replay) (server running) replays the archived binary logs from the backup's position up to
     O(target_time) and returns the point actually reached. It and O(step=verify) log in as O(login_user), over
@@ -25,8 +25,7 @@ description:
     backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base.
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
-extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix, llmops.connection, llmops.mariadb,
-                                 llmops.timeout]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.mariadb, llmops.timeout]
 attributes:
   check_mode:
     support: full
@@ -35,7 +34,7 @@ options:
   step:
     choices: [stage, swap, replay, verify, rollback, cleanup]
   backup_root:
-    description: The folder holding the backup sets (for the incremental chain).
+    description: The folder holding the backup sets (for the incremental chain) and the binary log archive.
     type: path
     required: true
   datadir:
@@ -51,9 +50,6 @@ options:
   target_time:
     description: For O(step=replay), the point in time to stop at (ISO 8601, UTC).
     type: str
-  binlog_dir:
-    description: The binary log archive. Defaults to C(<backup_root>/binlogs).
-    type: path
 """
 
 EXAMPLES = r"""
@@ -133,8 +129,16 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import diff_fingerprints, isoformat, load_component, parse_time
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_common import (
+    LlmopsError,
+    StepFailed,
+    argument_spec,
+    remove_paths,
+    run_restore_step,
+    safety_tag,
+)
 from ansible.module_utils.llmops_exec import connection_of
+from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_mariadb import (
     binlogs_to_replay,
     fingerprint,
@@ -149,87 +153,92 @@ from ansible.module_utils.llmops_mariadb import (
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            store="mariadb", default_timeout=0, restore=dict(
-                steps=["stage", "swap", "replay", "verify", "rollback", "cleanup"], safety_suffix=".pre-restore"),
+            store="mariadb", default_timeout=0,
+            restore=dict(steps=["stage", "swap", "replay", "verify", "rollback", "cleanup"]),
             backup_root=dict(type="path", required=True),
             datadir=dict(type="path"),
             image=dict(type="str"),
             owner=dict(type="str", default="999:999"),
             target_time=dict(type="str"),
-            binlog_dir=dict(type="path"),
         ),
         required_if=[("step", "swap", ["datadir"]), ("step", "rollback", ["datadir"]),
                      ("step", "replay", ["target_time"])],
         supports_check_mode=True,
     )
-    p = module.params
-    step = p["step"]
-    target, conn, password = connection_of(p)
-    timeout = p["timeout"] or None
-    safety = (p["datadir"] or "").rstrip("/") + p["safety_suffix"]
-    try:
-        if step == "stage":
-            chain = restore_chain(p["backup_root"], p["set_path"])
-            if module.check_mode:
-                module.exit_json(changed=True, chain=[c[0] for c in chain], msg="would unpack and prepare the chain")
-            image = p["image"] or target.image()
-            prepared = stage_restore(image, chain, os.path.join(p["staging"], "prepare"), timeout=timeout)
-            module.exit_json(changed=True, prepared=prepared, chain=[c[0] for c in chain], image=image)
-        if step == "swap":
-            prepared = os.path.join(p["staging"], "prepare", "0")
-            if not os.path.isdir(prepared):
-                module.fail_json(msg="nothing prepared in %s: run step=stage first" % prepared)
-            if module.check_mode:
-                module.exit_json(changed=True, safety_copy=safety, msg="would move %s aside and copy the backup in"
-                                 % p["datadir"])
-            image = p["image"] or target.image()
-            kept = swap_datadir(image, prepared, p["datadir"], p["safety_suffix"], owner=p["owner"])
-            module.exit_json(changed=True, safety_copy=kept)
-        if step == "replay":
-            target_time = parse_time(p["target_time"])
-            if module.check_mode:
-                module.exit_json(changed=True, msg="would replay binary logs up to %s" % isoformat(target_time))
-            binlog = load_component(p["set_path"], "mariadb").get("binlog") or {}
-            archive = p["binlog_dir"] or os.path.join(p["backup_root"], "binlogs")
-            logs = binlogs_to_replay(archive, binlog.get("file", ""))
-            os.makedirs(os.path.join(p["staging"], "binlogs"), mode=0o700, exist_ok=True)
-            # --stop-datetime stops before the first event at or after the given second
-            replayed = replay_binlogs(target, conn, logs, binlog.get("position", 4),
-                                      target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
-                                      target_time, os.path.join(p["staging"], "binlogs"), password=password,
-                                      timeout=timeout)
-            module.exit_json(changed=True, reached=isoformat(replayed["reached"]) if replayed["reached"] else None,
-                             target_time=isoformat(target_time), start_position=int(binlog.get("position", 4)),
-                             archive_end=isoformat(replayed["archive_end"]) if replayed["archive_end"] else None,
-                             covered=bool(replayed["archive_end"]
-                                          and replayed["archive_end"] >= target_time.replace(microsecond=0)),
-                             events=replayed["events"],
-                             binlogs=[os.path.basename(x) for x in logs])
-        if step == "verify":
-            entry = load_component(p["set_path"], "mariadb")
-            actual = fingerprint(target, conn, password)
-            differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
-            if differences:
-                module.fail_json(msg="the restored MariaDB data differs from the backup's fingerprint: %s"
-                                 % "; ".join(differences[:20]), differences=differences)
-            tables = sum(len(d.get("tables", {})) for d in actual.values())
-            source = entry.get("fingerprint_source", "live-server")
-            summary = ("%d tables in %d databases matched the set's fingerprint (row counts and CHECKSUM TABLE), "
-                       "taken from %s" % (tables, len(actual), "the backup itself" if source == "artefact" else
-                                          "the live server after the backup"))
-            module.exit_json(changed=False, differences=[], tables=tables, fingerprint_source=source,
-                             summary=summary)
-        if step == "rollback":
-            if module.check_mode:
-                module.exit_json(changed=True, msg="would put %s back" % safety)
-            rollback_datadir(p["datadir"], safety)
-            module.exit_json(changed=True, restored_from=safety)
-        # step == "cleanup"
-        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] or not p["datadir"] else [safety]),
-                               dry_run=module.check_mode)
-        module.exit_json(changed=bool(removed), removed=removed)
-    except (LlmopsError, OSError) as exc:
-        module.fail_json(msg="MariaDB restore step %s failed: %s" % (step, exc))
+    target, conn, password = connection_of(module.params)
+
+    def timeout(p):
+        return p["timeout"] or None
+
+    def safety(p):
+        return "%s.%s" % ((p["datadir"] or "").rstrip("/"), safety_tag(p))
+
+    def stage(p, check):
+        chain = restore_chain(p["backup_root"], p["set_path"])
+        ids = [c[0] for c in chain]
+        if check:
+            return dict(changed=True, chain=ids, msg="would unpack and prepare the chain")
+        image = p["image"] or target.image()
+        prepared = stage_restore(image, chain, os.path.join(p["staging"], "prepare"), timeout=timeout(p))
+        return dict(changed=True, prepared=prepared, chain=ids, image=image)
+
+    def swap(p, check):
+        prepared = os.path.join(p["staging"], "prepare", "0")
+        if not os.path.isdir(prepared):
+            raise LlmopsError("nothing prepared in %s: run step=stage first" % prepared)
+        if check:
+            return dict(changed=True, safety_copy=safety(p), msg="would move %s aside and copy the backup in"
+                        % p["datadir"])
+        kept = swap_datadir(p["image"] or target.image(), prepared, p["datadir"], "." + safety_tag(p),
+                            owner=p["owner"])
+        return dict(changed=True, safety_copy=kept)
+
+    def replay(p, check):
+        target_time = parse_time(p["target_time"])
+        if check:
+            return dict(changed=True, msg="would replay binary logs up to %s" % isoformat(target_time))
+        binlog = load_component(p["set_path"], "mariadb").get("binlog") or {}
+        logs = binlogs_to_replay(layout_path(p["backup_root"], "binlogs"), binlog.get("file", ""))
+        os.makedirs(os.path.join(p["staging"], "binlogs"), mode=0o700, exist_ok=True)
+        # --stop-datetime stops before the first event at or after the given second
+        replayed = replay_binlogs(target, conn, logs, binlog.get("position", 4),
+                                  target_time + datetime.timedelta(seconds=1) if target_time.microsecond else
+                                  target_time, os.path.join(p["staging"], "binlogs"), password=password,
+                                  timeout=timeout(p))
+        end = replayed["archive_end"]
+        return dict(changed=True, reached=isoformat(replayed["reached"]) if replayed["reached"] else None,
+                    target_time=isoformat(target_time), start_position=int(binlog.get("position", 4)),
+                    archive_end=isoformat(end) if end else None,
+                    covered=bool(end and end >= target_time.replace(microsecond=0)),
+                    events=replayed["events"], binlogs=[os.path.basename(x) for x in logs])
+
+    def verify(p, check):
+        entry = load_component(p["set_path"], "mariadb")
+        actual = fingerprint(target, conn, password)
+        differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
+        if differences:
+            raise StepFailed("the restored MariaDB data differs from the backup's fingerprint: %s"
+                             % "; ".join(differences[:20]), differences=differences)
+        tables = sum(len(d.get("tables", {})) for d in actual.values())
+        source = entry.get("fingerprint_source", "live-server")
+        summary = ("%d tables in %d databases matched the set's fingerprint (row counts and CHECKSUM TABLE), "
+                   "taken from %s" % (tables, len(actual), "the backup itself" if source == "artefact" else
+                                      "the live server after the backup"))
+        return dict(changed=False, differences=[], tables=tables, fingerprint_source=source, summary=summary)
+
+    def rollback(p, check):
+        if check:
+            return dict(changed=True, msg="would put %s back" % safety(p))
+        rollback_datadir(p["datadir"], safety(p))
+        return dict(changed=True, restored_from=safety(p))
+
+    def cleanup(p, check):
+        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] or not p["datadir"] else [safety(p)]),
+                               dry_run=check)
+        return dict(changed=bool(removed), removed=removed)
+
+    run_restore_step(module, "MariaDB", dict(stage=stage, swap=swap, replay=replay, verify=verify,
+                                             rollback=rollback, cleanup=cleanup))
 
 
 if __name__ == "__main__":

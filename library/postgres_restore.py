@@ -13,12 +13,12 @@ short_description: Restore PostgreSQL databases and roles from a backup set, wit
 description:
   - One step of a PostgreSQL restore per call, so that the playbook can verify and roll back. PostgreSQL keeps
     running throughout; only the sessions of the database being restored are ended. In order
-  - O(step=globals) applies the set's C(globals.sql.zst) (roles, memberships, tablespaces; its sha256 checked while
-    it is unpacked). A role that already exists is tolerated (its attributes and password are then set as
+  - O(step=load) first applies the set's C(globals.sql.zst) (roles, memberships, tablespaces; its sha256 checked
+    while it is unpacked). A role that already exists is tolerated (its attributes and password are then set as
     recorded); any other error fails the step.
-  - O(step=restore), for each database of the set (or of O(databases)), streams its dump (sha256 checked) into a
+  - Then, for each database of the set (or of O(databases)), it streams its dump (sha256 checked) into a
     scratch file at the target, checks that the dump holds that database, refuses new connections to the live
-    database, ends its sessions and renames it to C(<db><safety_suffix>) (the safety copy, instant, inside the
+    database, ends its sessions and renames it to C(<db>__<safety_tag>) (the safety copy, instant, inside the
     server, kept unconnectable; when that name would be longer than PostgreSQL's 63 bytes, C(<db>) is cut to fit
     and marked with C(~) and 8 hex digits of its sha256), then runs C(pg_restore --create --exit-on-error --jobs)
     from that file. The database comes back with the owner, encoding, locale, privileges and settings of the dump;
@@ -31,25 +31,22 @@ description:
   - O(step=verify) compares the restored databases' live fingerprint with the one in the set's manifest.
   - O(step=rollback) drops the databases the restore created and renames their safety copies back.
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), drops the safety copies.
-extends_documentation_fragment: [llmops, llmops.restore, llmops.safety_suffix, llmops.connection, llmops.postgres,
-                                 llmops.timeout]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.postgres, llmops.timeout]
 attributes:
   check_mode:
     support: full
     description:
-      - O(step=globals), O(step=restore), O(step=rollback) and O(step=cleanup) connect and say what they would do
+      - O(step=load), O(step=rollback) and O(step=cleanup) connect and say what they would do
         (which databases would be moved aside to which name, which copies would be dropped) and change nothing.
         O(step=verify) only reads and runs as usual.
 options:
   step:
-    choices: [globals, restore, verify, rollback, cleanup]
+    choices: [load, verify, rollback, cleanup]
   databases:
     description:
       - The databases to restore; each must be in the set. Default is every database of the set.
     type: list
     elements: str
-  safety_suffix:
-    default: __pre_restore
   jobs:
     description: Parallel C(pg_restore) workers (C(--jobs)).
     type: int
@@ -67,18 +64,12 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Restore the roles (PostgreSQL keeps running)
+- name: Restore the roles, then move each database aside and restore it (PostgreSQL keeps running)
   postgres_restore:
-    step: globals
+    step: load
     set_path: "{{ plan.plan.set_path }}"
     staging: /backup/.restore/postgres
-
-- name: Move each database aside and restore it
-  postgres_restore:
-    step: restore
-    set_path: "{{ plan.plan.set_path }}"
-    staging: /backup/.restore/postgres
-    safety_suffix: "__pre_restore_{{ stamp }}"
+    safety_tag: "pre-restore-{{ stamp }}"
     jobs: 4
 
 - name: Check the restored data against the manifest
@@ -90,23 +81,23 @@ EXAMPLES = r"""
 
 RETURN = r"""
 roles:
-  description: The roles the globals create (or find existing) (O(step=globals)).
-  returned: when O(step=globals)
+  description: The roles the globals create (or find existing) (O(step=load)); empty when the set has no globals.
+  returned: when O(step=load)
   type: list
   elements: str
   sample: [app_reader, postgres]
 databases:
   description:
-    - Per database restored, its safety copy (null when it did not exist before) and artefact (O(step=restore));
+    - Per database restored, its safety copy (null when it did not exist before) and artefact (O(step=load));
       in check mode what would be done.
-  returned: when O(step=restore)
+  returned: when O(step=load)
   type: dict
-  sample: {rag: {safety_copy: rag__pre_restore_20260131_020000, artefact: /backup/llmops_x/postgres/rag.dump.zst}}
+  sample: {rag: {safety_copy: rag__pre-restore-20260131_020000, artefact: /backup/llmops_x/postgres/rag.dump.zst}}
 summary:
   description:
     - The databases restored (or to restore, in check mode), for a summary line; a name that is not plain is
-      shown JSON-quoted (O(step=restore)).
-  returned: when O(step=restore)
+      shown JSON-quoted (O(step=load)).
+  returned: when O(step=load)
   type: str
   sample: rag, "a/b"
 differences:
@@ -119,7 +110,7 @@ rolled_back:
   description: What the rollback did per database (O(step=rollback)).
   returned: when O(step=rollback)
   type: dict
-  sample: {rag: restored from rag__pre_restore_20260131_020000}
+  sample: {rag: restored from rag__pre-restore-20260131_020000}
 removed:
   description: The safety copies dropped and the staging folder removed (O(step=cleanup)).
   returned: when O(step=cleanup)
@@ -129,7 +120,7 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import load_component
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_common import StepFailed, argument_spec, remove_paths, run_restore_step, safety_tag
 from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_postgres_restore import (
     check_plan,
@@ -150,62 +141,67 @@ from ansible.module_utils.llmops_postgres_restore import (
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            store="postgres", default_timeout=0,
-            restore=dict(steps=["globals", "restore", "verify", "rollback", "cleanup"], safety_suffix="__pre_restore"),
+            store="postgres", default_timeout=0, restore=dict(steps=["load", "verify", "rollback", "cleanup"]),
             databases=dict(type="list", elements="str"),
             jobs=dict(type="int", default=2),
             scratch_dir=dict(type="str", default="/tmp"),  # noqa: S108 - a folder inside the container
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    step = p["step"]
-    target, conn, password = connection_of(p)
-    timeout = p["timeout"] or None
-    try:
+    target, conn, password = connection_of(module.params)
+
+    def timeout(p):
+        return p["timeout"] or None
+
+    def suffix(p):
+        return "__" + safety_tag(p)
+
+    def selected(p, entry):
+        return select_restore(dict.fromkeys(database_names(entry)), p["databases"])
+
+    def load(p, check):
         entry = load_component(p["set_path"], "postgres")
-        if step in ("globals", "restore"):
-            dumps, globals_file = component_artefacts(p["set_path"], entry)
-        else:  # verify, rollback and cleanup need the names only, never the artefacts
-            dumps, globals_file = dict.fromkeys(database_names(entry)), None
-        selected = select_restore(dumps, p["databases"])
-        if step == "globals":
-            if not globals_file:
-                module.exit_json(changed=False, roles=[], msg="the set has no globals (backed up with globals=false)")
-            if module.check_mode:
-                module.exit_json(changed=True, roles=[], msg="would apply %s" % globals_file[0])
-            roles = restore_globals(target, globals_file[0], globals_file[1], p["staging"], conn, password, timeout)
-            module.exit_json(changed=True, roles=roles)
-        if step == "restore":
-            if module.check_mode:
-                module.exit_json(changed=True, databases=check_plan(target, selected, p["safety_suffix"], conn,
-                                                                    password), summary=display_names(selected))
-            done = restore_databases(target, dumps, selected, p["staging"], p["safety_suffix"], conn, password,
-                                     jobs=p["jobs"], scratch_dir=p["scratch_dir"], timeout=timeout)
-            module.exit_json(changed=True, databases=done, summary=display_names(done))
-        if step == "verify":
-            differences = verify(target, entry.get("fingerprint") or {}, selected, conn, password,
-                                 timeout=timeout or 600, keys=entry.get("fingerprint_keys") or "legacy")
-            if differences:
-                module.fail_json(msg="the restored PostgreSQL data differs from the backup's fingerprint: %s"
-                                 % "; ".join(differences[:20]), differences=differences)
-            module.exit_json(changed=False, differences=[], databases=selected)
-        if step == "rollback":
-            if module.check_mode:
-                pending = read_state(p["staging"]) or safety_copies(target, selected, p["safety_suffix"], conn,
-                                                                    password)
-                module.exit_json(changed=bool(pending), rolled_back={}, msg=("would undo: %s" % pending) if pending
-                                 else "nothing to roll back")
-            done = rollback(target, p["staging"], selected, p["safety_suffix"], conn, password)
-            module.exit_json(changed=bool(done), rolled_back=done)
-        # step == "cleanup"
-        copies = [] if p["keep_safety_copy"] else safety_copies(target, selected, p["safety_suffix"], conn, password)
-        if not module.check_mode:
+        dumps, globals_file = component_artefacts(p["set_path"], entry)
+        chosen = select_restore(dumps, p["databases"])
+        if check:
+            return dict(changed=True, roles=[], databases=check_plan(target, chosen, suffix(p), conn, password),
+                        summary=display_names(chosen),
+                        msg="would apply %s" % (globals_file[0] if globals_file else "no globals (the set has none)"))
+        roles = restore_globals(target, globals_file[0], globals_file[1], p["staging"], conn, password,
+                                timeout(p)) if globals_file else []
+        done = restore_databases(target, dumps, chosen, p["staging"], suffix(p), conn, password, jobs=p["jobs"],
+                                 scratch_dir=p["scratch_dir"], timeout=timeout(p))
+        return dict(changed=True, roles=roles, databases=done, summary=display_names(done))
+
+    def verify_step(p, check):
+        entry = load_component(p["set_path"], "postgres")
+        chosen = selected(p, entry)
+        differences = verify(target, entry.get("fingerprint") or {}, chosen, conn, password,
+                             timeout=timeout(p) or 600, keys=entry.get("fingerprint_keys") or "legacy")
+        if differences:
+            raise StepFailed("the restored PostgreSQL data differs from the backup's fingerprint: %s"
+                             % "; ".join(differences[:20]), differences=differences)
+        return dict(changed=False, differences=[], databases=chosen)
+
+    def rollback_step(p, check):
+        chosen = selected(p, load_component(p["set_path"], "postgres"))
+        if check:
+            pending = read_state(p["staging"]) or safety_copies(target, chosen, suffix(p), conn, password)
+            return dict(changed=bool(pending), rolled_back={}, msg=("would undo: %s" % pending) if pending
+                        else "nothing to roll back")
+        done = rollback(target, p["staging"], chosen, suffix(p), conn, password)
+        return dict(changed=bool(done), rolled_back=done)
+
+    def cleanup(p, check):
+        chosen = selected(p, load_component(p["set_path"], "postgres"))
+        copies = [] if p["keep_safety_copy"] else safety_copies(target, chosen, suffix(p), conn, password)
+        if not check:
             drop_databases(target, copies, conn, password)
-        removed = copies + remove_paths([p["staging"]], dry_run=module.check_mode)
-        module.exit_json(changed=bool(removed), removed=removed)
-    except (LlmopsError, OSError) as exc:
-        module.fail_json(msg="PostgreSQL restore step %s failed: %s" % (step, exc))
+        removed = copies + remove_paths([p["staging"]], dry_run=check)
+        return dict(changed=bool(removed), removed=removed)
+
+    run_restore_step(module, "PostgreSQL", dict(load=load, verify=verify_step, rollback=rollback_step,
+                                                cleanup=cleanup))
 
 
 if __name__ == "__main__":

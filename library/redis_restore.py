@@ -17,7 +17,7 @@ description:
     checks it with C(redis-check-rdb) in a throw-away container of the server's image; it also records the live
     server's persistence settings (C(appendonly), C(dbfilename), C(appenddirname), C(appendfilename)). A damaged
     artefact fails here, before anything is stopped.
-  - O(step=swap) (service stopped) moves the data folder's RDB and AOF folder into C(<datadir>/<safety_name>)
+  - O(step=swap) (service stopped) moves the data folder's RDB and AOF folder into C(<datadir>/.<safety_tag>)
     (the safety copy; a rename, instant) and puts the staged RDB in place, owned by O(owner).
   - O(step=load) (service stopped) makes the data folder start right. With AOF on, Redis 7 starts from the AOF
     (and would start empty without one), so a throw-away container of the server's image (no network, no
@@ -47,13 +47,11 @@ options:
       - The host folder mounted as the server's data folder (its C(dir)). Required for O(step=swap),
         O(step=load), O(step=rollback) and O(step=cleanup).
     type: path
-  safety_name:
+  safety_tag:
     description:
-      - Name of the safety copy's folder inside O(datadir). A name, not a suffix as the other restores'
-        C(safety_suffix) - the data folder is the server's mount and stays in place, so the RDB and the AOF folder
-        move into this folder inside it (a rename on the same file system).
-    type: str
-    default: .pre-restore
+      - The safety copy is the folder C(.<safety_tag>) inside O(datadir) - the data folder is the server's mount
+        and stays in place, so the RDB and the AOF folder move into that folder inside it (a rename on the same
+        file system).
   container:
     description: The Redis container (its image provides the tools; its settings are read by O(step=stage)).
   image:
@@ -85,7 +83,7 @@ EXAMPLES = r"""
     set_path: "{{ plan.plan.set_path }}"
     staging: /backup/.restore/redis
     datadir: /srv/appdb/redis
-    safety_name: ".pre-restore-{{ stamp }}"
+    safety_tag: "pre-restore-{{ stamp }}"
 
 - name: Load it and write the AOF (service stopped)
   redis_restore:
@@ -167,7 +165,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import load_component
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec, remove_paths
+from ansible.module_utils.llmops_common import StepFailed, argument_spec, remove_paths, run_restore_step, safety_tag
 from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_redis_restore import (
     artefact_of,
@@ -186,7 +184,7 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
             store="redis", default_timeout=600,
-            restore=dict(steps=["stage", "swap", "load", "verify", "rollback", "cleanup"], safety_name=".pre-restore"),
+            restore=dict(steps=["stage", "swap", "load", "verify", "rollback", "cleanup"]),
             datadir=dict(type="path"),
             image=dict(type="str"),
             owner=dict(type="str", default="999:999"),
@@ -194,52 +192,57 @@ def main():
         required_if=[("step", step, ["datadir"]) for step in NEEDS_DATADIR],
         supports_check_mode=True,
     )
-    p = module.params
-    step = p["step"]
-    target, conn, password = connection_of(p)
-    safety = os.path.join(p["datadir"] or "", p["safety_name"])
-    try:
-        if step == "stage":
-            artefact, sha256 = artefact_of(p["set_path"], load_component(p["set_path"], "redis"))
-            if module.check_mode:
-                module.exit_json(changed=True, msg="would unpack %s and check it with redis-check-rdb" % artefact)
-            settings = server_settings(target, conn, password)
-            staged = stage(p["image"] or target.image(), artefact, sha256, p["staging"], settings,
-                           timeout=p["timeout"])
-            module.exit_json(changed=True, keys_read=staged["keys_read"], settings=settings, rdb=staged["rdb"])
-        if step == "swap":
-            if module.check_mode:
-                module.exit_json(changed=True, safety_copy=safety, msg="would move the RDB and AOF of %s into %s "
-                                 "and put the staged RDB in place" % (p["datadir"], safety))
-            module.exit_json(changed=True, **swap(p["datadir"], p["staging"], p["safety_name"], owner=p["owner"]))
-        if step == "load":
-            entry = load_component(p["set_path"], "redis")
-            if module.check_mode:
-                module.exit_json(changed=True, msg="would load the RDB in a throw-away server on %s and write its "
-                                 "AOF" % p["datadir"])
-            module.exit_json(changed=True, **load(p["datadir"], p["staging"], owner=p["owner"],
-                                                  timeout=p["timeout"], entry=entry))
-        if step == "verify":
-            result = verify(target, conn, load_component(p["set_path"], "redis"), p["staging"], password,
-                            timeout=p["timeout"])
-            if result["differences"]:
-                module.fail_json(msg="the restored Redis data differs from %s (%s): %s" % (
-                    result["against"], result["summary"], "; ".join(result["differences"][:20])), **result)
-            module.exit_json(changed=False, msg=result["summary"], **result)
-        if step == "rollback":
-            if module.check_mode:
-                present = os.path.isdir(safety)
-                module.exit_json(changed=present, msg=("would put %s back" if present else
-                                                       "no safety copy at %s: nothing to roll back") % safety)
-            restored = rollback(p["datadir"], p["staging"], p["safety_name"])
-            if restored is None:
-                module.exit_json(changed=False, msg="no safety copy at %s: the data folder was not changed" % safety)
-            module.exit_json(changed=True, restored=restored, restored_from=safety)
-        # step == "cleanup"
-        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] else [safety]), dry_run=module.check_mode)
-        module.exit_json(changed=bool(removed), removed=removed)
-    except (LlmopsError, OSError) as exc:
-        module.fail_json(msg="Redis restore step %s failed: %s" % (step, exc))
+    target, conn, password = connection_of(module.params)
+
+    def safety(p):
+        return os.path.join(p["datadir"] or "", "." + safety_tag(p))
+
+    def stage_step(p, check):
+        artefact, sha256 = artefact_of(p["set_path"], load_component(p["set_path"], "redis"))
+        if check:
+            return dict(changed=True, msg="would unpack %s and check it with redis-check-rdb" % artefact)
+        settings = server_settings(target, conn, password)
+        staged = stage(p["image"] or target.image(), artefact, sha256, p["staging"], settings, timeout=p["timeout"])
+        return dict(changed=True, keys_read=staged["keys_read"], settings=settings, rdb=staged["rdb"])
+
+    def swap_step(p, check):
+        if check:
+            return dict(changed=True, safety_copy=safety(p), msg="would move the RDB and AOF of %s into %s and put "
+                        "the staged RDB in place" % (p["datadir"], safety(p)))
+        return dict(changed=True, **swap(p["datadir"], p["staging"], os.path.basename(safety(p)), owner=p["owner"]))
+
+    def load_step(p, check):
+        entry = load_component(p["set_path"], "redis")
+        if check:
+            return dict(changed=True, msg="would load the RDB in a throw-away server on %s and write its AOF"
+                        % p["datadir"])
+        return dict(changed=True, **load(p["datadir"], p["staging"], owner=p["owner"], timeout=p["timeout"],
+                                         entry=entry))
+
+    def verify_step(p, check):
+        result = verify(target, conn, load_component(p["set_path"], "redis"), p["staging"], password,
+                        timeout=p["timeout"])
+        if result["differences"]:
+            raise StepFailed("the restored Redis data differs from %s (%s): %s" % (
+                result["against"], result["summary"], "; ".join(result["differences"][:20])), **result)
+        return dict(changed=False, msg=result["summary"], **result)
+
+    def rollback_step(p, check):
+        if check:
+            present = os.path.isdir(safety(p))
+            return dict(changed=present, msg=("would put %s back" if present else
+                                              "no safety copy at %s: nothing to roll back") % safety(p))
+        restored = rollback(p["datadir"], p["staging"], os.path.basename(safety(p)))
+        if restored is None:
+            return dict(changed=False, msg="no safety copy at %s: the data folder was not changed" % safety(p))
+        return dict(changed=True, restored=restored, restored_from=safety(p))
+
+    def cleanup(p, check):
+        removed = remove_paths([p["staging"]] + ([] if p["keep_safety_copy"] else [safety(p)]), dry_run=check)
+        return dict(changed=bool(removed), removed=removed)
+
+    run_restore_step(module, "Redis", dict(stage=stage_step, swap=swap_step, load=load_step, verify=verify_step,
+                                           rollback=rollback_step, cleanup=cleanup))
 
 
 if __name__ == "__main__":

@@ -39,11 +39,8 @@ options:
   target_time:
     description: Point in time for MariaDB (ISO 8601, UTC, for example V(2026-11-22T14:03:00Z)).
     type: str
-  binlog_dir:
-    description: The binary log archive. Defaults to C(<backup_root>/binlogs).
-    type: path
   staging_root:
-    description: Where the restore unpacks artefacts. Defaults to O(backup_root).
+    description: Where the restore unpacks artefacts (checked for free space). Defaults to C(<backup_root>/.restore).
     type: path
 """
 
@@ -80,14 +77,13 @@ def main():
             backup_id=dict(type="str", default="latest"),
             components=dict(type="list", elements="str", default=[]),
             target_time=dict(type="str"),
-            binlog_dir=dict(type="path"),
             staging_root=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"], p["binlog_dir"],
+        plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"],
                             p["staging_root"])
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot plan the restore: %s" % exc)

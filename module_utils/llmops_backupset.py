@@ -43,9 +43,11 @@ import time
 
 try:
     from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
+    from ansible.module_utils.llmops_layout import LAYOUT
     from ansible.module_utils.llmops_pipeline import fsync_dir, hash_file
 except ImportError:  # imported directly (tests) rather than through Ansible
     from module_utils.llmops_common import InvalidValueError, LlmopsError
+    from module_utils.llmops_layout import LAYOUT
     from module_utils.llmops_pipeline import fsync_dir, hash_file
 
 SCHEMA_VERSION = 1
@@ -63,7 +65,7 @@ VERIFICATION_RESULTS = ("passed", "failed")
 UNLISTED = (SUMS, VERIFICATION, VERIFICATION_SUMS)
 OWNER = ".owner.json"
 COMPONENTS_DIR = ".components"
-LATEST = "latest"
+LATEST = LAYOUT["latest"]
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}_\d{6})$")

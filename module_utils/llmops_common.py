@@ -1,5 +1,6 @@
 """What every llmops module shares: the base of the errors module_utils raise, the argument specs of the
-options that mean the same in every module, and the few steps every restore module takes alike.
+options that mean the same in every module, and the restores' step vocabulary with its one runner
+(``RESTORE_STEPS``, ``run_restore_step``).
 
 Errors: every exception class of ``module_utils`` derives from ``LlmopsError``, an operational failure
 whose message says what went wrong and what to do. A module reports ``LlmopsError`` (and ``OSError``,
@@ -102,28 +103,91 @@ def qdrant_argument_spec():
     )
 
 
-def restore_argument_spec(steps, default_step=None, safety_suffix=None, safety_name=None):
-    """``step`` (one of ``steps``), ``set_path``, ``staging``, ``keep_safety_copy`` (fragment ``llmops.restore``)
-    and the safety copy's name.
-
-    ``safety_suffix`` (fragment ``llmops.safety_suffix``): what the restore replaces is renamed to
-    ``<name><suffix>`` beside it. ``safety_name`` instead, for the restores whose safety copy is a folder
-    of that name (Redis: inside the data folder; Qdrant: inside ``staging``); each module documents it.
-    With a ``default_step``, ``step`` and ``set_path`` are optional (the module says when it needs the set).
-    """
+def restore_argument_spec(steps, default_step=None):
+    """``step`` (one of ``steps``, a part of ``RESTORE_STEPS`` in its order), ``set_path``, ``staging``,
+    ``keep_safety_copy`` (fragment ``llmops.restore``) and ``safety_tag`` (fragment ``llmops.safety``; its old
+    names ``safety_suffix`` and ``safety_name`` are aliases). With a ``default_step``, ``step`` and ``set_path``
+    are optional (the module says when it needs the set)."""
+    unknown = [s for s in steps if s not in RESTORE_STEPS]
+    if unknown or list(steps) != [s for s in RESTORE_STEPS if s in steps]:
+        raise ValueError("restore steps %s: each must be one of %s, in that order" % (steps, RESTORE_STEPS))
     step = dict(type="str", choices=list(steps), required=True) if default_step is None else \
         dict(type="str", choices=list(steps), default=default_step)
-    spec = dict(
+    return dict(
         step=step,
         set_path=dict(type="path", required=default_step is None),
         staging=dict(type="path", required=True),
         keep_safety_copy=dict(type="bool", default=True),
+        safety_tag=dict(type="str", default="pre-restore", aliases=["safety_suffix", "safety_name"]),
     )
-    if safety_suffix is not None:
-        spec["safety_suffix"] = dict(type="str", default=safety_suffix)
-    if safety_name is not None:
-        spec["safety_name"] = dict(type="str", default=safety_name)
-    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# restore steps: one vocabulary, one runner
+
+# The steps of every restore, in order; each restore module runs those its store needs (its description
+# says which) and the restore role calls them in this order:
+#   stage     unpack and prepare the set's artefacts in ``staging``, checksums checked; nothing live changes
+#   swap      keep a safety copy of what is replaced and put the staged data in place (service stopped)
+#   replay    roll forward on top of the restored data (MariaDB: archived binary logs up to target_time)
+#   load      load the set into the running store (its safety copy is kept inside the store)
+#   verify    compare the live data with the set's fingerprint
+#   rollback  put the safety copy back
+#   cleanup   remove the staging folder, and the safety copy unless keep_safety_copy
+RESTORE_STEPS = ("stage", "swap", "replay", "load", "verify", "rollback", "cleanup")
+
+# What the operator does next when a step fails (restore.yml and drill.yml run rollback themselves after a
+# failed swap, replay, load or verify).
+NEXT_STEP = {
+    "stage": "nothing live was changed; fix the cause, then run the restore again",
+    "swap": "run step=rollback to put the safety copy back (restore.yml does), then fix the cause",
+    "replay": "run step=rollback to put the safety copy back (restore.yml does), or restore without target_time",
+    "load": "run step=rollback to put the safety copy back (restore.yml does), then fix the cause",
+    "verify": "the restored data is not the set's: run step=rollback (restore.yml does) and restore another set",
+    "rollback": "the safety copy was not put back: it is still where the message says; put it back by hand "
+                "before starting the service",
+    "cleanup": "the restore itself is done; remove the staging folder (and the safety copy) by hand",
+}
+
+
+class StepFailed(LlmopsError):
+    """A step that ran and found a failure, with the result that shows it (``differences``...)."""
+
+    def __init__(self, msg, **result):
+        super().__init__(msg)
+        self.result = result
+
+
+def safety_tag(params):
+    """The restore's safety-copy tag: ``safety_tag`` (or an old ``safety_suffix`` / ``safety_name`` value, whose
+    leading ``.`` or ``_`` is dropped). Each store names its safety copy from it (``<datadir>.<tag>``,
+    ``<database>__<tag>``...), so that one restore gives every store the same tag."""
+    tag = (params.get("safety_tag") or "").lstrip("._")
+    if not tag or "/" in tag or "\0" in tag or tag in (".", ".."):
+        raise InvalidValueError("safety_tag %r is not usable as a name: give a word such as pre-restore-20260131_0300"
+                                % params.get("safety_tag"))
+    return tag
+
+
+def run_restore_step(module, store, handlers):
+    """Run the step ``module.params["step"]`` names and exit the module.
+
+    ``handlers[step](params, check_mode)`` returns the module's result: ``changed`` and the step's values
+    (``warnings``: messages for ``module.warn``); in check mode it changes nothing and says what it would do.
+    ``StepFailed``, ``LlmopsError`` and ``OSError`` fail the module with the store, the step and what to do
+    next (``NEXT_STEP``); any other exception is a bug and keeps its traceback."""
+    step = module.params["step"]
+    try:
+        result = dict(handlers[step](module.params, module.check_mode))
+    except StepFailed as exc:
+        module.fail_json(msg="%s restore step %s failed: %s. Next: %s" % (store, step, exc, NEXT_STEP[step]),
+                         step=step, **exc.result)
+    except (LlmopsError, OSError) as exc:
+        module.fail_json(msg="%s restore step %s failed: %s. Next: %s" % (store, step, exc, NEXT_STEP[step]),
+                         step=step)
+    for warning in result.pop("warnings", None) or []:
+        module.warn(warning)
+    module.exit_json(step=step, **result)
 
 
 # --------------------------------------------------------------------------------------------

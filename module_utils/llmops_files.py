@@ -62,13 +62,14 @@ from ansible.module_utils.llmops_backupset import (
     write_json,
 )
 from ansible.module_utils.llmops_common import LlmopsError
+from ansible.module_utils.llmops_layout import LAYOUT, layout_path
 from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
 
 TREE_DIR = "uploads"
 ARCHIVE = "uploads.tar.zst"
-MODELS_DIR = "models"
+MODELS_DIR = LAYOUT["model_store"]  # the store entries' paths in the manifests are relative to the root
 MODELS_INDEX = "models_index.json"
-CONFIGS_REPO = "configs.git-worktree"
+CONFIGS_REPO = LAYOUT["config_repo"]
 CONFIGS_REF = "configs_commit.json"
 GIT_AUTHOR = ("llmops-backup", "backup@localhost")
 ITEMS_LIMIT = 200
@@ -472,7 +473,7 @@ def backup_models(src, dest, backup_root, keep_versions=5, check_mode=False, tru
         raise FilesBackupError("mode=models needs backup_root (the store lives in <backup_root>/models)")
     if keep_versions < 1:
         raise FilesBackupError("keep_versions must be at least 1, got %d" % keep_versions)
-    store = os.path.join(os.path.abspath(backup_root), MODELS_DIR)
+    store = layout_path(backup_root, "model_store")
     if not os.path.isdir(src):
         raise FilesBackupError("src %s is not a folder" % src)
     models = {}
@@ -539,7 +540,7 @@ def prune_models(backup_root, keep_versions, current=None, dry_run=False):
     ``current`` is this run's ``models`` description (its versions are kept too). Returns the
     removed (or, with ``dry_run``, removable) entries as ``<model>/<key>``.
     """
-    store = os.path.join(os.path.abspath(backup_root), MODELS_DIR)
+    store = layout_path(backup_root, "model_store")
     if not os.path.isdir(store):
         return []
     refs = referenced_store_entries(backup_root)
@@ -712,7 +713,7 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
                                % CONFIGS_REPO)
     if not paths:
         raise FilesBackupError("mode=configs needs paths (files or folders to keep the history of)")
-    repo = GitRepo(os.path.join(os.path.abspath(backup_root), CONFIGS_REPO))
+    repo = GitRepo(layout_path(backup_root, "config_repo"))
     targets = _config_targets(paths, repo.path)
     prefixes = [inside for _s, inside, _d in targets]
     host = host or socket.gethostname()

@@ -43,7 +43,6 @@ from ansible.module_utils.llmops_common import LlmopsError, load_state
 from ansible.module_utils.llmops_files import (
     ARCHIVE,
     CONFIGS_REF,
-    CONFIGS_REPO,
     GIT_DIR,
     MODELS_DIR,
     MODELS_INDEX,
@@ -53,6 +52,7 @@ from ansible.module_utils.llmops_files import (
     run_tool,
     tree_info,
 )
+from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_pipeline import decompress_to, hash_file
 
 JOURNAL = "journal.json"
@@ -337,7 +337,7 @@ def models_plan(set_path, entry, backup_root, models_path, model_version=None, l
                     MODELS_DIR, model, version, sha[:12]):
                 raise FilesRestoreError("the manifest's store entry %r of %s/%s is not %s/<model>/<version>-<hash12>"
                                         % (ver.get("store"), model, version, MODELS_DIR))
-            store = os.path.join(os.path.abspath(backup_root), MODELS_DIR, model, "%s-%s" % (version, sha[:12]))
+            store = os.path.join(layout_path(backup_root, "model_store"), model, "%s-%s" % (version, sha[:12]))
             try:
                 with open(store + ".json", encoding="utf-8") as handle:
                     record = json.load(handle)
@@ -436,7 +436,7 @@ def configs_source(set_path, entry, backup_root, commit=None):
     """``(repo, commit, ref)``: the config history (always ``<backup_root>/configs.git-worktree``: a manifest
     never chooses which repository Git runs in), the full commit to restore (default: the set's) and the set's
     ``configs_commit.json`` (``{}`` when the set has none)."""
-    repo = GitRepo(os.path.join(os.path.abspath(backup_root), CONFIGS_REPO))
+    repo = GitRepo(layout_path(backup_root, "config_repo"))
     ref = {}
     names = [os.path.basename(str(f.get("path"))) for f in entry.get("files") or [] if isinstance(f, dict)]
     if CONFIGS_REF in names:

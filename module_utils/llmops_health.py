@@ -17,7 +17,8 @@ import time
 import urllib.error
 
 from ansible.module_utils.llmops_backupset import parse_time, read_json, utc
-from ansible.module_utils.llmops_report import STATE_FILE, gauge, storage
+from ansible.module_utils.llmops_layout import layout_path
+from ansible.module_utils.llmops_report import gauge, storage
 from ansible.module_utils.urls import open_url
 
 RANK = {"ok": 0, "skipped": 0, "warning": 1, "critical": 2}
@@ -206,7 +207,7 @@ def check_backup(backup_root, max_age_hours, now=None):
     """The newest successful backup set is younger than ``max_age_hours`` and the last run succeeded."""
     now = now or utc()
     try:
-        state = read_json(os.path.join(backup_root, STATE_FILE))
+        state = read_json(layout_path(backup_root, "state_file"))
     except (OSError, ValueError):
         return result("backup", "critical", None, "no backup state in %s: no backup has run there" % backup_root)
     last_ok = (state.get("last_successful_set") or {})

@@ -185,7 +185,7 @@ def safety_name(db, suffix):
     tag = "~%s%s" % (hashlib.sha256(db.encode("utf-8", "surrogatepass")).hexdigest()[:8], suffix)
     room = MAX_IDENTIFIER - len(tag.encode("utf-8"))
     if room < 1:
-        raise PostgresError("the safety_suffix %r is too long: with it no safety copy's name fits in %d bytes "
+        raise PostgresError("the safety_tag %r is too long: with it no safety copy's name fits in %d bytes "
                             "(PostgreSQL would truncate it); use a shorter one" % (suffix, MAX_IDENTIFIER))
     return db.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore") + tag
 

@@ -8,12 +8,10 @@ that fails tonight still shows when it last succeeded).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 from ansible.module_utils.llmops_backupset import isoformat, parse_time, read_json, utc, write_file_atomic
-
-STATE_FILE = ".backup_state.json"
+from ansible.module_utils.llmops_layout import layout_path
 
 
 def human(size):
@@ -76,7 +74,7 @@ def update_state(root, manifest=None, verification=None, now=None):
     test of a set (``{"set_id", "set_ended", "result": passed|failed, "time", "details"}``), kept as
     ``restore_test.last`` and, when it passed and its set is the newest so tested, ``restore_test.newest_passed``.
     """
-    path = os.path.join(root, STATE_FILE)
+    path = layout_path(root, "state_file")
     try:
         state = read_json(path)
     except (OSError, ValueError):

@@ -20,6 +20,7 @@ from ansible.module_utils.llmops_backupset import (
     verification_state,
     verify_set,
 )
+from ansible.module_utils.llmops_layout import backup_layout
 from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay, restore_chain
 
 # The Compose service each component's restore stops (files restore without stopping anything, and
@@ -60,10 +61,11 @@ def _verified(path, problems, seen):
         problems.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
 
 
-def plan_restore(backup_root, ref=None, components=None, target_time=None, binlog_dir=None, staging_root=None):
+def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None):
     """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``."""
     problems = []
     seen = set()
+    layout = backup_layout(backup_root)
     set_path = pick_set(backup_root, ref, target_time)
     manifest = load_manifest(set_path)
     set_id = manifest.get("id") or os.path.basename(set_path)
@@ -101,8 +103,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
             if target_time:
                 binlog = entry.get("binlog") or {}
                 try:
-                    replay = binlogs_to_replay(binlog_dir or os.path.join(backup_root, "binlogs"),
-                                               binlog.get("file", ""))
+                    replay = binlogs_to_replay(layout["binlogs"], binlog.get("file", ""))
                 except MariaDBError as exc:
                     problems.append(str(exc))
                 steps.append("mariadb: replay %d archived binary log(s) from %s:%s up to %s" % (
@@ -126,7 +127,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, binlo
         else:
             steps.append("%s: move the folder aside (safety copy), copy the set's tree back, verify its tree hash"
                          % name)
-    staging_root = staging_root or backup_root
+    staging_root = staging_root or layout["restore_staging"]
     free = shutil.disk_usage(staging_root if os.path.isdir(staging_root) else backup_root).free
     needed = int(needed * STAGING_FACTOR)
     if needed > free:

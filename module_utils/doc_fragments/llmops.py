@@ -162,7 +162,14 @@ seealso:
     RESTORE = r"""
 options:
   step:
-    description: The step to run, see the description.
+    description:
+      - The step to run. Every restore module uses the same words, in this order (each runs those its store
+        needs, see the description) - V(stage) unpacks and prepares the set in O(staging), checksums checked,
+        nothing live changes; V(swap) keeps a safety copy and puts the staged data in place; V(replay) rolls
+        forward (MariaDB binary logs); V(load) loads the set into the running store; V(verify) compares the live
+        data with the set's fingerprint; V(rollback) puts the safety copy back; V(cleanup) removes O(staging).
+      - A failed step says what to do next; restore.yml runs V(rollback) after a failed V(swap), V(replay),
+        V(load) or V(verify).
     type: str
     required: true
   set_path:
@@ -180,18 +187,16 @@ options:
     description: Keep the safety copy after a successful restore (O(step=cleanup) removes it otherwise).
     type: bool
     default: true
+  safety_tag:
+    description:
+      - The safety copy's tag. What the restore replaces is kept under a name made from it (the description says
+        where - C(<datadir>.<tag>), C(<database>__<tag>)...), so that O(step=rollback) can put it back. Give each
+        restore its own, for example with a time stamp; restore.yml gives every component the same one.
+      - The old option names C(safety_suffix) and C(safety_name) are aliases; a leading C(.) or C(_) of their
+        value is dropped.
+    type: str
+    default: pre-restore
+    aliases: [safety_suffix, safety_name]
 notes:
   - C(restore_plan) verifies the set's checksums before the playbook calls this module.
-"""
-
-    # restore_argument_spec(steps, safety_suffix=...)
-    SAFETY_SUFFIX = r"""
-options:
-  safety_suffix:
-    description:
-      - The safety copy's mark. What the restore replaces is renamed to C(<name><safety_suffix>) beside it (the
-        description says what C(<name>) is), so that O(step=rollback) can put it back. Give each restore its own,
-        for example with a time stamp.
-    type: str
-    default: .pre-restore
 """

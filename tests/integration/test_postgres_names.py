@@ -332,8 +332,8 @@ COMMENT ON ROLE {role} IS {ql(ALL_HOSTILE)};""")
     for db in dbs:
         assert not differences(db_state(db), before[db]), db
     copies = pj(f"SELECT json_object_agg(datname, datallowconn) FROM pg_database WHERE strpos(datname, "
-                f"{ql(names.token)}) > 0 AND datname LIKE '%\\_\\_pre\\_restore\\_%'")
-    suffix = "__pre_restore_" + next(iter(copies)).rsplit("__pre_restore_", 1)[1]
+                f"{ql(names.token)}) > 0 AND datname LIKE '%\\_\\_pre-restore-%'")
+    suffix = "__pre-restore-" + next(iter(copies)).rsplit("__pre-restore-", 1)[1]
     assert sorted(copies) == sorted(safety_name(db, suffix) for db in dbs) and not any(copies.values())
     long_copy = safety_name(names.dbs["한국어 문서"], suffix)
     assert len(long_copy.encode()) == 63 and "~" in long_copy
@@ -434,7 +434,7 @@ def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(n
 
     staging = tmp_path / "staging"
     common = {"set_path": final["path"], "staging": str(staging), "databases": [db], "safety_suffix": "__hn_pre"}
-    restored = run_module("postgres_restore", {"step": "restore", **common})
+    restored = run_module("postgres_restore", {"step": "load", **common})
     assert not restored.get("failed"), restored.get("msg")
     assert restored["databases"][db]["safety_copy"] == db + "__hn_pre"
     verified = run_module("postgres_restore", {"step": "verify", **common})

@@ -149,7 +149,7 @@ def points_of(client, name) -> dict:
 def restore_qdrant(url: str, set_path: Path, staging: Path, names: list[str]) -> dict:
     common = {"set_path": str(set_path), "staging": str(staging), "url": url, "api_key": "{{ qdrant_api_key }}",
               "collections": names}
-    for step in ("safety", "restore"):
+    for step in ("stage", "load"):
         result = run_module("qdrant_restore", dict(common, step=step))
         assert not result.get("failed"), result.get("msg")
     verified = run_module("qdrant_restore", dict(common, step="verify"))

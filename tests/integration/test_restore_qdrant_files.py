@@ -107,7 +107,7 @@ def test_a_corrupted_snapshot_is_caught_before_anything_changes(lab, qdrant, col
     assert proc.returncode != 0 and "fails verification" in proc.stdout
     assert all_points(qdrant, collection) == damaged
     # the module itself checks the file again right before uploading (the plan is not its only guard)
-    direct = run_module("qdrant_restore", {"step": "restore", "set_path": str(root / final["set_id"]),
+    direct = run_module("qdrant_restore", {"step": "load", "set_path": str(root / final["set_id"]),
                                            "staging": str(tmp_path / "staging"),
                                            "url": f"http://127.0.0.1:{lab.ports['qdrant']}",
                                            "api_key": "{{ qdrant_api_key }}"})

@@ -111,16 +111,98 @@ def test_the_stores_keep_their_defaults():
     }
 
 
-def test_restore_modules_share_their_options():
-    restores = {"mariadb_restore": "safety_suffix", "postgres_restore": "safety_suffix",
-                "files_restore": "safety_suffix", "redis_restore": "safety_name", "qdrant_restore": "safety_name"}
-    for name, safety in restores.items():
-        spec = module_spec(name)["argument_spec"]
-        assert {"step", "set_path", "staging", "keep_safety_copy", safety} <= set(spec), name
-        assert not ({"safety_suffix", "safety_name"} - {safety}) & set(spec), name
-    # the restore modules' step values the roles use
-    assert module_spec("mariadb_restore")["argument_spec"]["step"]["choices"] == [
-        "stage", "swap", "replay", "verify", "rollback", "cleanup"]
+RESTORES = {"mariadb_restore": ["stage", "swap", "replay", "verify", "rollback", "cleanup"],
+            "redis_restore": ["stage", "swap", "load", "verify", "rollback", "cleanup"],
+            "postgres_restore": ["load", "verify", "rollback", "cleanup"],
+            "qdrant_restore": ["stage", "load", "verify", "rollback", "cleanup"],
+            "files_restore": ["swap", "rollback", "cleanup"]}
+
+
+@pytest.mark.parametrize("name", sorted(RESTORES))
+def test_restore_modules_share_one_step_vocabulary_and_one_safety_option(name):
+    spec = module_spec(name)["argument_spec"]
+    assert {"step", "set_path", "staging", "keep_safety_copy", "safety_tag"} <= set(spec), name
+    assert spec["safety_tag"]["aliases"] == ["safety_suffix", "safety_name"]
+    assert spec["step"]["choices"] == RESTORES[name]
+    assert set(spec["step"]["choices"]) <= set(llmops_common.RESTORE_STEPS)
+    assert documented()[name]["options"]["safety_tag"]["aliases"] == ["safety_suffix", "safety_name"]
+    # one runner: no module dispatches on the step itself
+    tree = ast.parse((REPO / "library" / f"{name}.py").read_text())
+    compared = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                and any(isinstance(x, (ast.Name, ast.Subscript)) and "step" in ast.unparse(x)
+                        for x in [n.left, *n.comparators])]
+    assert compared == [], f"{name} compares the step itself (lines {compared}): give run_restore_step a handler"
+
+
+def test_a_restore_module_refuses_steps_out_of_the_vocabulary():
+    with pytest.raises(ValueError, match="each must be one of"):
+        llmops_common.restore_argument_spec(["restore", "verify"])
+    with pytest.raises(ValueError, match="in that order"):
+        llmops_common.restore_argument_spec(["verify", "stage"])
+
+
+@pytest.mark.parametrize(("given", "tag"), [("pre-restore", "pre-restore"), (".pre-restore-20260131_0300",
+                                            "pre-restore-20260131_0300"), ("__hn_pre", "hn_pre")])
+def test_the_old_safety_values_give_the_same_names(given, tag):
+    assert llmops_common.safety_tag({"safety_tag": given}) == tag
+
+
+@pytest.mark.parametrize("given", ["", "...", "a/b", "x\0y"])
+def test_an_unusable_safety_tag_is_refused(given):
+    with pytest.raises(InvalidValueError, match="safety_tag"):
+        llmops_common.safety_tag({"safety_tag": given.replace("\\0", "\0")})
+
+
+class FakeModule:
+    """What run_restore_step uses of AnsibleModule; exit_json / fail_json end the run as they do."""
+
+    def __init__(self, step, check=False):
+        self.params, self.check_mode, self.warnings = {"step": step}, check, []
+
+    def warn(self, text):
+        self.warnings.append(text)
+
+    def exit_json(self, **result):
+        raise _Captured(dict(result, failed=False))
+
+    def fail_json(self, **result):
+        raise _Captured(dict(result, failed=True))
+
+
+def run_step(step, handler, check=False):
+    module = FakeModule(step, check)
+    with pytest.raises(_Captured) as caught:
+        llmops_common.run_restore_step(module, "Store", {step: handler})
+    return caught.value.args[0], module.warnings
+
+
+def test_the_runner_passes_check_mode_and_warnings_and_names_the_step():
+    result, warnings = run_step("stage", lambda p, check: dict(changed=not check, warnings=["careful"]), check=True)
+    assert result == {"changed": False, "step": "stage", "failed": False} and warnings == ["careful"]
+
+
+@pytest.mark.parametrize(("step", "error", "next_step"), [
+    ("stage", LlmopsError("the artefact is damaged"), "nothing live was changed"),
+    ("swap", OSError(28, "No space left on device"), "run step=rollback"),
+    ("rollback", LlmopsError("cannot rename"), "put it back by hand"),
+])
+def test_a_failed_step_says_what_to_do_next(step, error, next_step):
+    def fail(p, check):
+        raise error
+    result, _w = run_step(step, fail)
+    assert result["failed"] and result["step"] == step
+    assert result["msg"].startswith(f"Store restore step {step} failed: ") and ". Next: " in result["msg"]
+    assert next_step in result["msg"].split(". Next: ")[1]
+
+
+def test_a_failed_verification_keeps_its_differences_and_a_bug_keeps_its_traceback():
+    def differs(p, check):
+        raise llmops_common.StepFailed("the data differs", differences=["t.rows: 1, expected 2"])
+    result, _w = run_step("verify", differs)
+    assert result["failed"] and result["differences"] == ["t.rows: 1, expected 2"]
+    assert "restore another set" in result["msg"]
+    with pytest.raises(KeyError):
+        run_step("verify", lambda p, check: {}["missing"])
 
 
 def test_a_shared_spec_refuses_an_option_defined_twice():
