@@ -163,7 +163,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_backupset import load_component
-from ansible.module_utils.llmops_common import argument_spec, run_restore_step, safety_tag
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, run_restore_step, safety_tag
 from ansible.module_utils.llmops_files_restore import (
     Journal,
     cleanup,
@@ -189,12 +189,14 @@ def main():
             commit=dict(type="str"),
             dest_root=dict(type="path"),
         ),
-        required_if=[("step", "swap", ["set_path"]), ("mode", "tree", ["path"]), ("mode", "models", ["path"])],
+        required_if=[("step", "swap", ["set_path"])],
         supports_check_mode=True,
     )
 
     def swap(p, check):
         mode = p["mode"]
+        if mode in ("tree", "models") and not p["path"]:
+            raise LlmopsError("mode=%s needs path (the folder to restore)" % mode)
         if not check:
             Journal(p["staging"]).save()  # a new restore: a rollback undoes this run's changes only
         entry = load_component(p["set_path"], p["component"] or DEFAULT_COMPONENT[mode])
