@@ -28,8 +28,30 @@ description:
     C(llmops-backup <backup@localhost>) when something changed; the history is kept forever. Global and system
     Git configuration are neither read nor touched, nor hooks, fsmonitor or the paths' own C(.gitattributes) (content
     is kept byte for byte) and C(.gitignore) (every file is committed). Folders named C(.git) are not copied. The set
-    gets C(configs_commit.json) naming the commit and recording what Git does not keep (every entry's mode, empty
-    folders), which O(mode=configs) of C(files_restore) puts back.
+    gets C(configs_commit.json) naming the commit and recording what Git does not keep (every entry's mode, owner
+    (uid, gid) and empty folders), which O(mode=configs) of C(files_restore) puts back. Owners are those of the
+    history's copy, which are the sources' when the backup runs as root.
+  - O(mode=configs) never commits a secret (the history is kept forever and is not encrypted). An entry whose own name
+    (or a config path one of whose names) matches a glob of O(exclude) is never copied - the default covers the stack's
+    layout, C(<stack_root>/appdb/secrets/*) and C(<stack_root>/ai/secrets/*), and environment, key and vault files.
+    Every file that is copied is then read before the commit, and one that holds one of O(secret_values) (as
+    written, or JSON-, URL-, backslash- or base64-encoded), or a value learnt from the excluded files (a one-line
+    file's content, the value of a C(KEY=value) or YAML C(key:) line whose key names a secret), or that matches
+    one of O(secret_patterns) (such as the C(requirepass) line of C(redis.conf)) is removed from the history's
+    worktree and left out. What was left out is reported by path and reason, never by content (C(excluded), a warning,
+    and per path in C(configs_commit.json)). The whole file is left out, never a redacted copy, which would restore a
+    service without its password.
+  - Those secrets come from ansible-vault and are rendered again by roles/stack (C(playbooks/stack.yml)) on a rebuild;
+    a config restore copies them back from the live folder it replaces and reports the ones it has not found.
+  - A history that already holds secrets (written before these rules) is rewritten with Git itself, for example as
+    C(R=<backup_root>/configs.git-worktree; G="git -C $R -c safe.directory=$R -c core.hooksPath=/dev/null";
+    FILTER_BRANCH_SQUELCH_WARNING=1 $G filter-branch --force --index-filter "git rm -r -q --cached --ignore-unmatch --
+    ':(glob)**/secrets/**' ':(glob)**/*.env' ':(glob)**/.env' ':(glob)**/*.key' <the other files named in
+    excluded, relative to /, e.g. opt/llmops/stack/appdb/config/redis.conf>" -- --all &&
+    $G for-each-ref --format="delete %(refname)" refs/original | $G update-ref --stdin &&
+    $G reflog expire --expire=now --all && $G gc -q --prune=now), then run a config backup at once. The rewrite
+    changes every commit id, so the config part of the sets written before it can no longer be restored (their
+    commits are gone); their other components are not affected.
   - Names are content. Files keep their real names (newlines, quotes, leading dashes...) in the copies; sockets, fifos
     and devices are not copied. No tool output is parsed by lines (Git only in its C(-z) forms, with
     C(core.quotePath=false)).
@@ -87,9 +109,40 @@ options:
     description: With O(mode=configs), the files and folders whose history is kept.
     type: list
     elements: path
+  exclude:
+    description:
+      - With O(mode=configs), globs (C(*), C(?), C([...])) on a file's or folder's own name; what matches is never
+        copied into the history (a folder with everything in it), nor is a config path one of whose names matches.
+        No C(/) or backslash in a rule. An empty list turns the name rules off (the content check still runs).
+    type: list
+    elements: str
+    default: [secrets, .env, "*.env", "*.key", ".vault_pass*", vault.yml]
+  secret_values:
+    description:
+      - With O(mode=configs), secrets (the stack's passwords and keys, from the vault) that no committed file may hold;
+        a file that does is left out. Values shorter than 8 characters are not looked for (a warning says how many).
+    type: list
+    elements: str
+    default: []
+  secret_patterns:
+    description:
+      - With O(mode=configs), Python regular expressions applied to each copied file's bytes; a file one of them
+        matches is left out of the history. The default finds Redis C(requirepass)/C(masterauth) lines, PEM private
+        keys, C(KEY=value) and YAML or JSON C(key:) assignments to a key ending in password, passwd, secret, api_key
+        or token (not when the value is empty or a reference such as C({{ x }}), C(${X}), C(!vault)), and URLs with a
+        password.
+    type: list
+    elements: str
+    default:
+      - '(?im)^[ \t]*(?:requirepass|masterauth)[ \t]+\S'
+      - '-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----'
+      - "(?im)^[ \\t]*(?:export[ \\t]+)?[\\\"']?[a-z0-9_.-]*(?:password|passwd|secret|api[_-]?key|token)[\\\"']?\
+        [ \\t]*[:=][ \\t]*(?![\\\"']?(?:\\{\\{|\\$\\{|\\$\\(|%\\(|!vault|$)|\\\"\\\"|'')[^\\s#]"
+      - '(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@'
 notes:
   - The C(--link-dest) hard links and the model store need O(dest) and O(backup_root) on one file system.
-  - Configuration files may hold secrets; the history repository is kept 0700.
+  - The history repository is kept 0700; secrets are kept out of it (see above), and what a custom setting of
+    O(exclude) or O(secret_patterns) lets through stays in the history for ever.
 """
 
 EXAMPLES = r"""
@@ -128,8 +181,9 @@ component:
       that are gone), C(full_archive), C(fingerprint.tree_sha256) (the tree hash of the copy in the set).
     - V(models) C(models) (per model its C(links) and C(versions) with C(sha256), C(store), C(new)),
       C(stored_new), C(reused), C(pruned); each version's C(sha256) is the tree hash of the store's copy.
-    - V(configs) C(repo), C(commit), C(changed), C(config_files), C(fingerprint.paths) (per path the kind, mode and
-      tree hash with modes of its mirror in the history worktree).
+    - V(configs) C(repo), C(commit), C(changed), C(config_files), C(excluded) (C(path) and C(reason) of what was kept
+      out of the history as a secret), C(paths) (those kept; a path left out whole is only in C(excluded)),
+      C(fingerprint.paths) (per path the kind, mode and tree hash with modes of its mirror in the history worktree).
     - Every fingerprint describes the backup's own copy, read after the copy (C(fingerprint_of=copy)).
   returned: success and not check mode
   type: dict
@@ -147,14 +201,20 @@ component:
     fingerprint_of: copy
 check:
   description: In check mode, what would be done (C(would_copy), C(would_delete), C(stored_new), C(pruned),
-    C(would_commit)...).
+    C(would_commit), C(would_exclude)...).
   returned: check mode
   type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError, compression_argument_spec
-from ansible.module_utils.llmops_files import backup_configs, backup_models, backup_tree
+from ansible.module_utils.llmops_files import (
+    CONFIG_EXCLUDE,
+    SECRET_PATTERNS,
+    backup_configs,
+    backup_models,
+    backup_tree,
+)
 
 DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"}
 
@@ -172,6 +232,9 @@ def main():
             keep_versions=dict(type="int", default=5),
             trust_mtime=dict(type="bool", default=True),
             paths=dict(type="list", elements="path"),
+            exclude=dict(type="list", elements="str", default=list(CONFIG_EXCLUDE)),
+            secret_values=dict(type="list", elements="str", default=[], no_log=True),
+            secret_patterns=dict(type="list", elements="str", default=list(SECRET_PATTERNS), no_log=False),
         ),
         required_if=[
             ("mode", "tree", ["src"]),
@@ -192,7 +255,8 @@ def main():
             entry = backup_models(p["src"], p["dest"], p["backup_root"], keep_versions=p["keep_versions"],
                                   check_mode=check, trust_mtime=p["trust_mtime"])
         else:
-            entry = backup_configs(p["paths"], p["dest"], p["backup_root"], check_mode=check)
+            entry = backup_configs(p["paths"], p["dest"], p["backup_root"], check_mode=check, exclude=p["exclude"],
+                                   secret_values=p["secret_values"], secret_patterns=p["secret_patterns"])
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="files backup (mode=%s) failed: %s" % (mode, exc))
     if check:

@@ -27,10 +27,16 @@ description:
     (C(<backup_root>/configs.git-worktree)) into a temp worktree and copies every path the set recorded back to
     its absolute path, or under O(dest_root); the replaced file or folder is kept as C(<path>.<safety_tag>)
     and the owners of its files are kept. With the set's own commit, what Git does not keep (every file's and
-    folder's mode, empty folders, from C(configs_commit.json)) is put back and each path is checked against the
-    fingerprint of the backup's copy (kind, mode, tree hash with modes); with another O(commit) (or a set written
-    before those records), the replaced files' modes are kept and each path is checked by hashing against the
-    checkout.
+    folder's mode and owner (uid, gid), empty folders, from C(configs_commit.json)) is put back and each path is
+    checked against the fingerprint of the backup's copy (kind, mode, tree hash with modes); with another O(commit)
+    (or a set written before those records), the replaced files' modes and owners are kept and each path is checked
+    by hashing against the checkout. Owners are set when the restore runs as root (otherwise a warning names the
+    files).
+  - The config history never holds secrets (C(files_backup) leaves them out - the stack's C(secrets) folders,
+    C(redis.conf) with its C(requirepass)...); the set records which. After the copy, those are copied back from the
+    replaced live folder (with their modes and owners); those it does not have either (a rebuild on new hardware,
+    a restore under O(dest_root)) are named in C(secrets_missing) and a warning. They come from ansible-vault -
+    C(playbooks/stack.yml) renders them again.
   - Everything read from the manifest is untrusted. Paths inside the set must be plain relative paths that stay
     inside it; model, version and link names single file names; store entries C(models/<model>/<version>-<hash12>);
     config paths absolute and normalised; the config history is always the one under O(backup_root); a commit can
@@ -138,7 +144,9 @@ commit:
   type: str
 restored:
   description: The config paths restored, each with C(dest), C(safety_copy), C(sha256) and C(checked_against)
-    (V(fingerprint) of the backup's copy, or V(checkout) of another commit); only C(dest) in check mode.
+    (V(fingerprint) of the backup's copy, or V(checkout) of another commit), C(secrets_kept) (relative paths copied
+    back from the replaced folder) and C(secrets_missing) (left out of the history and not found there); only C(dest)
+    in check mode, where C(secrets_from_live) lists per destination what would be copied back.
   returned: when O(mode=configs) and O(step=swap)
   type: list
   elements: raw

@@ -27,8 +27,11 @@ the live source (which may have changed meanwhile): what a restore verifies is w
 ``backup_configs`` the given paths mirrored (by absolute path) into a Git worktree at
                  ``<backup_root>/configs.git-worktree`` and committed when something changed; the
                  fingerprint is the tree hash (with modes) of each path's mirror; the set gets
-                 ``configs_commit.json`` with the commit and what Git does not keep (modes, empty
-                 folders), which the restore puts back.
+                 ``configs_commit.json`` with the commit and what Git does not keep (modes, owners, empty
+                 folders), which the restore puts back. Secrets never enter the history (it is kept forever,
+                 unencrypted): names matching ``exclude`` (the stack's ``secrets`` folders...) are not copied, and
+                 copied files holding a known secret value or matching ``SECRET_PATTERNS`` are removed before the
+                 commit; both are reported by name (see ``backup_configs``).
 
 File names are content: they stay as they are on disk, whatever they hold (newlines, quotes,
 leading dashes...). They are never parsed out of a tool's text output: trees are read with
@@ -38,6 +41,8 @@ paths as separate arguments, never through a shell.
 
 from __future__ import annotations
 
+import base64
+import fnmatch
 import hashlib
 import json
 import os
@@ -48,6 +53,7 @@ import socket
 import stat
 import subprocess
 import time
+import urllib.parse
 
 from ansible.module_utils.llmops_backupset import (
     BackupSetError,
@@ -83,6 +89,24 @@ GIT_DIR = ".git"
 # $GIT_DIR/info/attributes outranks any .gitattributes a config folder brings: content is stored and
 # checked out byte for byte (no end-of-line conversion, filter, ident or re-encoding).
 GIT_ATTRIBUTES = "* -text -eol -crlf -ident -filter -working-tree-encoding\n"
+# The config history never holds a secret (see backup_configs). Entries whose own name matches one of these globs are
+# never copied into it: the stack's secrets folders (<stack_root>/<project>/secrets), environment files, private keys
+# and vault files.
+CONFIG_EXCLUDE = ("secrets", ".env", "*.env", "*.key", ".vault_pass*", "vault.yml")
+# ... and files whose content matches one of these (Python regular expressions on the bytes) are left out too: Redis's
+# requirepass/masterauth lines, private keys (PEM), assignments to a key that ends in password, passwd, secret, api_key
+# or token (KEY=value, key: value, "key": "value"; not *_FILE, which names a file; not when the value is empty or a
+# reference: {{ jinja }}, ${VAR}, $(cmd), %(name)s, !vault) and URLs with a password.
+SECRET_PATTERNS = (
+    r"(?im)^[ \t]*(?:requirepass|masterauth)[ \t]+\S",
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+    r"(?im)^[ \t]*(?:export[ \t]+)?[\"']?[a-z0-9_.-]*(?:password|passwd|secret|api[_-]?key|token)[\"']?"
+    r"[ \t]*[:=][ \t]*(?![\"']?(?:\{\{|\$\{|\$\(|%\(|!vault|$)|\"\"|'')[^\s#]",
+    r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
+)
+SECRET_MIN_LENGTH = 8  # shorter known values are not looked for (they would match by chance)
+_HARVEST_LIMIT = 65536  # excluded files up to this size lend their values to the content check
+_SCAN_CHUNK = 1 << 20
 
 
 class FilesBackupError(LlmopsError):
@@ -115,12 +139,14 @@ def run_tool(argv, env=None, cwd=None, timeout=None, ok_codes=(0,), result=None)
 
 def walk_tree(root, exclude=()):
     """Yield ``(rel, full, lstat)`` for every entry below ``root`` (not ``root``), Python's own walk: names are
-    never parsed from a tool's output. Folders named in ``exclude`` are neither yielded nor entered, files so
-    named are not yielded. Symlinks are not followed."""
+    never parsed from a tool's output. Folders named in ``exclude`` (names, or a function of the name that says
+    whether to leave it out) are neither yielded nor entered, files so named are not yielded. Symlinks are not
+    followed."""
+    skip = exclude if callable(exclude) else (lambda name: name in exclude)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in exclude]
+        dirnames[:] = [d for d in dirnames if not skip(d)]
         for name in dirnames + filenames:
-            if name in exclude:
+            if skip(name):
                 continue
             full = os.path.join(dirpath, name)
             try:
@@ -278,6 +304,30 @@ def _limit(items, limit=ITEMS_LIMIT):
     return items[:limit]
 
 
+def fsync_tree(root):
+    """fsync every regular file and folder of the tree ``root`` (``root`` included), children before their folder:
+    rsync does not fsync, and a set must not be finalized while what it lists may still be only in the page cache.
+    Symlinks and other kinds are not opened. Returns the number of files and folders synced."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                count += 1
+        fsync_dir(dirpath)  # its files' names and the folders below it
+        count += 1
+    return count
+
+
 # --------------------------------------------------------------------------------------------
 # tree (uploads)
 
@@ -319,6 +369,8 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
     if outcome["rc"] == RSYNC_VANISHED:
         warnings.append("files vanished from %s while it was copied (rsync code 24); the copy and its tree hash "
                         "hold what was there when rsync reached it" % src)
+    fsync_tree(tree)
+    fsync_dir(dest)
     info = tree_info(tree)
     regular = [e for e in info["entries"] if e["kind"] == "f"]
     new = [e for e in regular if e["nlink"] < 2]
@@ -442,6 +494,7 @@ def _store_version(src, model_store, version, entries):
         target = os.path.join(model_store, key)
         if key in entries or os.path.lexists(target):
             return key, copied, True
+        fsync_tree(tmp)  # on disk before it is renamed into the store and a set references it
         os.rename(tmp, target)
         tmp = None
     finally:
@@ -592,7 +645,7 @@ class GitRepo:
         argv = ["git", "-c", "safe.directory=%s" % self.path, "-c", "commit.gpgsign=false",
                 "-c", "core.hooksPath=%s" % os.devnull, "-c", "core.quotePath=false", "-c", "core.fsmonitor=false",
                 "-c", "core.autocrlf=false", "-c", "core.symlinks=true", "-c", "core.attributesFile=%s" % os.devnull,
-                "-c", "core.excludesFile=%s" % os.devnull, "-C", self.path]
+                "-c", "core.excludesFile=%s" % os.devnull, "-c", "core.fsync=committed", "-C", self.path]
         return run_tool(argv + list(args), env=self.env)
 
     def exists(self):
@@ -651,60 +704,253 @@ def _under(rel, prefixes):
     return any(rel == p or rel.startswith(p + "/") for p in prefixes)
 
 
-def _sync_argv(source, inside, is_dir, repo):
+def _sync_argv(source, inside, is_dir, repo, rules=()):
     argv = ["rsync"] + _RSYNC_BASE + ["--checksum"]
     if is_dir:
-        return argv + ["--exclude=%s" % GIT_DIR, source + "/", os.path.join(repo, inside) + "/"]
+        # --delete-excluded: a secret a run before these rules copied leaves the worktree (and the next commit)
+        excludes = ["--exclude=%s" % GIT_DIR] + ["--exclude=%s" % rule for rule in rules]
+        delete = ["--delete-excluded"] if rules else []
+        return argv + delete + excludes + [source + "/", os.path.join(repo, inside) + "/"]
     return argv + [source, os.path.join(repo, inside)]
 
 
-def config_record(path):
-    """What Git does not keep of a mirrored config path, for the restore to put back: ``{kind, mode}`` and, for
-    a folder, ``entries``: ``[[relative path, kind, mode]]`` of its folders and files (empty folders included),
-    sorted by path."""
+def config_record(path, excluded=None):
+    """What Git does not keep of a mirrored config path, for the restore to put back: ``{kind, mode, uid, gid}`` and,
+    for a folder, ``entries``: ``[[relative path, kind, mode, uid, gid]]`` of its folders and files (empty folders
+    included), sorted by path, and ``excluded``: ``[[relative path, kind, reason]]``, what was kept out as secrets."""
     st = os.lstat(path)
     kind = _kind(st)
     record = {"kind": kind, "mode": 0 if kind == "l" else stat.S_IMODE(st.st_mode)}
+    if kind != "l":
+        record.update(uid=st.st_uid, gid=st.st_gid)
     if kind == "d":
-        entries = [[rel, _kind(est), stat.S_IMODE(est.st_mode)] for rel, _full, est in walk_tree(path, (GIT_DIR,))
-                   if _kind(est) in ("d", "f")]
+        entries = [[rel, _kind(est), stat.S_IMODE(est.st_mode), est.st_uid, est.st_gid]
+                   for rel, _full, est in walk_tree(path, (GIT_DIR,)) if _kind(est) in ("d", "f")]
         record["entries"] = sorted(entries, key=lambda e: os.fsencode(e[0]))
+    if excluded:
+        record["excluded"] = sorted(([rel, kind_, reason] for rel, kind_, reason in excluded),
+                                    key=lambda e: os.fsencode(e[0]))
     return record
 
 
-def _path_changes(source, mirror, is_dir, inside):
-    """Check mode: the worktree paths a backup would commit (new or changed files and links) and delete."""
-    if not os.path.lexists(mirror):
-        if not is_dir:
-            return [inside], []
-        return [os.path.join(inside, e["path"]) for e in tree_info(source, exclude=(GIT_DIR,))["entries"]
-                if e["kind"] != "d"], []
-    if not is_dir:
-        same = path_info(source) == path_info(mirror)
-        return ([] if same else [inside]), []
+# --------------------------------------------------------------------------------------------
+# secrets: never in the config history
 
-    def index(root):
+
+def check_exclude_rules(rules):
+    """``rules`` as a tuple of globs, each on one file or folder name; refuses anything else."""
+    out = []
+    for rule in rules if rules is not None else CONFIG_EXCLUDE:
+        if not isinstance(rule, str) or not rule.strip() or rule in (".", "..") or "/" in rule or "\\" in rule \
+                or any(ord(ch) < 32 for ch in rule) or rule[:2] in ("+ ", "- ") or rule.startswith("!"):
+            raise FilesBackupError("exclude rule %r is not a file or folder name: give names or globs of names "
+                                   "(*, ?, [...]), without / or \\" % (rule,))
+        out.append(rule)
+    return tuple(out)
+
+
+def excluded_by(name, rules):
+    """The first of ``rules`` that the file or folder name ``name`` matches (``fnmatch``, case-sensitive), or None."""
+    for rule in rules:
+        if fnmatch.fnmatchcase(name, rule):
+            return rule
+    return None
+
+
+def _read_regular(path, limit=None):
+    """Yield the content of the regular file ``path`` in chunks (up to ``limit`` bytes); nothing when ``path`` is not a
+    regular file (never follows a symlink, never blocks on a fifo)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        left = limit
+        while left is None or left > 0:
+            chunk = handle.read(_SCAN_CHUNK if left is None else min(left, _SCAN_CHUNK))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+_ASSIGNMENT = re.compile(r"""\s*(?:export\s+)?["']?(?P<key>[\w.-]+)["']?\s*[:=]\s*(?P<value>.*?)\s*$""")
+_SECRET_KEY = re.compile(r"(?i)(?:password|passwd|secret|api[_-]?key|token|auth|credentials?)$")
+
+
+class SecretScanner:
+    """Tells which files carry a secret: one of the known ``values`` (as written, or JSON-, URL-, backslash-escaped
+    or base64-encoded) or a match of one of ``patterns`` (regular expressions, applied to the bytes). Values shorter
+    than ``SECRET_MIN_LENGTH`` are not looked for. A reason never holds the secret."""
+
+    def __init__(self, values=(), patterns=None):
+        self.patterns = []
+        for pattern in SECRET_PATTERNS if patterns is None else patterns:
+            try:
+                self.patterns.append(re.compile(str(pattern).encode("utf-8")))
+            except re.error as exc:
+                raise FilesBackupError("secret pattern %r is not a regular expression (%s): fix secret_patterns"
+                                       % (pattern, exc)) from exc
+        self.needles = set()
+        self.short = 0
+        for value in values or ():
+            self.add(value)
+
+    def add(self, value):
+        """Look for ``value`` too (and its encoded forms); False when it is too short to be looked for."""
+        value = str(value).strip()
+        if not value:
+            return False
+        if len(value) < SECRET_MIN_LENGTH:
+            self.short += 1
+            return False
+        raw = value.encode("utf-8", "surrogateescape")
+        self.needles |= {raw, json.dumps(value)[1:-1].encode("utf-8"),
+                         json.dumps(value, ensure_ascii=False)[1:-1].encode("utf-8", "surrogateescape"),
+                         urllib.parse.quote(value, safe="").encode("ascii"),
+                         urllib.parse.quote_plus(value).encode("ascii"),
+                         value.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8", "surrogateescape"),
+                         base64.b64encode(raw).rstrip(b"=")}
+        return True
+
+    def harvest(self, path):
+        """Learn the values an excluded secret file holds, so that no other file may carry them either: a file of one
+        line that is not a ``key=value`` / ``key: value`` line is one value (the stack's secret files); of the
+        ``key=value`` / ``key: value`` lines (env and YAML files), those whose key names a secret (see
+        ``_SECRET_KEY``). Other values of excluded files are not learnt (a setting such as ``LOG_LEVEL=info`` would
+        then exclude every file that mentions it)."""
+        data = b"".join(_read_regular(path, _HARVEST_LIMIT + 1))
+        if not data or len(data) > _HARVEST_LIMIT:
+            return
+        lines = [line for line in data.decode("utf-8", "surrogateescape").splitlines() if line.strip()]
+        for line in lines:
+            match = _ASSIGNMENT.match(line)
+            if match and _SECRET_KEY.search(match.group("key")):
+                value = match.group("value")
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                self.add(value)
+            elif len(lines) == 1:
+                self.add(line)  # also a password that holds = or :
+
+    def scan(self, path):
+        """Why the file ``path`` must be kept out of the history, or None (also when it is not a regular file)."""
+        overlap = max([len(n) for n in self.needles] + [4096])
+        tail = b""
+        for chunk in _read_regular(path):
+            data = tail + chunk
+            if any(needle in data for needle in self.needles):
+                return "holds a known secret value"
+            for pattern in self.patterns:
+                if pattern.search(data):
+                    return "matches the secret pattern %s" % pattern.pattern.decode("utf-8")
+            tail = data[-overlap:]
+        return None
+
+
+def _excluded_entries(source, rules):
+    """``[(rel, full, kind, rule)]``: the entries below the folder ``source`` whose own name matches a rule (an
+    excluded folder is not entered); ``.git`` folders are not entered either."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        keep = []
+        folders = set(dirnames)
+        for name in sorted(dirnames) + sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rule = excluded_by(name, rules)
+            if rule:
+                try:
+                    kind = _kind(os.lstat(full)) or "other"
+                except FileNotFoundError:
+                    continue
+                out.append((os.path.relpath(full, source), full, kind, "name matches %s" % rule))
+            elif name in folders and name != GIT_DIR:
+                keep.append(name)
+        dirnames[:] = keep
+    return out
+
+
+def _harvest_tree(scanner, full, kind):
+    if kind == "f":
+        scanner.harvest(full)
+    elif kind == "d":
+        for _rel, path, st in walk_tree(full):
+            if stat.S_ISREG(st.st_mode):
+                scanner.harvest(path)
+
+
+def _secret_files(root, scanner):
+    """``[(rel, reason)]``: the regular files below the folder ``root`` (``.git`` left out) that carry a secret."""
+    return [(rel, reason) for rel, full, st in walk_tree(root, (GIT_DIR,)) if stat.S_ISREG(st.st_mode)
+            for reason in [scanner.scan(full)] if reason]
+
+
+def _target_rule(source, rules):
+    """The rule that a config path itself (any of its names) matches, or None."""
+    for name in source.strip(os.sep).split(os.sep):
+        rule = excluded_by(name, rules)
+        if rule:
+            return rule
+    return None
+
+
+def _path_changes(source, mirror, is_dir, inside, rules=(), scanner=None):
+    """Check mode: the worktree paths a backup would commit (new or changed files and links) and delete, and what it
+    would keep out as secrets (``[(source path, reason)]``)."""
+    excluded = []
+    if not is_dir:
+        reason = scanner.scan(source) if scanner else None
+        if reason:
+            return [], ([inside] if os.path.lexists(mirror) else []), [(source, reason)]
+        if not os.path.lexists(mirror):
+            return [inside], [], []
+        same = path_info(source) == path_info(mirror)
+        return ([] if same else [inside]), [], []
+    excluded += [(full, why) for _rel, full, _k, why in _excluded_entries(source, rules)]
+    flagged = dict(_secret_files(source, scanner)) if scanner else {}
+    rules = tuple(rules) + (GIT_DIR,)
+
+    def index(root, skip):
         if not os.path.isdir(root) or os.path.islink(root):
             return {}
         return {e["path"]: (e["kind"], e["mode"], e["size"], e["sha256"])
-                for e in tree_info(root, exclude=(GIT_DIR,))["entries"]}
+                for e in tree_info(root, exclude=skip)["entries"]}
 
-    new, old = index(source), index(mirror)
+    new = {rel: item for rel, item in index(source, lambda name: excluded_by(name, rules) is not None).items()
+           if rel not in flagged}
+    old = index(mirror, (GIT_DIR,))  # a secret committed before the rules shows as would-delete
+    excluded += [(os.path.join(source, rel), reason) for rel, reason in sorted(flagged.items())]
     changes = [os.path.join(inside, rel) for rel, item in sorted(new.items())
                if item[0] != "d" and old.get(rel) != item]
     deleted = [os.path.join(inside, rel) for rel, item in sorted(old.items()) if item[0] != "d" and rel not in new]
-    return changes, deleted
+    return changes, deleted, excluded
 
 
 def _printable(path):
     return json.dumps(path, ensure_ascii=False)[1:-1]
 
 
-def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
+def backup_configs(paths, dest, backup_root, check_mode=False, host=None, exclude=None, secret_values=(),
+                   secret_patterns=None):
     """Mirror ``paths`` into the history worktree and commit when something changed; return the entry.
 
+    Secrets never reach the history (it is kept forever and is not encrypted):
+
+    * entries whose own name matches an ``exclude`` rule (default ``CONFIG_EXCLUDE``) are never copied, and a
+      config path one of whose names matches is left out whole;
+    * every copied file is then read, and one that holds one of ``secret_values`` (or a value learnt from the
+      excluded files, ``SecretScanner.harvest``) or matches one of ``secret_patterns`` (default ``SECRET_PATTERNS``)
+      is removed from the worktree before ``git add``.
+
+    What was left out is reported by name and reason (``excluded``, a warning, and ``excluded`` in the path's record
+    of ``configs_commit.json``), never by content. A file that a run before these rules committed is deleted from the
+    tip by the next commit (the history still holds it: rewrite it as the module's documentation says).
+
     The fingerprint of each path is ``path_info`` of its mirror, read after the copy (``fingerprint.paths``);
-    ``configs_commit.json`` records, per path, what Git does not keep (``config_record``).
+    ``configs_commit.json`` records, per path, what Git does not keep (``config_record``: modes, owners, empty folders).
     """
     started = utc()
     t0 = time.monotonic()
@@ -713,32 +959,77 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
                                % CONFIGS_REPO)
     if not paths:
         raise FilesBackupError("mode=configs needs paths (files or folders to keep the history of)")
+    rules = check_exclude_rules(exclude)
+    scanner = SecretScanner(secret_values, secret_patterns)
     repo = GitRepo(layout_path(backup_root, "config_repo"))
-    targets = _config_targets(paths, repo.path)
+    all_targets = _config_targets(paths, repo.path)
+    excluded = []  # (source path, reason)
+    targets = []
+    for source, inside, is_dir in all_targets:
+        rule = _target_rule(source, rules)
+        if rule:
+            excluded.append((source, "name matches %s" % rule))
+            _harvest_tree(scanner, source, "d" if is_dir else "f")
+        else:
+            targets.append((source, inside, is_dir))
+    if not targets:
+        raise FilesBackupError("every config path is excluded as a secret (%s): nothing to keep; list the folders "
+                               "that hold them, or change exclude" % ", ".join(s for s, _r in excluded))
+    by_name = {}
+    for source, _inside, is_dir in targets:
+        if is_dir:
+            by_name[source] = _excluded_entries(source, rules)
+            for _rel, full, kind, _why in by_name[source]:
+                _harvest_tree(scanner, full, kind)
     prefixes = [inside for _s, inside, _d in targets]
     host = host or socket.gethostname()
     if check_mode:
         changes, deleted = [], []
         for source, inside, is_dir in targets:
-            more, gone = _path_changes(source, os.path.join(repo.path, inside), is_dir, inside)
+            more, gone, left_out = _path_changes(source, os.path.join(repo.path, inside), is_dir, inside, rules,
+                                                 scanner)
             changes += more
             deleted += gone
+            excluded += left_out
         if repo.exists():
             deleted += [p for p in repo.tracked() if not _under(p, prefixes)]
         return {"changed": bool(changes or deleted), "would_commit": _limit(changes), "would_delete": _limit(deleted),
+                "would_exclude": _limit([{"path": p, "reason": r} for p, r in excluded]),
                 "repo": repo.path, "head": repo.head() if repo.exists() else None}
     repo.init()
     warnings = []
+    left_out = {}  # source -> [(rel, kind, reason)]
     for source, inside, is_dir in targets:
-        os.makedirs(os.path.dirname(os.path.join(repo.path, inside)) if not is_dir
-                    else os.path.join(repo.path, inside), mode=0o700, exist_ok=True)
+        mirror = os.path.join(repo.path, inside)
+        os.makedirs(os.path.dirname(mirror) if not is_dir else mirror, mode=0o700, exist_ok=True)
         outcome = {}
-        run_tool(_sync_argv(source, inside, is_dir, repo.path), ok_codes=(0, RSYNC_VANISHED), result=outcome)
+        run_tool(_sync_argv(source, inside, is_dir, repo.path, rules), ok_codes=(0, RSYNC_VANISHED), result=outcome)
         if outcome["rc"] == RSYNC_VANISHED:
             warnings.append("files vanished from %s while it was copied (rsync code 24)" % source)
+        items = left_out.setdefault(source, [])
+        items += [(rel, kind, why) for rel, _full, kind, why in by_name.get(source, [])]
+        if is_dir:
+            for rel, reason in _secret_files(mirror, scanner):
+                os.unlink(os.path.join(mirror, rel))
+                items.append((rel, "f", reason))
+        else:
+            reason = scanner.scan(mirror)
+            if reason:
+                os.unlink(mirror)
+                excluded.append((source, reason))
+        excluded += [(os.path.join(source, rel), why) for rel, _kind_, why in items]
+    kept = [(s, i, d) for s, i, d in targets if os.path.lexists(os.path.join(repo.path, i))]
+    prefixes = [inside for _s, inside, _d in kept]
     for rel in repo.tracked():
         if not _under(rel, prefixes) and os.path.lexists(os.path.join(repo.path, rel)):
             os.unlink(os.path.join(repo.path, rel))
+    if excluded:
+        warnings.append("%d secret file(s) or folder(s) were kept out of the config history (they come from the "
+                        "vault: roles/stack renders them again): %s" % (len(excluded), "; ".join(
+                            "%s (%s)" % (_printable(p), r) for p, r in _limit(excluded, 20))))
+    if scanner.short:
+        warnings.append("%d secret value(s) are shorter than %d characters and were not looked for in the configs"
+                        % (scanner.short, SECRET_MIN_LENGTH))
     repo.git("add", "--all", "--force")  # --force: a .gitignore among the configs must not hide any of them
     status = repo.git("status", "--porcelain", "-z", "--no-renames", "--untracked-files=all")
     changed = bool(status.strip("\0"))
@@ -750,13 +1041,13 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
         repo.git("commit", "-q", "--no-verify", "-m", message)
     commit = repo.head()
     files = repo.tracked()
-    mirrors = {source: os.path.join(repo.path, inside) for source, inside, _d in targets}
+    mirrors = {source: os.path.join(repo.path, inside) for source, inside, _d in kept}
     fingerprints = {source: path_info(mirror, exclude=(GIT_DIR,)) for source, mirror in mirrors.items()}
-    records = {source: config_record(mirror) for source, mirror in mirrors.items()}
+    records = {source: config_record(mirror, left_out.get(source)) for source, mirror in mirrors.items()}
     os.makedirs(dest, mode=0o700, exist_ok=True)
     ref = os.path.join(os.path.abspath(dest), CONFIGS_REF)
     write_json(ref, {"repo": repo.path, "commit": commit, "changed": changed, "host": host, "files": files,
-                     "paths": records})
+                     "paths": records, "excluded": [{"path": p, "reason": r} for p, r in excluded]})
     digest, size = hash_file(ref)
     return {
         "status": "success",
@@ -771,8 +1062,9 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None):
         "repo": repo.path,
         "commit": commit,
         "changed": changed,
-        "paths": [s for s, _i, _d in targets],
+        "paths": [s for s, _i, _d in kept],
         "config_files": files,
+        "excluded": [{"path": p, "reason": r} for p, r in excluded],
         "bytes": size,
         "files": [{"path": ref, "sha256": digest, "size": size}],
         "warnings": warnings,

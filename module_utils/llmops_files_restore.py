@@ -20,8 +20,10 @@ and after each rename, so that ``rollback`` can undo exactly what was done, also
                    point the link (``current``) at it; any failure undoes every swap and link change.
 ``restore_configs`` check out a commit of the config history into a temp worktree, copy each recorded
                    path back (or under ``dest_root``), the replaced file or folder kept as ``<path><suffix>``;
-                   put back what Git does not keep (modes, empty folders: ``configs_commit.json``), then
-                   check each path against the fingerprint of the backup's mirror (kind, mode, tree hash).
+                   put back what Git does not keep (modes, owners, empty folders: ``configs_commit.json``), then
+                   check each path against the fingerprint of the backup's mirror (kind, mode, tree hash); what
+                   the backup kept out of the history as secrets is copied back from the replaced folder
+                   (``keep_secrets``) or reported missing (roles/stack renders it again from the vault).
 
 Everything read back from a manifest is untrusted: paths inside the set must be relative, normalised,
 without ``..`` and (symlinks resolved) inside the set (``set_member``); model, version and link names
@@ -477,33 +479,94 @@ def _copy_modes(new, old):
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
+def _owner(item, dest):
+    """``(uid, gid)`` of a record (None when it has none: a set written before owners were recorded)."""
+    if item[0] is None and item[1] is None:
+        return None
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2 ** 32 - 1 for i in item):
+        raise FilesRestoreError("%s: the set's record holds a bad owner %r" % (dest, list(item)))
+    return tuple(item)
+
+
+def _set_owner_mode(path, owner, mode, not_owned):
+    """chown (when ``owner`` differs; a refusal is noted in ``not_owned``), then chmod: chown clears set-id bits."""
+    if owner is not None:
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != owner:
+            try:
+                os.chown(path, owner[0], owner[1], follow_symlinks=False)
+            except PermissionError:
+                not_owned.append(path)
+    os.chmod(path, mode & 0o7777)
+
+
+def _plain_rel(dest, rel):
+    """``rel`` from a record: a plain relative path whose parent, symlinks resolved, lies inside ``dest``."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
+            or ".." in rel.split(os.sep) or "\0" in rel:
+        raise FilesRestoreError("%s: the set's record names %r, not a plain relative path" % (dest, rel))
+    full = os.path.join(dest, rel)
+    root = os.path.realpath(dest)
+    parent = os.path.realpath(os.path.dirname(full))
+    if parent != root and not parent.startswith(root + os.sep):
+        raise FilesRestoreError("%s: %r leads outside it" % (dest, rel))
+    return full
+
+
 def apply_record(dest, record):
     """Put back what Git does not keep of one config path (``llmops_files.config_record``): the path's own
-    mode and, for a folder, every entry's mode, creating the empty folders. Entries are untrusted: each must
-    be a plain relative path whose parent, symlinks resolved, lies inside ``dest``; symlinks are left alone."""
+    mode and owner and, for a folder, every entry's mode and owner, creating the empty folders. Entries are
+    untrusted: each must be a plain relative path whose parent, symlinks resolved, lies inside ``dest``; symlinks
+    are left alone. Returns the paths whose owner could not be set (not running as root)."""
     if not isinstance(record, dict) or record.get("kind") not in ("d", "f", "l"):
         raise FilesRestoreError("%s: the set's record of it is not usable: %r" % (dest, record))
+    not_owned = []
     if record["kind"] == "l" or os.path.islink(dest):
-        return
-    root = os.path.realpath(dest)
+        return not_owned
     entries = (record.get("entries") or []) if record["kind"] == "d" else []
     for item in entries:
-        if not (isinstance(item, list) and len(item) == 3 and item[1] in ("d", "f") and isinstance(item[2], int)):
+        if not (isinstance(item, list) and len(item) in (3, 5) and item[1] in ("d", "f") and isinstance(item[2], int)):
             raise FilesRestoreError("%s: the set's record holds a bad entry %r" % (dest, item))
-        rel, kind, mode = item
-        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or os.path.normpath(rel) != rel \
-                or ".." in rel.split(os.sep) or "\0" in rel:
-            raise FilesRestoreError("%s: the set's record names %r, not a plain relative path" % (dest, rel))
-        full = os.path.join(dest, rel)
-        parent = os.path.realpath(os.path.dirname(full))
-        if parent != root and not parent.startswith(root + os.sep):
-            raise FilesRestoreError("%s: %r leads outside it" % (dest, rel))
+        rel, kind, mode = item[:3]
+        owner = _owner(item[3:5] if len(item) == 5 else (None, None), dest)
+        full = _plain_rel(dest, rel)
         if kind == "d" and not os.path.lexists(full):
             os.mkdir(full, 0o700)
         if os.path.islink(full) or not os.path.lexists(full):
             continue
-        os.chmod(full, mode & 0o7777)
-    os.chmod(dest, int(record.get("mode", 0o700)) & 0o7777)
+        _set_owner_mode(full, owner, mode, not_owned)
+    _set_owner_mode(dest, _owner((record.get("uid"), record.get("gid")), dest), int(record.get("mode", 0o700)),
+                    not_owned)
+    return not_owned
+
+
+def keep_secrets(dest, safety, record):
+    """Copy into the restored folder ``dest``, from the live folder the restore moved aside (``safety``), what the
+    backup kept out of the history as secrets (``record["excluded"]``), with their modes and owners (rsync -a).
+    Returns ``(kept, missing)``: relative paths copied, and those the live folder did not have either (roles/stack
+    renders them again from the vault). Entries are untrusted: plain relative paths inside both folders; a path the
+    restore already placed is left as it is."""
+    kept, missing = [], []
+    if not isinstance(record, dict) or record.get("kind") != "d" or os.path.islink(dest) or not os.path.isdir(dest):
+        return kept, missing
+    live = os.path.realpath(safety) if os.path.isdir(safety) and not os.path.islink(safety) else None
+    for item in record.get("excluded") or []:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            raise FilesRestoreError("%s: the set's record holds a bad excluded entry %r" % (dest, item))
+        rel = item[0]
+        target = _plain_rel(dest, rel)
+        if os.path.lexists(target):
+            continue
+        source = os.path.join(safety, rel)
+        parent = os.path.realpath(os.path.dirname(source)) if live else None
+        if not live or not os.path.lexists(source) or not os.path.isdir(os.path.dirname(target)) \
+                or (parent != live and not parent.startswith(live + os.sep)):
+            missing.append(rel)
+            continue
+        is_dir = os.path.isdir(source) and not os.path.islink(source)
+        _rsync(source + "/" if is_dir else source, target + "/" if is_dir else target)
+        kept.append(rel)
+    return kept, missing
 
 
 def _digest(path):
@@ -524,9 +587,12 @@ def _check_path(dest, expected):
 def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, dest_root=None, check_mode=False):
     """Check out ``commit`` into a temp worktree and copy every recorded path back (under ``dest_root``).
 
-    With the set's own commit, each path is then made to match the backup's mirror (modes and empty folders
-    from ``configs_commit.json``) and checked against ``fingerprint.paths`` (kind, mode, tree hash with
+    With the set's own commit, each path is then made to match the backup's mirror (modes, owners and empty
+    folders from ``configs_commit.json``) and checked against ``fingerprint.paths`` (kind, mode, tree hash with
     modes). With another commit, or a set without those records, the copy is checked against the checkout.
+    Afterwards what the backup kept out of the history as secrets is copied back from the replaced live folder
+    (``keep_secrets``); what it does not have either is reported (``secrets_missing``, a warning): roles/stack
+    renders those again from the vault.
     """
     repo, full, ref = configs_source(set_path, entry, backup_root, commit)
     paths = [check_config_path(p) for p in entry.get("paths") or []]
@@ -535,6 +601,9 @@ def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, 
     own_commit = full == (entry.get("commit") or ref.get("commit"))
     fingerprints = ((entry.get("fingerprint") or {}).get("paths") or {}) if own_commit else {}
     records = (ref.get("paths") or {}) if own_commit else {}
+    secret_records = ref.get("paths") or {}  # what the history never holds, whichever commit is restored
+    if not isinstance(secret_records, dict):
+        raise FilesRestoreError("the set's %s holds no usable paths record: restore from another set" % CONFIGS_REF)
     tracked = [p for p in repo.git("ls-tree", "-r", "--name-only", "-z", full).split("\0") if p]
     inside = {p: p.lstrip(os.sep) for p in paths}
     present = [p for p in paths if any(t == inside[p] or t.startswith(inside[p] + "/") for t in tracked)
@@ -542,12 +611,19 @@ def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, 
     missing = [p for p in paths if p not in present]
     plan = [{"path": p, "dest": _dest_of(p, dest_root)} for p in present]
     if check_mode:
-        return {"changed": bool(plan), "commit": full, "restored": [i["dest"] for i in plan], "not_in_commit": missing}
+        kept_out = {}
+        for i in plan:
+            record = secret_records.get(i["path"])
+            excluded = record.get("excluded") if isinstance(record, dict) else None
+            kept_out[i["dest"]] = [e[0] for e in excluded or [] if isinstance(e, list) and e and isinstance(e[0], str)]
+        return {"changed": bool(plan), "commit": full, "restored": [i["dest"] for i in plan], "not_in_commit": missing,
+                "secrets_from_live": {d: rels for d, rels in kept_out.items() if rels}}
     os.makedirs(staging, mode=0o700, exist_ok=True)
     checkout = os.path.join(os.path.abspath(staging), "checkout-%s" % secrets.token_hex(4))
     journal = Journal(staging)
     journal.save()
     done = []
+    not_owned, lost = [], []
     try:
         repo.git("worktree", "add", "--detach", "--quiet", "--end-of-options", checkout, full)
         for item in plan:
@@ -563,7 +639,7 @@ def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, 
             if os.path.lexists(safety):
                 _copy_modes(dest, safety)
             if item["path"] in records:
-                apply_record(dest, records[item["path"]])
+                not_owned += apply_record(dest, records[item["path"]])
             if item["path"] in fingerprints:
                 problems = _check_path(dest, fingerprints[item["path"]])
                 if problems:
@@ -576,12 +652,28 @@ def restore_configs(set_path, entry, backup_root, staging, suffix, commit=None, 
                     raise FilesRestoreError("%s differs from commit %s after the copy (%s != %s)"
                                             % (dest, full[:12], actual, expected))
                 checked = "checkout"
+            sha256 = path_info(dest)["sha256"]
+            kept, missing_secrets = keep_secrets(dest, safety, secret_records.get(item["path"]))
+            lost += [os.path.join(dest, rel) for rel in missing_secrets]
             done.append({"path": item["path"], "dest": dest, "safety_copy": safety if os.path.lexists(safety) else None,
-                         "sha256": path_info(dest)["sha256"], "checked_against": checked})
+                         "sha256": sha256, "checked_against": checked, "secrets_kept": kept,
+                         "secrets_missing": missing_secrets})
     finally:
         try:
             repo.git("worktree", "remove", "--force", "--end-of-options", checkout)
         except FilesBackupError:
             shutil.rmtree(checkout, ignore_errors=True)
             repo.git("worktree", "prune")
-    return {"changed": True, "commit": full, "restored": done, "not_in_commit": missing}
+    warnings = []
+
+    def names(paths):
+        return ", ".join(json.dumps(p, ensure_ascii=False) for p in paths[:20])
+
+    if lost:
+        warnings.append("%d secret file(s) or folder(s) are never kept in the config history and were not in the "
+                        "replaced copy either: %s. They come from the vault: render them again with "
+                        "playbooks/stack.yml" % (len(lost), names(lost)))
+    if not_owned:
+        warnings.append("%d restored config file(s) could not be given their recorded owner (run the restore as "
+                        "root): %s" % (len(not_owned), names(not_owned)))
+    return {"changed": True, "commit": full, "restored": done, "not_in_commit": missing, "warnings": warnings}

@@ -499,7 +499,10 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
     applied with the ``mariadb`` client. Returns ``{"reached": time of the last event replayed, "events": n,
     "archive_end": time of the newest event in the archive}`` (times UTC, None when there is none).
     """
-    inside = "/tmp/llmops-replay-%s" % secrets.token_hex(4)
+    # an unguessable name (128 bits), created 0700 without -p: a folder or symlink planted beforehand by another
+    # user of the container makes mkdir fail instead of being used; only the folder made here is removed
+    inside = "/tmp/llmops-replay-%s" % secrets.token_hex(16)
+    created = False
     local = []
     for path in logs:
         dest = os.path.join(staging, os.path.basename(path)[:-4])
@@ -507,7 +510,8 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
         local.append(dest)
     sql = os.path.join(staging, "replay.sql")
     try:
-        target.run(["mkdir", "-p", inside])
+        target.run(["mkdir", "-m", "0700", "--", inside])
+        created = True
         for path in local:
             copy = target.argv(["sh", "-c", 'cat > "$0"', "%s/%s" % (inside, os.path.basename(path))],
                                interactive=True)
@@ -524,10 +528,11 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
             for line in last_log.splitlines():
                 archive_end = _event_time(line) or archive_end
     finally:
-        try:
-            target.run(["rm", "-rf", inside])
-        except ExecError:
-            pass
+        if created:
+            try:
+                target.run(["rm", "-rf", "--", inside])
+            except ExecError:
+                pass
     reached = None
     events = 0
     safe = sql + ".safe"

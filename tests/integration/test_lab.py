@@ -90,13 +90,12 @@ def test_secrets_stay_in_0600_files_and_off_command_lines(lab):
     secrets = {p.name: p.read_text().strip() for p in lab.secrets_dir.iterdir()}
     assert set(secrets) == {"mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"}
     for path in [*lab.secrets_dir.iterdir(), *(lab.stack_root / "appdb" / "secrets").iterdir(),
-                 lab.stack_root / "ai" / "secrets" / "qdrant.env"]:
+                 lab.stack_root / "ai" / "secrets" / "qdrant.yaml"]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
     for name in lab.containers.values():
         info = inspect(name)
-        exposed = json.dumps([info["Config"]["Cmd"], info["Config"]["Entrypoint"], info["Args"], info["Path"]])
-        if "qdrant" not in name:
-            exposed += json.dumps(info["Config"]["Env"])
+        exposed = json.dumps([info["Config"]["Cmd"], info["Config"]["Entrypoint"], info["Args"], info["Path"],
+                              info["Config"]["Env"]])
         for value in secrets.values():
             assert value not in exposed, f"a secret shows in the command or environment of {name}"
     for compose in lab.stack_root.glob("*/compose.yml"):

@@ -331,7 +331,9 @@ def test_configs_history(tmp_path):
     assert first["changed"] and len(first["commit"]) == 40
     assert stat.S_IMODE(os.stat(repo).st_mode) == 0o700
     inside = str(etc).lstrip("/")
-    assert f"{inside}/secret ü.env" in first["config_files"]
+    # a secret is never committed, only reported by name (tests/unit/test_config_secrets.py tests the rules)
+    assert f"{inside}/secret ü.env" not in first["config_files"]
+    assert {"path": str(etc / "secret ü.env"), "reason": "name matches *.env"} in first["excluded"]
     assert str(single).lstrip("/") in first["config_files"]
     assert git(repo, "log", "-1", "--format=%an <%ae>").strip() == "llmops-backup <backup@localhost>"
 
@@ -537,3 +539,39 @@ def test_restore_refuses_untrusted_manifest_paths(tmp_path):
     repo, _full, _ref = configs_source(str(set_path), {"commit": "HEAD", "repo": str(tmp_path / "elsewhere")},
                                        str(root))
     assert repo.path == str(root / CONFIGS_REPO)
+
+
+# --------------------------------------------------------------------------------------------
+# durability: what rsync copied is fsynced before the component returns (and the set is finalized)
+
+
+def test_tree_and_model_copies_are_fsynced_before_they_are_returned(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    src = make_tree(tmp_path / "src")
+    root = tmp_path / "backup"
+    partial = new_partial(root, "2026-01-01T02:00:00+00:00")
+    entry = backup_tree(src, os.path.join(partial, "uploads"), backup_root=root)
+    tree = Path(partial) / "uploads" / "uploads"
+    copied = [p for p in tree.rglob("*") if not p.is_symlink()]
+    assert copied and entry["files_new"] > 0
+    missing = [str(p) for p in [tree, *copied] if str(p) not in synced]
+    assert not missing, f"not fsynced: {missing}"
+
+    synced.clear()
+    models = tmp_path / "models"
+    (models / "llm" / "v1" / "sub").mkdir(parents=True)
+    (models / "llm" / "v1" / "weights.bin").write_bytes(os.urandom(4096))
+    (models / "llm" / "v1" / "sub" / "config.json").write_text("{}")
+    result = backup_models(str(models), os.path.join(partial, "models"), str(root))
+    stored = Path(root) / result["models"]["llm"]["versions"]["v1"]["store"]
+    # synced in the temp folder, before its rename into the store: every file and folder under its temp name
+    in_tmp = {p.split("/.tmp-", 1)[1].partition("/")[2] for p in synced if "/.tmp-" in p}
+    expected = {str(p.relative_to(stored)) for p in stored.rglob("*")} | {""}
+    assert len(expected) == 4 and expected <= in_tmp, (in_tmp, expected)

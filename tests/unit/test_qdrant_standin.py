@@ -530,3 +530,68 @@ def test_multipart_parser_streams_exact_bytes(tmp_path, payload, piece, before):
 
 def test_openapi_document_loads():
     assert openapi_spec() is not None
+
+
+# --------------------------------------------------------------------------- the API key from a mounted config file
+
+
+def standin_module():
+    spec = importlib.util.spec_from_file_location("standin_for_config", STANDIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_key_comes_from_config_local_yaml_as_qdrant_reads_it(tmp_path):
+    """roles/stack mounts <stack_root>/ai/secrets/qdrant.yaml at /qdrant/config/local.yaml (the key is then not in
+    the container's environment, which docker inspect shows): the stand-in reads the same file from the same path."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "local.yaml").write_text(f"# rendered\nservice:\n  api_key: {json.dumps(API_KEY)}\n")
+    proc = StandinProcess(tmp_path, None)  # no QDRANT__SERVICE__API_KEY in its environment
+    proc.start()
+    try:
+        for what in ("environ", "cmdline"):
+            with open(f"/proc/{proc.proc.pid}/{what}", "rb") as handle:
+                assert API_KEY.encode() not in handle.read()
+        with pytest.raises(QdrantError) as err:
+            QdrantClient(proc.url, retries=0, timeout=5).list_collections()
+        assert err.value.status == 401
+        with pytest.raises(QdrantError) as err:
+            QdrantClient(proc.url, api_key="wrong-key-0123456789", retries=0, timeout=5).list_collections()
+        assert err.value.status == 401
+        assert QdrantClient(proc.url, api_key=API_KEY, retries=0, timeout=5).list_collections() == []
+        log = proc.log_path.read_text()
+        assert "api_key=set" in log and "config/local.yaml" in log and API_KEY not in log
+    finally:
+        proc.stop()
+
+
+def test_config_files_merge_like_qdrant_and_a_bad_one_refuses_to_start(tmp_path):
+    mod = standin_module()
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.yaml").write_text("service:\n  host: 127.0.0.2\n  http_port: 6333\nstorage:\n"
+                                        "  storage_path: ./storage  # comment\n")
+    (config / "production.yaml").write_text("service:\n  api_key: 'from production, it''s quoted'\n")
+    (config / "local.yaml").write_text('service:\n  api_key: "from local \\"escaped\\" \\\\ $x #y"\n')
+    settings, read = mod.load_settings(env={"RUN_MODE": "production"}, workdir=str(tmp_path))
+    assert [os.path.basename(p) for p in read] == ["config.yaml", "production.yaml", "local.yaml"]
+    assert settings["service"] == {"host": "127.0.0.2", "http_port": 6333, "api_key": 'from local "escaped" \\ $x #y'}
+    assert settings["storage"] == {"storage_path": "./storage"}
+    # the environment outranks the files, as QDRANT__SERVICE__API_KEY does in Qdrant
+    settings, _ = mod.load_settings(env={"RUN_MODE": "production", "QDRANT__SERVICE__API_KEY": "from-env-0123"},
+                                    workdir=str(tmp_path))
+    assert settings["service"]["api_key"] == "from-env-0123"
+    (config / "local.yaml").unlink()
+    settings, _ = mod.load_settings(env={"RUN_MODE": "production"}, workdir=str(tmp_path))
+    assert settings["service"]["api_key"] == "from production, it's quoted"
+    for bad in ["service:\n  api_key: [a, b]\n", "service:\n\tapi_key: x\n", "- a\n- b\n",
+                "service:\n  api_key: x\n  api_key: y\n", 'service:\n  api_key: "\\x41"\n']:
+        with pytest.raises(mod.ConfigError):
+            mod.load_config_text(bad, "local.yaml")
+    # a configuration the stand-in cannot read: it exits, it never serves without the key it was given
+    (config / "local.yaml").write_text("service:\n  api_key: &anchor x\n")
+    proc = StandinProcess(tmp_path, None)
+    with pytest.raises(RuntimeError, match="cannot read the configuration"):
+        proc.start()
+    proc.stop()

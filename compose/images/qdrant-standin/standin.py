@@ -57,6 +57,151 @@ _BAD_NAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 _SNAPSHOT_NAME = re.compile(r"^[^/\\\x00-\x1f]+\.snapshot$")
 
 
+# --------------------------------------------------------------------------- configuration (as Qdrant reads it)
+
+
+class ConfigError(Exception):
+    """A configuration file the stand-in cannot read: it refuses to start (never without the key it was given)."""
+
+
+_CONFIG_KEY = re.compile(r"([A-Za-z0-9_.-]+)[ \t]*:(?:[ \t]+(.*))?$")
+
+
+def _yaml_scalar(text: str, where: str):
+    """One YAML scalar of the subset the stand-in reads: plain, 'single-quoted' or "double-quoted" (JSON escapes)."""
+    text = text.strip()
+    if text[:1] == '"':
+        try:
+            value, end = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            raise ConfigError(f"{where}: a double-quoted string the stand-in cannot read (it reads JSON escapes)") \
+                from None
+        rest = text[end:].strip()
+    elif text[:1] == "'":
+        out, i = [], 1
+        while True:
+            j = text.find("'", i)
+            if j < 0:
+                raise ConfigError(f"{where}: unterminated single-quoted string")
+            out.append(text[i:j])
+            if text[j + 1:j + 2] == "'":
+                out.append("'")
+                i = j + 2
+                continue
+            value, rest = "".join(out), text[j + 1:].strip()
+            break
+    else:
+        comment = re.search(r"[ \t]#", text)
+        value = (text[:comment.start()] if comment else text).strip()
+        if value[:1] in tuple("[{&*!|>%@`"):
+            raise ConfigError(f"{where}: {value[:1]!r} (flow collections, anchors, tags, block scalars) is beyond "
+                              "the YAML the stand-in reads")
+        lowered = value.lower()
+        if lowered in ("", "~", "null"):
+            return None
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if re.fullmatch(r"[-+]?[0-9]+", value):
+            return int(value)
+        return value
+    if rest and not rest.startswith("#"):
+        raise ConfigError(f"{where}: unexpected text after the string")
+    return value
+
+
+def load_config_text(text: str, name: str) -> dict:
+    """A Qdrant configuration file's mappings: a JSON document, or YAML block mappings of scalars (the subset that
+    roles/stack writes and config.yaml-style settings use); anything else is a ConfigError, never skipped."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{name}: not a mapping")
+        return doc
+    root: dict = {}
+    stack: list = [(-1, root)]
+    for number, raw in enumerate(text.splitlines(), 1):
+        where = f"{name}:{number}"
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        if raw[indent:indent + 1] == "\t":
+            raise ConfigError(f"{where}: a tab in the indentation")
+        match = _CONFIG_KEY.match(stripped)
+        if not match:
+            raise ConfigError(f"{where}: not a `key: value` line (lists and other YAML are beyond the stand-in)")
+        while indent <= stack[-1][0]:
+            stack.pop()
+        parent = stack[-1][1]
+        key, value = match.group(1), match.group(2)
+        if key in parent:
+            raise ConfigError(f"{where}: {key} is set twice")
+        if value is None or not value.strip() or value.strip().startswith("#"):
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+        else:
+            parent[key] = _yaml_scalar(value, where)
+    return root
+
+
+def _merge(into: dict, more: dict) -> dict:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def load_settings(config_path: str | None = None, env=None, workdir: str | None = None) -> tuple[dict, list]:
+    """The settings as Qdrant 1.19 builds them: config/config.yaml, config/<RUN_MODE>.yaml (RUN_MODE default
+    development), config/local.yaml (relative to the working folder, /qdrant in the image; each optional, any of
+    the extensions .yaml, .yml, .json), then --config-path (required to exist), then QDRANT__SECTION__KEY
+    variables. Returns (settings, files read)."""
+    env = os.environ if env is None else env
+    base = os.path.join(workdir or os.getcwd(), "config")
+    settings: dict = {}
+    read = []
+    candidates = [os.path.join(base, stem) for stem in ("config", env.get("RUN_MODE") or "development", "local")]
+    for stem in candidates:
+        for ext in (".yaml", ".yml", ".json"):
+            if os.path.isfile(stem + ext):
+                path = stem + ext
+                break
+        else:
+            continue
+        with open(path, encoding="utf-8") as handle:
+            _merge(settings, load_config_text(handle.read(), path))
+        read.append(path)
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"--config-path {config_path}: {exc.strerror}") from None
+        _merge(settings, load_config_text(text, config_path))
+        read.append(config_path)
+    for name, value in env.items():
+        if name.startswith("QDRANT__") and value != "":
+            parts = [p.lower() for p in name[len("QDRANT__"):].split("__") if p]
+            node = settings
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            if parts:
+                node[parts[-1]] = value
+    return settings, read
+
+
+def _setting(settings: dict, section: str, key: str):
+    node = settings.get(section)
+    return node.get(key) if isinstance(node, dict) else None
+
+
 class ApiError(Exception):
     """An error answered to the client as a Qdrant-style error body."""
 
@@ -1105,14 +1250,28 @@ def make_server(host: str, port: int, storage: str, snapshots: str, api_key: str
 
 
 def main(argv: list | None = None) -> int:
-    env = os.environ
     parser = argparse.ArgumentParser(description="llmops-lab STAND-IN for the Qdrant 1.19.0 REST API (not Qdrant)")
-    parser.add_argument("--host", default=env.get("QDRANT__SERVICE__HOST", "0.0.0.0"))  # noqa: S104
-    parser.add_argument("--port", type=int, default=int(env.get("QDRANT__SERVICE__HTTP_PORT", "6333")))
-    parser.add_argument("--storage", default=env.get("QDRANT__STORAGE__STORAGE_PATH", "/qdrant/storage"))
-    parser.add_argument("--snapshots", default=env.get("QDRANT__STORAGE__SNAPSHOTS_PATH", "/qdrant/snapshots"))
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--storage")
+    parser.add_argument("--snapshots")
+    parser.add_argument("--config-path", help="a configuration file read after config/*.yaml (as Qdrant's own flag)")
     args = parser.parse_args(argv)
-    api_key = env.get("QDRANT__SERVICE__API_KEY") or None
+    try:
+        settings, read = load_settings(args.config_path)
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        sys.stderr.write(f"{utcnow().isoformat()}Z ERROR qdrant_standin: cannot read the configuration: {exc}\n")
+        return 1
+    host = args.host or _setting(settings, "service", "host") or "0.0.0.0"  # noqa: S104
+    port = args.port if args.port is not None else int(_setting(settings, "service", "http_port") or 6333)
+    storage = args.storage or _setting(settings, "storage", "storage_path") or "/qdrant/storage"
+    snapshots = args.snapshots or _setting(settings, "storage", "snapshots_path") or "/qdrant/snapshots"
+    api_key = _setting(settings, "service", "api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        sys.stderr.write(f"{utcnow().isoformat()}Z ERROR qdrant_standin: service.api_key is not a string\n")
+        return 1
+    api_key = api_key or None
+    args = argparse.Namespace(host=str(host), port=int(port), storage=str(storage), snapshots=str(snapshots))
     server = make_server(args.host, args.port, args.storage, args.snapshots, api_key)
 
     def _terminate(signum, frame):
@@ -1123,7 +1282,8 @@ def main(argv: list | None = None) -> int:
     sys.stderr.write(
         f"{utcnow().isoformat()}Z INFO qdrant_standin: llmops-lab Qdrant STAND-IN (API {QDRANT_VERSION}, NOT Qdrant) "
         f"listening on {args.host}:{server.server_address[1]}, storage={store.storage_path}, "
-        f"snapshots={store.snapshots_path}, api_key={'set' if api_key else 'unset'}\n"
+        f"snapshots={store.snapshots_path}, api_key={'set' if api_key else 'unset'}, "
+        f"config files: {', '.join(read) or 'none'}\n"
     )
     sys.stderr.flush()
     try:
