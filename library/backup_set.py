@@ -29,12 +29,27 @@ description:
     the set's C(verification.json) and rewrites C(verification.json.sha256); the checksummed manifest is never
     rewritten. O(command=list) shows per set whether its newest restore test passed.
   - O(command=list) lists the finalized sets; O(command=retention) deletes the sets the retention policy does
-    not keep; O(command=cleanup) removes abandoned C(.partial) folders.
+    not keep; O(command=cleanup) removes abandoned C(.partial) folders - those whose owner is dead, whatever
+    their age, and those whose owner cannot be checked and whose last heartbeat is older than O(stale_after).
   - Run exclusion - one backup run per O(root) at a time - belongs to the caller, because a lock cannot
     outlive one module call. The scheduled jobs (role C(backup_schedule)) run the playbook under C(flock) on
     C(llmops-backup.lock) in their lock folder. As a second line of defence O(command=begin) refuses to start
-    while another C(.partial) folder of O(root) had a heartbeat (begin or component) less than O(stale_after)
-    seconds ago.
+    while another C(.partial) folder of O(root) is active.
+  - A C(.partial) folder's C(.owner.json) records the host, the boot and the process that represents the run - the
+    C(ansible-playbook) process above the module (pid and start time, field 22 of C(/proc/<pid>/stat)). Its owner
+    is dead when that record names this host and its process is gone, or the pid now belongs to another process
+    (another start time), or the host restarted since. O(command=begin) removes the partial folders of dead
+    owners at once (RV(removed_partials)), unless a process still works in the folder (a component job that
+    outlived a killed run); it refuses to start while an owner is alive. When the owner cannot be checked
+    (another host, or no C(ansible-playbook) on this host - a run through a remote connection or the ad-hoc
+    C(ansible) command), the heartbeat decides - a partial whose last heartbeat (begin or component) is less
+    than O(stale_after) seconds old counts as active.
+  - A full backup volume - a component that failed with C(No space left on device) on a file under O(root), or a
+    finalize that hits it - makes O(command=finalize) remove the partial folder (an artefact cut short by a full
+    disk cannot be trusted, and the space is needed by the next run) and return V(failed) with RV(storage_full)
+    and a problem saying how much space to free on O(root) (about the size of the previous set). Any other
+    error that stops finalize before the rename removes the partial folder as well (what it holds cannot become a
+    checked set); a set finalized as failed keeps its good artefacts only when the disk has room for them.
 extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
@@ -99,10 +114,18 @@ options:
     default: []
   stale_after:
     description:
-      - Seconds after its last heartbeat when a C(.partial) folder counts as abandoned.
+      - Seconds after its last heartbeat when a C(.partial) folder whose owner cannot be checked counts as
+        abandoned (see the description; a partial whose owner is alive never is, one whose owner is dead always is).
       - O(command=begin) refuses to start while a younger one exists; O(command=cleanup) removes older ones.
     type: int
     default: 7200
+  error:
+    description:
+      - For O(command=finalize) with O(status=failed), why the run stopped (the failed task's message); recorded in
+        the set's problems. A message saying that a file under O(root) could not be written for lack of space
+        (C(No space left on device)) makes finalize handle a full backup volume (see the description).
+    type: str
+    default: ''
   force:
     description:
       - For O(command=begin), start even when another run's C(.partial) folder looks alive.
@@ -249,7 +272,15 @@ EXAMPLES = r"""
       monthly: 12
       timezone: Asia/Seoul
 
-- name: Remove abandoned partial sets older than a day
+- name: Finalize as failed from a rescue block, saying why the run stopped
+  backup_set:
+    command: finalize
+    root: /backup
+    path: "{{ bset.path }}"
+    status: failed
+    error: "{{ ansible_failed_result.msg | default('') }}"
+
+- name: Remove abandoned partial sets (owner gone, or older than a day when the owner cannot be checked)
   backup_set:
     command: cleanup
     root: /backup
@@ -345,11 +376,51 @@ deleted:
   elements: str
   sample: [llmops_20251201_020000]
 would_delete:
-  description: The C(.partial) folders older than O(stale_after) (deleted unless check mode or O(dry_run)).
+  description:
+    - The abandoned C(.partial) folders - owner dead, or owner unknown and older than O(stale_after) - (deleted
+      unless check mode or O(dry_run)).
   returned: when O(command=cleanup)
   type: list
   elements: str
   sample: [/backup/.llmops_20260130_020000.partial]
+active_partials:
+  description: The other C(.partial) folders that look active, each with why (owner running, heartbeat age).
+  returned: when O(command=begin)
+  type: list
+  elements: str
+  sample: ["/backup/.llmops_20260131_020000.partial (its owner ansible-playbook (pid 4242) is running on this host;
+            last heartbeat 12 s ago)"]
+removed_partials:
+  description: The C(.partial) folders of runs whose owner process is gone, removed before the new set was opened.
+  returned: when O(command=begin)
+  type: list
+  elements: str
+  sample: [/backup/.llmops_20260130_020000.partial]
+would_remove_partials:
+  description: In check mode, the C(.partial) folders O(command=begin) would remove.
+  returned: when O(command=begin) in check mode
+  type: list
+  elements: str
+  sample: []
+removed:
+  description:
+    - Whether finalize removed the partial folder instead of finalizing it (the backup volume was full, or an error
+      stopped finalize before the rename); RV(path) then names the folder that is gone.
+  returned: when O(command=finalize)
+  type: bool
+  sample: false
+storage_full:
+  description:
+    - When the backup volume filled during the run (finalize), or had no room to open a set (begin, which then
+      fails), what to free - C(root), C(free_bytes), C(total_bytes), C(needed_bytes) (about the size of the
+      previous set, C(needed_from) says which; with C(more_than) true only a lower bound - the data grew beyond the
+      free space), C(written_bytes) (what the removed partial held), C(cause) and C(msg); null otherwise. The
+      manifest returned carries it too (for the report's metric and alert).
+  returned: when O(command=finalize); on failure of O(command=begin) for lack of space
+  type: dict
+  sample: {root: /backup, set_id: llmops_20260131_020000, free_bytes: 0, total_bytes: 1000000000,
+           needed_bytes: 123456789, more_than: false, needed_from: the size of the previous set llmops_20260130_020000,
+           written_bytes: 99000000, cause: "writing ... failed: [Errno 28] No space left on device", msg: ...}
 warnings_list:
   description: Retention warnings, such as an incremental whose parent set is gone.
   returned: when O(command=retention)
@@ -368,26 +439,32 @@ from ansible.module_utils.llmops_backupset import (
     COMPONENTS_DIR,
     OWNER,
     BackupSetError,
+    assess_partial,
     begin_set,
     check_name,
     cleanup_partials,
     finalize_set,
     hash_set_files,
     heartbeat,
+    human_bytes,
+    is_no_space,
     isoformat,
     json_safe,
     list_partials,
     list_sets,
     load_manifest,
+    no_space_on,
     parse_partial,
     parse_time,
-    partial_age,
     partial_path,
     read_json,
     record_verification,
     relative_problem,
+    remove_partial,
     resolve_set,
     set_id_for,
+    storage_full,
+    tree_bytes,
     utc,
     verification_record,
     verification_summary,
@@ -426,21 +503,42 @@ def do_begin(module, root):
     name = module.params['name']
     check_name(name)
     now = utc()
-    live = []
+    stale_after = module.params['stale_after']
+    live, dead = [], []
     for other in list_partials(root):
-        age = partial_age(other, now)
-        if age < module.params['stale_after']:
-            live.append('%s (last heartbeat %d s ago)' % (other, age))
+        state = assess_partial(other, stale_after, now)
+        if state['active']:
+            live.append('%s (%s; last heartbeat %d s ago)' % (other, state['why'], state['age']))
+        elif state['owner'] == 'dead':
+            dead.append(dict(path=other, why=state['why']))
     if live and not module.params['force']:
-        module.fail_json(msg='another backup run looks active in %s: %s. Wait for it, or if it died run '
-                             'command=cleanup (removes partials older than stale_after=%d s) or use force=true'
-                             % (root, '; '.join(live), module.params['stale_after']))
+        module.fail_json(msg='another backup run looks active in %s: %s. Wait for it to end; if it hangs, stop the '
+                             'process named; if its owner cannot be checked (another host, a remote run), '
+                             'command=cleanup removes partials whose last heartbeat is older than stale_after=%d s, '
+                             'or use force=true' % (root, '; '.join(live), stale_after),
+                         active_partials=live)
     set_id = set_id_for(name, now)
+    removed = [d['path'] for d in dead]
     if module.check_mode:
         module.exit_json(changed=True, set_id=set_id, path=partial_path(root, set_id), started=isoformat(now),
-                         active_partials=live)
-    path = begin_set(root, name, now, owner={'ppid': os.getppid()})
-    module.exit_json(changed=True, set_id=set_id, path=path, started=isoformat(now), active_partials=live)
+                         active_partials=live, removed_partials=[], would_remove_partials=removed,
+                         msg='check mode: nothing created or removed')
+    for item in dead:
+        remove_partial(item['path'])
+    try:
+        path = begin_set(root, name, now)
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        full = storage_full(root, set_id, exc)
+        module.fail_json(msg='cannot open backup set %s: %s' % (set_id, full['msg']), storage_full=full,
+                         removed_partials=removed)
+    msg = 'opened %s' % path
+    if dead:
+        msg += '; removed the partial set(s) of runs that died: %s' % '; '.join(
+            '%s (%s)' % (d['path'], d['why']) for d in dead)
+    module.exit_json(changed=True, set_id=set_id, path=path, started=isoformat(now), active_partials=live,
+                     removed_partials=removed, msg=msg)
 
 
 def _require(module, *names):
@@ -499,6 +597,31 @@ def _check_files(partial, name, comp, hashes, problems):
             entry['size'] = hashes[rel]['size']
 
 
+def _abandon(module, root, partial, set_id, manifest, problems, cause):
+    """Finalize could not make a checked set: remove the partial and report a failed run (never a set)."""
+    written = tree_bytes(partial)
+    remove_partial(partial)
+    if is_no_space(cause):
+        full = storage_full(root, set_id, cause, written)
+        problems.insert(0, full['msg'])
+    else:
+        full = None
+        problems.insert(0, 'finalize could not complete (%s): the partial set %s was removed, because what it holds '
+                           'cannot be made a checked set (%s written); fix the cause and run the backup again'
+                        % (str(cause).strip().splitlines()[-1][:400] if str(cause).strip() else 'no reason given',
+                           set_id, human_bytes(written)))
+    for comp in manifest['components'].values():
+        if comp.get('status') == 'success':
+            comp['status'] = 'failed'
+            comp['error'] = 'removed with the partial set: %s' % ('no space left' if full else 'finalize failed')
+    manifest.update(status='failed', problems=problems, removed=True, files=[],
+                    totals={'files': 0, 'bytes': 0})
+    if full:
+        manifest['storage_full'] = full
+    module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=partial, status='failed', problems=problems,
+                                      latest=False, removed=True, storage_full=full, manifest=manifest)))
+
+
 def do_finalize(module, root):
     partial, set_id = _open_partial(module, root)
     owner_path = os.path.join(partial, OWNER)
@@ -511,7 +634,8 @@ def do_finalize(module, root):
                 components[entry[:-5]] = read_json(os.path.join(comp_dir, entry))
     problems = []
     if module.params['status'] == 'failed':
-        problems.append('finalize was called with status=failed')
+        error = (module.params['error'] or '').strip()
+        problems.append('finalize was called with status=failed' + (': %s' % error if error else ''))
     if not components:
         problems.append('no component was recorded')
     for name in module.params['expected_components']:
@@ -531,28 +655,35 @@ def do_finalize(module, root):
         'duration_s': round((ended - parse_time(started)).total_seconds(), 3),
         'components': components,
     }
+    full = [p for p in problems if no_space_on(p, root)]
     if module.check_mode:
         module.exit_json(changed=True, set_id=set_id, path=os.path.join(root, set_id),
                          status='failed' if problems else 'success', problems=problems, latest=not problems,
-                         manifest=manifest)
-    # Bookkeeping files are not part of the finished set.
-    shutil.rmtree(comp_dir, ignore_errors=True)
-    if os.path.exists(owner_path):
-        os.unlink(owner_path)
-    files = hash_set_files(partial)
-    hashes = dict((f['path'], f) for f in files)
-    for name, comp in sorted(components.items()):
-        _check_files(partial, name, comp, hashes, problems)
-    manifest['status'] = 'failed' if problems else 'success'
-    manifest['problems'] = problems
-    written = write_manifest(partial, manifest, files=files)
-    final = finalize_set(partial, root, written['status'])
+                         removed=False, storage_full=None, manifest=manifest)
+    if full:
+        # The disk filled during the run: what it wrote cannot be trusted and holds the space the next run needs.
+        _abandon(module, root, partial, set_id, manifest, problems, full[0])
+    try:
+        # The bookkeeping (.owner.json, .components/) is not hashed and stays until finalize_set's rename, so
+        # that a run killed while its files are hashed still names its owner process (the next begin removes it).
+        files = hash_set_files(partial)
+        hashes = dict((f['path'], f) for f in files)
+        for name, comp in sorted(components.items()):
+            _check_files(partial, name, comp, hashes, problems)
+        manifest['status'] = 'failed' if problems else 'success'
+        manifest['problems'] = problems
+        written = write_manifest(partial, manifest, files=files)
+        final = finalize_set(partial, root, written['status'])
+    except (OSError, BackupSetError) as exc:
+        if not os.path.isdir(partial):  # renamed: the set is complete, only what followed the rename failed
+            raise
+        _abandon(module, root, partial, set_id, manifest, problems, exc)
     # finalize_set reads SHA256SUMS back and fails the set when it does not match: report what it wrote.
     written = load_manifest(final)
     # json_safe: file names that are not UTF-8 (an uploads tree may hold some) are shown escaped.
     module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=final, status=written['status'],
                                       problems=written['problems'], latest=written['status'] == 'success',
-                                      manifest=written)))
+                                      removed=False, storage_full=None, manifest=written)))
 
 
 def do_verify(module, root):
@@ -652,6 +783,7 @@ def main():
             status=dict(type='str', choices=['auto', 'failed'], default='auto'),
             expected_components=dict(type='list', elements='str', default=[]),
             stale_after=dict(type='int', default=7200),
+            error=dict(type='str', default=''),
             force=dict(type='bool', default=False),
             method=dict(type='str', choices=['checksums', 'restore']),
             result=dict(type='str', choices=['passed', 'failed']),

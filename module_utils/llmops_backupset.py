@@ -3,7 +3,7 @@
 Layout of a root (``/backup`` for instance)::
 
     <root>/.<name>_YYYYmmdd_HHMMSS.partial/   a run in progress (or abandoned: cleanup_partials)
-        .owner.json                           host, pid, started, heartbeat of the run
+        .owner.json                           host, boot, the run's process (pid + start time), heartbeat
         .components/<component>.json          one manifest entry per component, merged at finalize
     <root>/<name>_YYYYmmdd_HHMMSS/            a finalized set (status success or failed)
         backup_manifest.json                  schema_version 1, see write_manifest
@@ -15,10 +15,18 @@ Layout of a root (``/backup`` for instance)::
     <root>/latest -> <name>_YYYYmmdd_HHMMSS   newest successful set (symlink, replaced atomically)
 
 Timestamps are UTC. A set's id is its folder name ``<name>_YYYYmmdd_HHMMSS``. A set whose run
-failed is still finalized (its good artefacts may matter) but says ``status: failed``, never
-becomes ``latest`` and is not listed by ``list_sets(complete_only=True)``. ``finalize_set`` reads
-SHA256SUMS back before the rename: a set whose SHA256SUMS does not list exactly its files is
-finalized as failed.
+failed is still finalized (its good artefacts may matter, when the disk has room for them) but says
+``status: failed``, never becomes ``latest`` and is not listed by ``list_sets(complete_only=True)``.
+``finalize_set`` reads SHA256SUMS back before the rename: a set whose SHA256SUMS does not list exactly
+its files is finalized as failed.
+
+A run killed with SIGKILL leaves only its ``.partial`` folder (the rename is the commit point; the
+bookkeeping that names its owner stays until just before it). ``assess_partial`` tells an abandoned
+partial from a live run by its owner record: the run's ``ansible-playbook`` process and its start time
+on this host (``run_owner``); a dead owner's partial is removed by the next ``begin`` at once and by
+``cleanup_partials`` whatever its age, a live one never; when the owner cannot be checked the heartbeat
+age decides. A backup volume that fills during a run (``no_space_on``) makes finalize remove the partial
+and say how much to free (``storage_full``).
 
 Everything read back from a set (manifest, SHA256SUMS) is untrusted: ``confined_path`` turns an
 entry into a file path only when it stays inside the set. The checksummed manifest is never
@@ -31,6 +39,7 @@ Stdlib only; modules import it as ``from ansible.module_utils.llmops_backupset i
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
@@ -221,8 +230,11 @@ def partial_path(root, set_id):
 def begin_set(root, name, now=None, owner=None):
     """Create ``<root>/.<name>_YYYYmmdd_HHMMSS.partial/`` (0700) and return its path.
 
-    ``root`` is created 0700 if absent. ``owner`` (dict) is stored with host, pid and times in
-    ``.owner.json``. Fails if a set or partial with the same id exists.
+    ``root`` is created 0700 if absent. ``.owner.json`` records the host, the boot, the process that
+    represents the run (``run_owner``: ``pid``, ``pid_start``, ``pid_cmd``; null when it cannot be
+    determined), this process (``module_pid``) and the times; ``owner`` (dict) overrides or adds keys.
+    Fails if a set or partial with the same id exists. A partial whose owner record cannot be written
+    (a full disk) is removed again, so that it never blocks the next run.
     """
     root = _ensure_root(root)
     now = utc(now)
@@ -234,14 +246,19 @@ def begin_set(root, name, now=None, owner=None):
         os.mkdir(path, 0o700)
     except FileExistsError as exc:
         raise BackupSetError("%s already exists: another run started in the same second" % path) from exc
-    os.chmod(path, 0o700)
-    os.mkdir(os.path.join(path, COMPONENTS_DIR), 0o700)
-    record = {"set_id": set_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(),
-              "started": isoformat(now), "heartbeat": isoformat(now)}
-    record.update(owner or {})
-    write_json(os.path.join(path, OWNER), record)
-    fsync_dir(path)
-    fsync_dir(root)
+    try:
+        os.chmod(path, 0o700)
+        os.mkdir(os.path.join(path, COMPONENTS_DIR), 0o700)
+        record = {"set_id": set_id, "name": name, "host": socket.gethostname(), "boot_id": boot_id(),
+                  "module_pid": os.getpid(), "started": isoformat(now), "heartbeat": isoformat(now)}
+        record.update(run_owner() or {"pid": None, "pid_start": None, "pid_cmd": None})
+        record.update(owner or {})
+        write_json(os.path.join(path, OWNER), record)
+        fsync_dir(path)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 
@@ -282,8 +299,199 @@ def list_partials(root):
                   if _PARTIAL_RE.match(e) and os.path.isdir(os.path.join(root, e)))
 
 
+# --------------------------------------------------------------------------------------------
+# who owns a partial: the run's process, checked through /proc (Linux)
+#
+# A partial is *active* while the process that represents its run is alive on this host, or while any
+# process still has it as working folder or holds a file in it (an ``async`` component job outlives a
+# killed ansible-playbook: it was daemonised). Its owner is *dead* when the record names this host and
+# this boot and its process is gone or is another process now (pid reused: the start time differs);
+# such a partial can be removed at once. When the owner cannot be determined (another host, a record
+# without the run's process: a run through a remote connection, or one written by an older version),
+# the heartbeat age decides, as before: younger than ``stale_after`` counts as active.
+
+_PLAYBOOK_CMDS = ("ansible-playbook",)
+
+
+def _proc_stat(pid):
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3, the state, first), or None."""
+    try:
+        with open("/proc/%d/stat" % int(pid), "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError, TypeError):
+        return None
+    end = data.rfind(b")")
+    fields = data[end + 2:].split() if end >= 0 else []
+    return fields if len(fields) > 19 else None
+
+
+def process_start_time(pid):
+    """Start time of process ``pid`` (field 22 of ``/proc/<pid>/stat``, clock ticks after boot), or None
+    when no such process is running (a zombie counts as gone)."""
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(fields[19])
+
+
+def _parent_pid(pid):
+    fields = _proc_stat(pid)
+    return int(fields[1]) if fields else 0
+
+
+def process_argv(pid):
+    """The command line of ``pid`` as a list (empty when it cannot be read)."""
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as handle:
+            return [os.fsdecode(a) for a in handle.read().split(b"\0") if a]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _playbook_cmd(argv):
+    """``ansible-playbook`` when ``argv`` runs it (directly or through its Python interpreter)."""
+    for arg in argv[:2]:
+        if os.path.basename(arg) in _PLAYBOOK_CMDS:
+            return os.path.basename(arg)
+    return None
+
+
+def boot_id():
+    """This boot's id (``/proc/sys/kernel/random/boot_id``), or None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def run_owner(pid=None):
+    """``{pid, pid_start, pid_cmd}`` of the process that represents the run ``pid`` (default: this
+    process) belongs to, or None.
+
+    Walks up the parents from ``pid`` to the first ``ansible-playbook`` process, then on while the
+    parent is ``ansible-playbook`` too: ansible's workers are forks of the main process with its
+    command line, and the main one lives as long as the run. A module run through a remote connection
+    (no ansible-playbook on this host) or by the ad-hoc ``ansible`` command has no such process: None
+    (its parent, a shell that ends with the module, would say nothing about the run).
+    """
+    current = int(pid or os.getpid())
+    found = None
+    for _depth in range(128):
+        if current <= 1:
+            break
+        cmd = _playbook_cmd(process_argv(current))
+        if cmd:
+            found = (current, cmd)
+        elif found:
+            break
+        current = _parent_pid(current)
+    if not found:
+        return None
+    start = process_start_time(found[0])
+    if start is None:
+        return None
+    return {"pid": found[0], "pid_start": start, "pid_cmd": found[1]}
+
+
+def partial_owner(partial_dir):
+    """``(state, why)`` of the run that owns ``partial_dir``: ``alive``, ``dead`` or ``unknown``.
+
+    ``dead``: the owner record names this host and this boot (or a boot since gone: the host restarted),
+    and its run's process is not running or ``pid`` now belongs to a process started at another time.
+    ``unknown``: no readable record, another host, or no run process recorded.
+    """
+    try:
+        record = read_json(os.path.join(partial_dir, OWNER))
+    except (OSError, ValueError) as exc:
+        return "unknown", "its owner record %s cannot be read (%s)" % (OWNER, exc.__class__.__name__)
+    if not isinstance(record, dict):
+        return "unknown", "its owner record %s is not a mapping" % OWNER
+    host = record.get("host")
+    if host != socket.gethostname():
+        return "unknown", "its owner runs on host %s, not this one (%s)" % (host, socket.gethostname())
+    pid, start, cmd = record.get("pid"), record.get("pid_start"), record.get("pid_cmd") or "process"
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(start, int):
+        return "unknown", "its owner record names no run process (a remote or ad-hoc run, or an older version)"
+    recorded_boot, current_boot = record.get("boot_id"), boot_id()
+    if recorded_boot and current_boot and recorded_boot != current_boot:
+        return "dead", "its owner %s (pid %d) ran before this host restarted" % (cmd, pid)
+    now_start = process_start_time(pid)
+    if now_start is None:
+        return "dead", "its owner %s (pid %d) on this host is gone" % (cmd, pid)
+    if now_start != start:
+        return "dead", "its owner %s (pid %d) is gone (pid %d is another process now)" % (cmd, pid, pid)
+    return "alive", "its owner %s (pid %d) is running on this host" % (cmd, pid)
+
+
+def partial_users(partial_dir, limit=5):
+    """``"<pid> (<name>)"`` of the processes (up to ``limit``) whose working folder is in ``partial_dir``
+    or that hold a file in it: a component job still writing after its run was killed. Processes this
+    one cannot inspect are not listed."""
+    partial_dir = os.path.realpath(os.fspath(partial_dir))
+    prefix = partial_dir.rstrip(os.sep) + os.sep
+    own = os.getpid()
+    users = []
+    try:
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return users
+    for pid in sorted(pids):
+        if pid == own:
+            continue
+        links = ["/proc/%d/cwd" % pid]
+        try:
+            links += ["/proc/%d/fd/%s" % (pid, fd) for fd in os.listdir("/proc/%d/fd" % pid)]
+        except OSError:
+            pass
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == partial_dir or target.startswith(prefix):
+                try:
+                    with open("/proc/%d/comm" % pid, encoding="utf-8", errors="replace") as handle:
+                        name = handle.read().strip()
+                except OSError:
+                    name = "?"
+                users.append("%d (%s)" % (pid, name))
+                break
+        if len(users) >= limit:
+            break
+    return users
+
+
+def assess_partial(partial_dir, stale_after, now=None):
+    """What to make of a ``.partial`` folder: ``{path, owner, why, age, users, active, abandoned}``.
+
+    ``owner``/``why``: ``partial_owner``; ``age``: ``partial_age``; ``users``: ``partial_users`` (only
+    looked for when the owner is not alive). ``active``: a run may still be writing it (owner alive,
+    processes in it, or owner unknown and a heartbeat younger than ``stale_after``). ``abandoned``:
+    not active and either its owner is dead (remove it at once) or its heartbeat is older than
+    ``stale_after``.
+    """
+    owner, why = partial_owner(partial_dir)
+    age = partial_age(partial_dir, now)
+    users = [] if owner == "alive" else partial_users(partial_dir)
+    if users:
+        why += "; processes %s still use the folder" % ", ".join(users)
+    active = owner == "alive" or bool(users) or (owner == "unknown" and age < stale_after)
+    return {"path": partial_dir, "owner": owner, "why": why, "age": age, "users": users, "active": active,
+            "abandoned": not active and (owner == "dead" or age >= stale_after)}
+
+
+def remove_partial(partial_dir):
+    """Delete a ``.partial`` folder (never a finalized set) and fsync its root."""
+    root = parse_partial(partial_dir)[0]
+    shutil.rmtree(partial_dir)
+    fsync_dir(root)
+
+
 def cleanup_partials(root, older_than, now=None, dry_run=False):
-    """Remove ``.partial`` folders whose last heartbeat is older than ``older_than`` seconds.
+    """Remove the abandoned ``.partial`` folders (``assess_partial``): those whose owner process is
+    provably gone, whatever their age, and those whose last heartbeat is older than ``older_than``
+    seconds, unless their owner is still running or a process still uses them.
 
     Returns the list of removed (or, with ``dry_run``, removable) paths.
     """
@@ -291,13 +499,117 @@ def cleanup_partials(root, older_than, now=None, dry_run=False):
         older_than = older_than.total_seconds()
     removed = []
     for path in list_partials(root):
-        if partial_age(path, now) > older_than:
+        if assess_partial(path, older_than, now)["abandoned"]:
             if not dry_run:
                 shutil.rmtree(path)
             removed.append(path)
     if removed and not dry_run:
         fsync_dir(os.path.abspath(os.fspath(root)))
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# a full backup volume
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_RE = re.compile(r"No space left on device|Disk quota exceeded|\bENOSPC\b|\bEDQUOT\b|\[Errno 28\]")
+
+
+def is_no_space(error):
+    """Whether ``error`` (an exception, or a message such as a component's ``error``) says that a file
+    system is full (``ENOSPC``, or a quota: ``EDQUOT``)."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        return True
+    if isinstance(error, BaseException):
+        cause = error.__cause__ or error.__context__
+        if cause is not None and cause is not error and is_no_space(cause):
+            return True
+    return bool(_NO_SPACE_RE.search(str(error or "")))
+
+
+def no_space_on(error, root):
+    """Whether ``error`` says that the file system of the backup root ``root`` is full: ``is_no_space``, and
+    the error is about a path under ``root`` (an ``OSError``'s file name, or the path named in a message).
+    A store whose own disk is full (``could not write to file "base/pgsql_tmp/..."``) is not the backup
+    volume."""
+    if not is_no_space(error):
+        return False
+    root = os.path.abspath(os.fspath(root)).rstrip(os.sep)
+    if isinstance(error, OSError) and error.filename:
+        return os.path.abspath(os.fsdecode(error.filename)).startswith(root + os.sep)
+    return (root + os.sep) in str(error) or str(error).rstrip(":. '\"").endswith(root)
+
+
+def human_bytes(size):
+    """1536 -> '1.5 KiB'."""
+    size = float(size or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
+        size /= 1024.0
+    return "%d B" % size
+
+
+def tree_bytes(path):
+    """Bytes of the regular files under ``path`` (0 when it cannot be read)."""
+    total = 0
+    for dirpath, _dirs, filenames in os.walk(os.fspath(path)):
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, name)):
+                total += st.st_size
+    return total
+
+
+def storage_full(root, set_id, cause, written=0):
+    """What to tell the operator when the backup volume filled during the run of ``set_id`` (whose partial
+    set, ``written`` bytes, was removed: the space it held is free again).
+
+    Returns ``{root, set_id, cause, free_bytes, total_bytes, needed_bytes, more_than, needed_from,
+    written_bytes, msg}``. ``needed_bytes`` estimates what the next run needs on ``root``: the size of the
+    newest successful set (``needed_from`` names it) when that is more than is free now; otherwise the data
+    grew beyond what is free (this run did not fit in it) and ``needed_bytes`` is only a lower bound, the
+    free space (``more_than`` true). ``cause``: the line of ``cause`` that says the disk is full.
+    """
+    root = os.path.abspath(os.fspath(root))
+    try:
+        usage = shutil.disk_usage(root)
+        free, total = usage.free, usage.total
+    except OSError:
+        free = total = None
+    try:
+        complete = list_sets(root, complete_only=True)
+    except OSError:
+        complete = []
+    previous = complete[-1] if complete else None
+    previous_bytes = int((previous or {}).get("bytes") or 0)
+    if previous and previous_bytes > (free or 0):
+        needed, more_than = previous_bytes, False
+        needed_from = "the size of the previous set %s" % previous["id"]
+        need = "needs about %s (%s): free at least %s more" % (
+            human_bytes(needed), needed_from, human_bytes(needed - (free or 0)))
+    else:
+        needed, more_than = max(free or 0, int(written or 0)), True
+        needed_from = "the space free now, which this run did not fit in" + (
+            " (the previous set %s took %s: the data grew)" % (previous["id"], human_bytes(previous_bytes))
+            if previous else "")
+        need = "needs more than the %s free now, which this run did not fit in%s" % (
+            human_bytes(free), " (the previous set %s took %s: the data grew)"
+            % (previous["id"], human_bytes(previous_bytes)) if previous else "")
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    text = next((line for line in lines if _NO_SPACE_RE.search(line)), lines[-1] if lines else "no space left")
+    msg = ("the backup volume %s ran out of space (%s): the partial set %s was removed (%s written; artefacts cut "
+           "short by a full disk cannot be trusted, and they held the space the next run needs). Free space on %s "
+           "(%s free of %s): the next run %s; delete old sets (playbooks/cleanup.yml), move them off the volume or "
+           "grow it, then run the backup again"
+           % (root, text[:400], set_id, human_bytes(written), root, human_bytes(free) if free is not None else "?",
+              human_bytes(total) if total is not None else "?", need))
+    return {"root": root, "set_id": set_id, "cause": text[:400], "free_bytes": free, "total_bytes": total,
+            "needed_bytes": needed, "more_than": more_than, "needed_from": needed_from,
+            "written_bytes": int(written or 0), "msg": msg}
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,9 +708,16 @@ def _walk_error(exc):
     raise exc
 
 
-def _set_files(path, links=False):
+def _is_bookkeeping(rel):
+    """Whether ``rel`` is a partial's bookkeeping (``.owner.json``, ``.components/...`` at its top), which
+    finalize removes just before the rename: never part of a set."""
+    return rel == OWNER or rel.startswith(COMPONENTS_DIR + os.sep)
+
+
+def _set_files(path, links=False, bookkeeping=False):
     """Relative paths of every file under ``path`` except SHA256SUMS and the verification records
-    (``UNLISTED``, at the top of the set only), sorted.
+    (``UNLISTED``, at the top of the set only), sorted. With ``bookkeeping=True`` (a partial) its
+    bookkeeping files are left out too (``_is_bookkeeping``).
 
     Symbolic links (an uploads tree may hold some) are left out, or with ``links=True`` are the
     only ones returned: SHA256SUMS cannot check a link, so the manifest records its target instead.
@@ -411,7 +730,7 @@ def _set_files(path, links=False):
         for filename in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             full = os.path.join(dirpath, filename)
             rel = os.path.relpath(full, path)
-            if rel in UNLISTED or os.path.islink(full) != links:
+            if rel in UNLISTED or os.path.islink(full) != links or (bookkeeping and _is_bookkeeping(rel)):
                 continue
             files.append(rel)
     return sorted(files)
@@ -419,17 +738,19 @@ def _set_files(path, links=False):
 
 def set_links(path):
     """``[{path, target}]`` of every symbolic link in a set (recorded in the manifest)."""
-    return [{"path": rel, "target": os.readlink(os.path.join(path, rel))} for rel in _set_files(path, links=True)]
+    return [{"path": rel, "target": os.readlink(os.path.join(path, rel))}
+            for rel in _set_files(path, links=True, bookkeeping=True)]
 
 
 def hash_set_files(path):
-    """Hash every regular file of a set except the manifest, SHA256SUMS and the verification records.
+    """Hash every regular file of a set except the manifest, SHA256SUMS, the verification records and
+    a partial's bookkeeping (``.owner.json``, ``.components/``).
 
     Returns ``[{path, size, sha256}]`` sorted by path; symbolic links are left out (see
     ``set_links``); a special file (fifo, device) raises.
     """
     entries = []
-    for rel in _set_files(path):
+    for rel in _set_files(path, bookkeeping=True):
         if rel == MANIFEST:
             continue
         full = os.path.join(path, rel)
@@ -614,7 +935,7 @@ def sums_problems(path, manifest):
         expected[MANIFEST] = hash_file(os.path.join(path, MANIFEST))[0]
     except OSError as exc:
         problems.append("file %r: cannot be read (%s); %s" % (MANIFEST, exc, redo))
-    present = set(_set_files(path))
+    present = set(_set_files(path, bookkeeping=True))
     for rel in sorted(set(sums) | set(expected) | present, key=_sort_key):
         try:
             full = confined_path(path, rel)
@@ -676,6 +997,12 @@ def finalize_set(partial_dir, root, status):
     its ``problems``, so the set never becomes ``latest`` (read the final status with
     ``load_manifest`` on the returned path). Only a ``success`` set replaces ``<root>/latest``
     (atomically: temp symlink + rename).
+
+    The partial's bookkeeping (``.components/``, then ``.owner.json``) is removed just before the
+    rename, so that a run killed at any earlier point of finalize leaves a partial that still names
+    its owner (``assess_partial`` sees it dead and the next run removes it). A kill before the rename
+    leaves only the ``.partial`` folder; after it, the set is complete and checked (only ``latest``
+    may still name the previous set).
     """
     if status not in ("success", "failed"):
         raise BackupSetError("status must be 'success' or 'failed', got %r" % (status,))
@@ -697,6 +1024,9 @@ def finalize_set(partial_dir, root, status):
         manifest["status"] = status = "failed"
         manifest["problems"] = list(manifest.get("problems") or []) + problems
         write_manifest(partial_dir, manifest, files=manifest.get("files") or [])
+    shutil.rmtree(os.path.join(partial_dir, COMPONENTS_DIR), ignore_errors=True)
+    if os.path.lexists(os.path.join(partial_dir, OWNER)):
+        os.unlink(os.path.join(partial_dir, OWNER))
     os.rename(partial_dir, final)
     fsync_dir(root)
     if status == "success":

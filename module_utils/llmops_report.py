@@ -91,6 +91,9 @@ def update_state(root, manifest=None, verification=None, now=None):
                 item["duration_s"] = entry.get("duration_s")
                 item["bytes"] = sum(int(f.get("size") or 0) for f in entry.get("files", []))
         state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
+        # The backup volume filled during this run (backup_set finalize removed the partial): until a run
+        # gets past finalize again, the storage_full metric says so.
+        state["storage_full"] = storage_full_state(manifest, ended)
         if manifest.get("status") == "success":
             state["last_successful_set"] = state["last_set"]
     if verification:
@@ -104,6 +107,27 @@ def update_state(root, manifest=None, verification=None, now=None):
             tests["newest_passed"] = record
     write_file_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
     return state
+
+
+def storage_full_state(manifest, ended=None):
+    """``{set_id, time, free_bytes, needed_bytes, root, msg}`` when the run of ``manifest`` failed because the
+    backup volume was full (its ``storage_full``, set by ``backup_set`` finalize), else None."""
+    full = (manifest or {}).get("storage_full")
+    if not isinstance(full, dict):
+        return None
+    return {"set_id": manifest.get("id"), "time": ended or manifest.get("ended"), "root": full.get("root"),
+            "free_bytes": full.get("free_bytes"), "needed_bytes": full.get("needed_bytes"),
+            "more_than": bool(full.get("more_than")), "msg": full.get("msg")}
+
+
+def storage_full_alert(full):
+    """The critical alert for a run that the full backup volume stopped (``storage_full_state``)."""
+    summary = ("backup storage %s is FULL: run %s did not fit and its partial set was removed; the next run needs "
+               "%s %s there (free now: %s): delete old sets (playbooks/cleanup.yml) or grow the volume, then run "
+               "the backup again" % (full.get("root"), full.get("set_id"),
+                                     "more than" if full.get("more_than") else "about",
+                                     human(full.get("needed_bytes")), human(full.get("free_bytes"))))
+    return {"severity": "critical", "summary": summary}
 
 
 def gauge(lines, name, help_text, samples):
@@ -138,6 +162,12 @@ def metrics(state, disk, now=None):
     gauge(lines, "llmops_backup_storage_total_bytes", "Size of the backup file system.", [({}, disk["total"])])
     gauge(lines, "llmops_backup_storage_free_bytes", "Free bytes on the backup file system.", [({}, disk["free"])])
     gauge(lines, "llmops_backup_storage_used_bytes", "Used bytes on the backup file system.", [({}, disk["used"])])
+    full = state.get("storage_full") or {}
+    gauge(lines, "llmops_backup_storage_full", "1 when the last backup run failed because the backup file system "
+          "was full (its partial set was removed).", [({}, 1 if full else 0)])
+    gauge(lines, "llmops_backup_storage_needed_bytes", "About the bytes the next backup run needs on the backup file "
+          "system (the previous set's size), when the last run found it full; 0 otherwise.",
+          [({}, full.get("needed_bytes") or 0)])
     tests = state.get("restore_test") or {}
     gauge(lines, "llmops_backup_restore_tested_set_timestamp_seconds",
           "End of the newest backup set whose restore test passed (0: none yet).",
@@ -159,6 +189,9 @@ def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_
                                                          "trusted: read the drill report, fix the cause and back up "
                                                          "again" % (verification.get("set_id"),
                                                                     verification.get("details") or "no details")})
+    full = storage_full_state(manifest) if manifest else None
+    if full:
+        found.append(storage_full_alert(full))
     if manifest and manifest.get("status") != "success":
         failed = [n for n, e in manifest.get("components", {}).items() if e.get("status") != "success"]
         found.append({"severity": "critical", "summary": "backup set %s FAILED (components: %s): %s" % (

@@ -209,3 +209,75 @@ def test_hostile_file_names_through_the_module(tmp_path):
     assert r["sums"]["rc"] == 0 and r["verified"]["verify"]["ok"]
     assert bs.load_manifest(r["final"]["path"])["files"][0]["path"] == "uploads/d\n\udcff/x\\y\r"
     assert r["listed"]["latest"] == r["begun"]["set_id"]
+
+
+def test_a_full_backup_volume_removes_the_partial_and_says_what_to_free(tmp_path):
+    """A component that failed with ENOSPC on a file of the backup root, or a run stopped by it (the rescue's
+    finalize with status=failed and the error), removes the partial instead of finalizing it; a store whose own
+    disk is full is not the backup volume, and a failure that is not about space keeps the failed set."""
+    root = str(tmp_path / "backups")
+    previous = old_set(root, 1)
+    enospc = ("writing {{ full.path }}/postgres/app.dump.zst.tmp-1 failed: [Errno 28] No space left on device")
+    r = run_playbook(tmp_path, [
+        step("full", {"command": "begin", "root": root}),
+        {"name": "artefact", "register": "art", "ansible.builtin.shell":
+            "mkdir -p {{ full.path }}/redis && head -c 5000 /dev/zero > {{ full.path }}/redis/dump.rdb.zst"},
+        step("redis", {"command": "component", "root": root, "path": "{{ full.path }}", "component": "redis",
+                       "data": {"status": "success", "files": [{"path": "redis/dump.rdb.zst"}]}}),
+        step("pg", {"command": "component", "root": root, "path": "{{ full.path }}", "component": "postgres",
+                    "data": {"status": "failed", "error": enospc}}),
+        step("final", {"command": "finalize", "root": root, "path": "{{ full.path }}",
+                       "expected_components": ["redis", "postgres"]}),
+        {"name": "wait", "ansible.builtin.pause": {"seconds": 1}},
+        step("stopped", {"command": "begin", "root": root}),
+        step("rescued", {"command": "finalize", "root": root, "path": "{{ stopped.path }}", "status": "failed",
+                         "error": "component failed on " + root + ": [Errno 28] No space left on device: '"
+                                  + root + "/x.json'"}),
+        {"name": "wait2", "ansible.builtin.pause": {"seconds": 1}},
+        step("store", {"command": "begin", "root": root}),
+        step("store_pg", {"command": "component", "root": root, "path": "{{ store.path }}", "component": "postgres",
+                          "data": {"status": "failed", "error": 'pg_dump: error: could not write to file '
+                                   '"base/pgsql_tmp/pgsql_tmp1.0": No space left on device'}}),
+        step("store_final", {"command": "finalize", "root": root, "path": "{{ store.path }}"}),
+    ])
+    final = r["final"]
+    assert final["status"] == "failed" and final["removed"] and not final["latest"]
+    assert not os.path.exists(r["full"]["path"]) and bs.list_partials(root) == []
+    full = final["storage_full"]
+    assert full["root"] == root and full["set_id"] == r["full"]["set_id"] and full["written_bytes"] >= 5000
+    assert "No space left on device" in full["cause"]
+    message = final["problems"][0]
+    for text in ("ran out of space", "was removed", f"Free space on {root}", "the next run needs",
+                 "run the backup again"):
+        assert text in message, message
+    # the manifest handed to the report says so, and no component counts as backed up
+    assert final["manifest"]["storage_full"] == full and final["manifest"]["removed"]
+    assert {c["status"] for c in final["manifest"]["components"].values()} == {"failed"}
+    assert "removed with the partial set" in final["manifest"]["components"]["redis"]["error"]
+    rescued = r["rescued"]
+    assert rescued["removed"] and rescued["storage_full"] and not os.path.exists(r["stopped"]["path"])
+    assert any("finalize was called with status=failed: component failed" in p for p in rescued["problems"])
+    # another disk than the backup volume: an ordinary failed set, kept for inspection
+    store = r["store_final"]
+    assert store["status"] == "failed" and not store["removed"] and store["storage_full"] is None
+    assert os.path.isdir(store["path"]) and "pgsql_tmp" in " ".join(store["problems"])
+    assert os.readlink(os.path.join(root, "latest")) == previous
+    assert bs.verify_set(os.path.join(root, previous))["ok"]
+
+
+def test_a_finalize_that_cannot_complete_removes_its_partial(tmp_path):
+    """An error that stops finalize before the rename (here a FIFO among the artefacts: a set holds regular
+    files only) removes the partial, and the run is reported failed with the cause, not left to block."""
+    root = str(tmp_path / "backups")
+    r = run_playbook(tmp_path, [
+        step("begun", {"command": "begin", "root": root}),
+        {"name": "fifo", "ansible.builtin.command": "mkfifo {{ begun.path }}/odd.fifo"},
+        step("rec", {"command": "component", "root": root, "path": "{{ begun.path }}", "component": "x",
+                     "data": {"status": "success"}}),
+        step("final", {"command": "finalize", "root": root, "path": "{{ begun.path }}"}),
+    ])
+    final = r["final"]
+    assert final["status"] == "failed" and final["removed"] and final["storage_full"] is None
+    assert final["problems"][0].startswith("finalize could not complete (")
+    assert "odd.fifo is not a regular file" in final["problems"][0] and "run the backup again" in final["problems"][0]
+    assert not os.path.exists(r["begun"]["path"]) and os.listdir(root) == []

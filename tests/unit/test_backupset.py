@@ -544,3 +544,54 @@ def test_json_safe():
     assert bs.json_safe({"a\udcff": ["b\udcfe", ("ok 한",)], "n": 1, "x": None}) == \
         {"a\\xff": ["b\\xfe", ["ok 한"]], "n": 1, "x": None}
     assert bs.json_safe("lone \ud800") == "lone \\ud800"
+
+
+def test_finalize_keeps_the_owner_record_until_the_rename(tmp_path):
+    """The run's bookkeeping is not hashed, not listed and not in the set; it stays in the partial until just
+    before the rename, so that a run killed in finalize still names its owner."""
+    partial = bs.begin_set(tmp_path, "llmops", T0, owner={"pid": 1, "pid_start": 1})
+    with open(os.path.join(partial, bs.COMPONENTS_DIR, "redis.json"), "w") as handle:
+        handle.write("{}")
+    os.makedirs(os.path.join(partial, "redis"))
+    with open(os.path.join(partial, "redis", "dump.rdb.zst"), "wb") as handle:
+        handle.write(b"r" * 10)
+    files = bs.hash_set_files(partial)
+    assert [f["path"] for f in files] == ["redis/dump.rdb.zst"]
+    bs.write_manifest(partial, {"status": "success", "components": {}}, files=files)
+    assert os.path.exists(os.path.join(partial, bs.OWNER))  # still there once manifest and SHA256SUMS exist
+    assert bs.sums_problems(partial, bs.load_manifest(partial)) == []
+    final = bs.finalize_set(partial, tmp_path, "success")
+    assert sorted(os.listdir(final)) == ["SHA256SUMS", "backup_manifest.json", "redis"]
+    assert bs.verify_set(final)["ok"] and bs.load_manifest(final)["status"] == "success"
+    # a stray owner record in a finished set is not silently accepted
+    shutil.copy(os.path.join(final, "SHA256SUMS"), os.path.join(final, bs.OWNER))
+    assert bs.verify_set(final)["extra"] == [bs.OWNER]
+
+
+def test_storage_full_metric_and_critical_alert(tmp_path):
+    from ansible.module_utils import llmops_report as report
+
+    disk = {"total": 1000, "used": 10, "free": 990, "free_pct": 99.0}
+    full = {"root": "/backup", "set_id": "llmops_20260131_020000", "free_bytes": 990, "total_bytes": 1000,
+            "needed_bytes": 3 * 1024 ** 3, "msg": "the backup volume /backup ran out of space"}
+    failed = {"id": "llmops_20260131_020000", "status": "failed", "ended": "2026-01-31T02:10:00Z", "removed": True,
+              "storage_full": full, "problems": [full["msg"]],
+              "components": {"uploads": {"status": "failed", "error": "No space left on device"}}}
+    state = report.update_state(tmp_path, failed)
+    text = report.metrics(state, disk)
+    assert "llmops_backup_storage_full 1.0" in text and f"llmops_backup_storage_needed_bytes {3.0 * 1024 ** 3}" in text
+    found = report.alerts(failed, state, disk)
+    critical = [a for a in found if a["severity"] == "critical" and "is FULL" in a["summary"]]
+    assert len(critical) == 1
+    assert "/backup" in critical[0]["summary"] and "3.0 GiB" in critical[0]["summary"]
+    assert "run the backup again" in critical[0]["summary"]
+    # a restore test does not clear it; the next run that gets past finalize does
+    state = report.update_state(tmp_path, verification={"set_id": "x", "set_ended": "2026-01-30T02:00:00Z",
+                                                        "result": "passed"})
+    assert "llmops_backup_storage_full 1.0" in report.metrics(state, disk)
+    ok = {"id": "llmops_20260201_020000", "status": "success", "ended": "2026-02-01T02:10:00Z",
+          "components": {"uploads": {"status": "success", "files": []}}}
+    state = report.update_state(tmp_path, ok)
+    assert "llmops_backup_storage_full 0.0" in report.metrics(state, disk)
+    assert "llmops_backup_storage_needed_bytes 0.0" in report.metrics(state, disk)
+    assert not [a for a in report.alerts(ok, state, disk) if "FULL" in a["summary"]]

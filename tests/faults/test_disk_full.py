@@ -1,0 +1,156 @@
+"""Fault: the backup volume fills during a run (a small tmpfs mounted as the backup root).
+
+The run fails with a message naming the lack of space, the volume and what to do next (how much to free);
+its partial set is removed (an artefact cut short by a full disk cannot be trusted, and it holds the space
+the next run needs); the older sets are intact and ``latest`` still names the newest good one; the
+``llmops_backup_storage_full`` metric and a Critical alert are emitted. Once space is freed, the next run
+succeeds and the metric goes back to 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from module_utils import llmops_backupset as bs
+from tests.faults import faultkit as fk
+
+NEXT_STEP = ("ran out of space", "was removed", "Free space on", "the next run needs", "run the backup again")
+
+
+@pytest.fixture()
+def volume(tmp_path):
+    """A 24 MiB tmpfs as the backup root, unmounted at the end."""
+    path = tmp_path / "volume"
+    fk.mount_tmpfs(path, "24m")
+    yield path
+    fk.umount(path)
+
+
+def metric(text: str, name: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} not in the metrics:\n{text}"
+    return values[0]
+
+
+def assert_message_says_what_to_do(text: str, root) -> None:
+    for words in NEXT_STEP:
+        assert words in text, f"{words!r} missing from: {text[-3000:]}"
+    assert str(root) in text
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("component", ["uploads", "mariadb"])
+def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
+    root = volume
+    metrics = tmp_path / "metrics"
+    src = tmp_path / "uploads-src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_text("a document\n")
+    base = ["-e", f"app_uploads_path={src}"]
+    # the older set: a real uploads backup that fits
+    rc, out = fk.run_backup(root, tmp_path / "first.log", secrets.token_hex(8), "-e", "components=uploads", *base,
+                            metrics=metrics)
+    assert rc == 0, out[-5000:]
+    older = os.readlink(root / "latest")
+    if component == "uploads":
+        with open(src / "big.bin", "wb") as handle:  # more than the volume holds
+            handle.truncate(40 * 1024 * 1024)
+        extra = ["-e", "components=uploads", *base]
+    else:  # the MariaDB stream (about 1 MiB compressed) into a volume with less than that left
+        with open(root / "other-data.bin", "wb") as handle:
+            handle.write(b"\0" * (bs.shutil.disk_usage(root).free - 256 * 1024))
+        extra = ["-e", "components=mariadb", "-e", "backup_type=full", *base]
+    hook = fk.Webhook()
+    try:
+        rc, out = fk.run_backup(root, tmp_path / "full.log", secrets.token_hex(8), *extra, "-e",
+                                f"alert_webhook_url={hook.url}", metrics=metrics)
+    finally:
+        hook.close()
+    assert rc != 0, out[-5000:]
+    assert "No space left on device" in out
+    failure = [line for line in out.splitlines() if "FAILED" in line and "ran out of space" in line]
+    assert failure, out[-6000:]
+    assert_message_says_what_to_do(failure[-1], root)
+    # the partial is gone, the older set intact and still latest
+    assert fk.partials(root) == []
+    assert fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
+    assert fk.sha256sum_ok(root / older).returncode == 0 and bs.verify_set(root / older)["ok"]
+    # metric, state, audit line and the Critical alert
+    prom = (metrics / "llmops_backup.prom").read_text()
+    assert metric(prom, "llmops_backup_storage_full") == 1.0
+    assert metric(prom, "llmops_backup_storage_needed_bytes") > 0
+    assert metric(prom, "llmops_backup_set_last_run_success") == 0.0
+    state = json.loads((root / ".backup_state.json").read_text())
+    assert state["storage_full"]["root"] == str(root) and state["last_successful_set"]["id"] == older
+    audit = json.loads((root / "audit.log").read_text().splitlines()[-1])
+    assert audit["result"] == "failed" and audit["set"] == state["storage_full"]["set_id"]
+    critical = [m["text"] for m in hook.received if m["text"].startswith("CRITICAL") and "is FULL" in m["text"]]
+    assert len(critical) == 1 and str(root) in critical[0] and "run the backup again" in critical[0], hook.received
+    assert "ALERT: backup storage" in out
+
+    # space freed (uploads: the big file is gone again; MariaDB: the volume grown, as its backup also unpacks the
+    # uncompressed database on it to check it): the next run succeeds and the metric goes back to 0
+    if component == "uploads":
+        (src / "big.bin").unlink()
+    else:
+        (root / "other-data.bin").unlink()
+        subprocess.run(["mount", "-o", "remount,size=600m", str(root)], check=True)
+    rc, out = fk.run_backup(root, tmp_path / "after.log", secrets.token_hex(8), *extra, metrics=metrics)
+    assert rc == 0, out[-5000:]
+    assert os.readlink(root / "latest") != older
+    prom = (metrics / "llmops_backup.prom").read_text()
+    assert metric(prom, "llmops_backup_storage_full") == 0.0
+
+
+FILL = r"""
+import errno, sys
+with open(sys.argv[1], "wb") as handle:
+    try:
+        while True:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+"""
+
+
+def test_finalize_that_hits_a_full_volume_removes_its_partial(tmp_path, volume):
+    """The components fit, then the volume fills (another writer) before finalize writes the manifest and
+    SHA256SUMS: finalize removes the partial and says what to free; the older set stays intact and latest."""
+    root = volume
+    older = fk.old_set(root)
+    out = tmp_path / "result.json"
+    tasks = [
+        {"name": "begun", "register": "begun", "backup_set": {"command": "begin", "root": str(root)}},
+        {"name": "artefact", "ansible.builtin.command": {
+            "argv": ["dd", "if=/dev/urandom", "of={{ begun.path }}/app.bin", "bs=1M", "count=4"]}},
+        {"name": "component", "register": "component", "backup_set": {
+            "command": "component", "root": str(root), "path": "{{ begun.path }}", "component": "app",
+            "data": {"status": "success", "files": [{"path": "app.bin"}]}}},
+        {"name": "fill", "ansible.builtin.command": {"argv": [sys.executable, "-c", FILL, f"{root}/filler.bin"]}},
+        {"name": "final", "register": "final", "backup_set": {
+            "command": "finalize", "root": str(root), "path": "{{ begun.path }}", "expected_components": ["app"]}},
+        {"name": "dump", "ansible.builtin.copy": {"dest": str(out), "content": "{{ {'begun': begun, 'final': final}"
+                                                                               " | to_json }}"}},
+    ]
+    book = tmp_path / "play.yml"
+    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    env = fk.ansible_env()
+    proc = subprocess.run([str(fk.VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
+                           f"ansible_python_interpreter={sys.executable}", str(book)], cwd=fk.REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    final = result["final"]
+    assert final["status"] == "failed" and final["removed"] and not final["latest"]
+    assert final["storage_full"]["root"] == str(root) and final["storage_full"]["written_bytes"] >= 4 * 1024 ** 2
+    assert_message_says_what_to_do(final["problems"][0], root)
+    assert not os.path.exists(result["begun"]["path"]) and fk.partials(root) == []
+    assert fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
+    assert bs.verify_set(root / older)["ok"]
