@@ -390,26 +390,53 @@ def verify_archived_binlog(path):
 def restore_chain(backup_root, set_path, component="mariadb"):
     """The artefacts to apply for the set at ``set_path``, full first: ``[(set_id, path, sha256)]``.
 
-    Raises ``MariaDBError`` when a set of the chain is missing or lacks the component.
+    The chain entries come from the manifest (untrusted until the set is authenticated): each must be a set
+    id (``<name>_YYYYmmdd_HHMMSS``, no ``/`` nor ``..``), listed once, other than the set itself, whose folder
+    resolves to a folder directly under ``backup_root``; each artefact path must stay inside its set
+    (``confined_path``). Raises ``MariaDBError`` when an entry is not one, or a set of the chain is missing or
+    lacks the component.
     """
+    from ansible.module_utils.llmops_backupset import _SET_RE, confined_path  # pylint: disable=import-outside-toplevel
+
     manifest = load_manifest(set_path)
     set_id = manifest.get("id") or os.path.basename(os.path.abspath(set_path))
     entry = (manifest.get("components") or {}).get(component)
     if not isinstance(entry, dict) or entry.get("status") != "success":
         raise MariaDBError("set %s has no successful %s component" % (set_id, component))
+    links = entry.get("chain") or []
+    if not isinstance(links, list):
+        raise MariaDBError("the %s chain of set %s is not a list (%r): the manifest is damaged or tampered with; "
+                           "do not restore from this set" % (component, set_id, links))
+    real_root = os.path.realpath(backup_root)
+    seen = set()
+    for link in links:
+        if not isinstance(link, str) or not _SET_RE.match(link) or link == set_id or link in seen:
+            raise MariaDBError("the %s chain of set %s lists %r, which is not the id of another set "
+                               "(<name>_YYYYmmdd_HHMMSS, once each): the manifest is damaged or tampered with; do not "
+                               "restore from this set" % (component, set_id, link))
+        seen.add(link)
+        where = os.path.realpath(os.path.join(backup_root, link))
+        if os.path.dirname(where) != real_root:
+            raise MariaDBError("the %s chain of set %s names set %s, whose folder resolves to %s, outside the backup "
+                               "root %s (a symbolic link escapes it); do not restore from this set"
+                               % (component, set_id, link, where, real_root))
     chain = []
-    for link in list(entry.get("chain") or []) + [set_id]:
+    for link in list(links) + [set_id]:
         path = set_path if link == set_id else os.path.join(backup_root, link)
         try:
             item = (load_manifest(path).get("components") or {}).get(component) or {}
         except BackupSetError as exc:
             raise MariaDBError("the incremental chain of %s needs set %s, which is missing or unreadable: %s"
                                % (set_id, link, exc)) from exc
-        files = [f for f in item.get("files") or [] if f["path"].endswith(ARTEFACT)]
+        files = [f for f in item.get("files") or [] if isinstance(f, dict) and str(f.get("path")).endswith(ARTEFACT)]
         if not files or not files[0].get("sha256"):
             raise MariaDBError("set %s of the chain has no %s artefact with a sha256 in its manifest: restore from "
                                "another set" % (link, ARTEFACT))
-        chain.append((link, os.path.join(path, files[0]["path"]), files[0]["sha256"]))
+        try:
+            artefact = confined_path(path, files[0]["path"])
+        except BackupSetError as exc:
+            raise MariaDBError("set %s of the chain of %s: %s" % (link, set_id, exc)) from exc
+        chain.append((link, artefact, files[0]["sha256"]))
     return chain
 
 
@@ -491,6 +518,9 @@ def _log_number(name):
     return int(name.rsplit(".", 1)[-1])
 
 
+BINLOG_TZ = {"TZ": "UTC"}
+
+
 def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, password=None, timeout=None):
     """Replay archived binlogs into the running server from ``start_position`` up to ``stop_datetime``.
 
@@ -519,12 +549,15 @@ def replay_binlogs(target, conn, logs, start_position, stop_datetime, staging, p
         argv = ["mariadb-binlog", "--start-position=%d" % int(start_position),
                 "--stop-datetime=%s" % stop_datetime.strftime("%Y-%m-%d %H:%M:%S")]
         argv += ["%s/%s" % (inside, os.path.basename(p)) for p in local]
-        run_pipeline(target.argv(argv), sql, compress=False, timeout=timeout, source_name="mariadb-binlog")
+        # mariadb-binlog reads --stop-datetime and prints event times in its local time zone: TZ=UTC makes both
+        # UTC whatever the container's TZ (a target_time given with another offset is converted by parse_time)
+        run_pipeline(target.argv(argv, env_names=BINLOG_TZ.keys()), sql, compress=False, env=BINLOG_TZ,
+                     timeout=timeout, source_name="mariadb-binlog")
         # where the archive ends: the newest event of its last log (a log closed by FLUSH ends with its Rotate)
         archive_end = None
         if local:
             last_log = target.run(["mariadb-binlog", "%s/%s" % (inside, os.path.basename(local[-1]))],
-                                  timeout=timeout or 3600)
+                                  env=BINLOG_TZ, timeout=timeout or 3600)
             for line in last_log.splitlines():
                 archive_end = _event_time(line) or archive_end
     finally:
