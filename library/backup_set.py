@@ -25,6 +25,11 @@ description:
     C(sha256sum) does, so names with newlines, backslashes or any other byte are checked too.
   - O(command=verify) re-hashes a set against C(SHA256SUMS) and its manifest and fails on any difference. Every
     path read back from a set must stay inside it (no absolute path, no C(..), no symbolic link leading out).
+  - Authenticated sets - with O(auth_key), O(command=finalize) writes C(SHA256SUMS.hmac), an HMAC-SHA256 of the set
+    id and the exact bytes of C(SHA256SUMS) (which lists the manifest and every artefact) with the key's id, before
+    the rename; O(command=verify) with O(auth_key) fails a set whose HMAC is missing (unless
+    O(allow_unauthenticated=true)), made with another key or wrong (C(SHA256SUMS) and the manifest edited, or the
+    set renamed). The verification records of O(command=verified) are not authenticated - informational only.
   - O(command=verified) appends a verification record (O(method), O(result), O(components), O(by), O(details)) to
     the set's C(verification.json) and rewrites C(verification.json.sha256); the checksummed manifest is never
     rewritten. O(command=list) shows per set whether its newest restore test passed.
@@ -157,6 +162,18 @@ options:
     description:
       - For O(command=verified), who or what checked the set; defaults to C(<user>@<host>) of the module's run.
     type: str
+  auth_key:
+    description:
+      - The backup authentication key (C(backup_auth_key), from the vault, kept off the backup volume; at least 16
+        characters). Used by O(command=finalize) (writes C(SHA256SUMS.hmac)) and O(command=verify) (checks it).
+        Never logged. Empty or unset - sets are neither authenticated nor checked.
+    type: str
+  allow_unauthenticated:
+    description:
+      - For O(command=verify) with O(auth_key), accept a set without C(SHA256SUMS.hmac) (made before
+        authentication). A wrong HMAC or one made with another key fails whatever this says.
+    type: bool
+    default: false
   complete_only:
     description:
       - For O(command=list), list only complete sets with C(status=success).
@@ -323,11 +340,13 @@ manifest:
   sample: {schema_version: 1, id: llmops_20260131_020000, status: success, components: {}, files: []}
 verify:
   description:
-    - The verification result, with C(ok), C(checked) (files), C(bytes), C(missing), C(extra), C(mismatched) and
-      C(errors).
+    - The verification result, with C(ok), C(checked) (files), C(bytes), C(missing), C(extra), C(mismatched),
+      C(errors) and C(auth) (C(state) - V(authenticated), V(unauthenticated_allowed), V(not_checked) or V(failed) -,
+      C(key_id), C(problem)).
   returned: when O(command=verify)
   type: dict
-  sample: {ok: true, checked: 5, bytes: 123456, missing: [], extra: [], mismatched: [], errors: []}
+  sample: {ok: true, checked: 5, bytes: 123456, missing: [], extra: [], mismatched: [], errors: [],
+           auth: {state: authenticated, key_id: 3f2a9c1d, problem: null}}
 sets:
   description:
     - The finalized sets, oldest first, with id, path, status, started, ended, bytes, components, complete,
@@ -440,6 +459,7 @@ from ansible.module_utils.llmops_backupset import (
     OWNER,
     BackupSetError,
     assess_partial,
+    auth_key_id,
     begin_set,
     check_name,
     cleanup_partials,
@@ -624,6 +644,8 @@ def _abandon(module, root, partial, set_id, manifest, problems, cause):
 
 def do_finalize(module, root):
     partial, set_id = _open_partial(module, root)
+    if module.params['auth_key']:
+        auth_key_id(module.params['auth_key'])  # a bad key fails before the partial is touched (it is kept)
     owner_path = os.path.join(partial, OWNER)
     owner = read_json(owner_path) if os.path.exists(owner_path) else {}
     comp_dir = os.path.join(partial, COMPONENTS_DIR)
@@ -673,7 +695,7 @@ def do_finalize(module, root):
         manifest['status'] = 'failed' if problems else 'success'
         manifest['problems'] = problems
         written = write_manifest(partial, manifest, files=files)
-        final = finalize_set(partial, root, written['status'])
+        final = finalize_set(partial, root, written['status'], auth_key=module.params['auth_key'])
     except (OSError, BackupSetError) as exc:
         if not os.path.isdir(partial):  # renamed: the set is complete, only what followed the rename failed
             raise
@@ -688,7 +710,7 @@ def do_finalize(module, root):
 
 def do_verify(module, root):
     path = resolve_set(root, module.params['path'])
-    result = verify_set(path)
+    result = verify_set(path, module.params['auth_key'], module.params['allow_unauthenticated'])
     set_id = os.path.basename(path)
     if not result['ok']:
         details = []
@@ -790,6 +812,8 @@ def main():
             components=dict(type='dict', default={}),
             details=dict(type='str', default=''),
             by=dict(type='str'),
+            auth_key=dict(type='str', no_log=True),
+            allow_unauthenticated=dict(type='bool', default=False),
             complete_only=dict(type='bool', default=False),
             dry_run=dict(type='bool', default=False),
             policy=dict(type='dict', default={}, options=policy_options),

@@ -15,6 +15,14 @@ description:
     O(target_time)), re-hashes it against its C(SHA256SUMS) and manifest, checks every set a MariaDB incremental
     chain needs and the archived binary logs a point-in-time restore replays, and compares the disk the
     restore needs with the free space of the staging area.
+  - With O(auth_key) every set the restore reads (the set and each set of its MariaDB chain) must be
+    authenticated - its C(SHA256SUMS.hmac) made with this key for this set id and its C(SHA256SUMS) - or the
+    plan fails naming why (no HMAC, another key, or an HMAC that does not match - C(SHA256SUMS) and the manifest
+    edited, or the set
+    renamed). A set made before authentication is accepted only with O(allow_unauthenticated=true), and the
+    plan warns about it.
+  - The set's verification records (C(verification.json)) are shown, marked as not authenticated; no decision
+    rests on them.
   - Returns the plan (artefacts in order, services that stop, bytes needed) and fails, listing every problem,
     when the set cannot be restored as asked. It changes nothing.
 extends_documentation_fragment: [llmops]
@@ -42,6 +50,26 @@ options:
   staging_root:
     description: Where the restore unpacks artefacts (checked for free space). Defaults to C(<backup_root>/.restore).
     type: path
+  auth_key:
+    description:
+      - The backup authentication key (C(backup_auth_key), from the vault; at least 16 characters). Never logged.
+      - Empty or unset - nothing is authenticated and the plan warns about it.
+    type: str
+  mariadb_chain_partial:
+    description:
+      - When a set of the MariaDB incremental chain (before the set itself) is missing or fails verification, plan
+        the restore of MariaDB to the last complete point of the chain (the full and the incrementals before the
+        break) instead of refusing. The plan says so loudly (a warning, C(plan.mariadb_chain_partial)); what
+        MariaDB wrote after that point is not restored. Not with O(target_time). A broken full, or a set that
+        itself fails verification, refuses whatever this says.
+    type: bool
+    default: false
+  allow_unauthenticated:
+    description:
+      - Accept a set without C(SHA256SUMS.hmac) (made before authentication, or without a key) when O(auth_key) is
+        set. A set whose HMAC is wrong or made with another key is refused whatever this says.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -55,7 +83,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 plan:
-  description: The plan, with C(ok), C(problems), C(set_id), C(set_path), C(components), C(services_to_stop),
+  description: The plan, with C(ok), C(problems), C(warnings), C(authentication) (set id to V(authenticated),
+    V(unauthenticated_allowed), V(not_checked) or V(failed)), C(set_id), C(set_path), C(components),
+    C(services_to_stop), C(mariadb_chain_partial) (None, or C(restores_to), C(ended), C(instead_of), C(skipped), C(why)
+    when the restore of MariaDB stops at the last complete point of a broken chain),
     C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free) and the ordered C(steps).
   returned: always
   type: dict
@@ -78,18 +109,25 @@ def main():
             components=dict(type="list", elements="str", default=[]),
             target_time=dict(type="str"),
             staging_root=dict(type="path"),
+            auth_key=dict(type="str", no_log=True),
+            allow_unauthenticated=dict(type="bool", default=False),
+            mariadb_chain_partial=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
         plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"],
-                            p["staging_root"])
+                            p["staging_root"], auth_key=p["auth_key"],
+                            allow_unauthenticated=p["allow_unauthenticated"],
+                            mariadb_chain_partial=p["mariadb_chain_partial"])
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot plan the restore: %s" % exc)
     if not plan["ok"]:
         module.fail_json(msg="the restore of %s cannot go ahead: %s" % (plan["set_id"], "; ".join(plan["problems"])),
                          plan=plan)
+    for warning in plan["warnings"]:
+        module.warn(warning)
     module.exit_json(changed=False, plan=plan)
 
 

@@ -9,6 +9,7 @@ Layout of a root (``/backup`` for instance)::
         backup_manifest.json                  schema_version 1, see write_manifest
         SHA256SUMS                            ``<sha256>  <relative path>`` for every other file,
                                               escaped as GNU ``sha256sum`` does (see sums_line)
+        SHA256SUMS.hmac                       with a key: HMAC-SHA256 of the set id and SHA256SUMS
         <artefacts>                           e.g. mariadb/full.mbstream.zst, postgres/app.dump.zst
         verification.json                     added after finalize: checksum / restore test records
         verification.json.sha256              its checksum (``sha256sum -c`` format)
@@ -33,6 +34,16 @@ entry into a file path only when it stays inside the set. The checksummed manife
 rewritten after finalize; what later checks found (``sha256sum``, a restore test) is appended to
 ``verification.json`` by ``record_verification``.
 
+Authenticated sets: with ``backup_auth_key`` (from the vault, never on the backup volume) finalize writes
+``SHA256SUMS.hmac`` (``set_auth_line``: an HMAC-SHA256 over the set id and the exact bytes of SHA256SUMS,
+which lists the manifest and every artefact, plus the key's id) before the rename. ``verify_set`` and the
+restore planning, given the key, refuse a set whose HMAC is missing (unless ``allow_unauthenticated``: a set
+made before authentication), made with another key (named by its id), or wrong (SHA256SUMS and the manifest
+edited together, or the set renamed). The verification records are NOT authenticated (they are appended
+after finalize, by whoever checked the set): they are informational only - no restore decision rests on
+them (the restore plan shows them as unauthenticated; what it restores is decided by the HMAC and the
+checksums), and a forged "restore-tested" record can at most make a drill test another set first.
+
 Stdlib only; modules import it as ``from ansible.module_utils.llmops_backupset import ...``.
 """
 
@@ -42,6 +53,7 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -69,9 +81,17 @@ VERIFICATION_FORMAT = "llmops-verification"
 VERIFICATION_SCHEMA_VERSION = 1
 VERIFICATION_METHODS = ("checksums", "restore")
 VERIFICATION_RESULTS = ("passed", "failed")
-# Files of a finalized set that SHA256SUMS does not list: SHA256SUMS itself, and the verification
-# records appended after finalize (they carry their own checksum).
-UNLISTED = (SUMS, VERIFICATION, VERIFICATION_SUMS)
+# Files of a finalized set that SHA256SUMS does not list: SHA256SUMS itself, its HMAC (SHA256SUMS.hmac, written
+# last before the rename) and the verification records appended after finalize (they carry their own checksum).
+UNLISTED = (SUMS, VERIFICATION, VERIFICATION_SUMS, SUMS + ".hmac")
+# The set's authentication: an HMAC-SHA256 over the set id and the exact bytes of SHA256SUMS (which lists the
+# manifest and every artefact), under a key kept off the backup volume (see set_auth_line).
+SUMS_HMAC = SUMS + ".hmac"
+AUTH_FORMAT = "llmops-set-hmac"
+AUTH_VERSION = 1
+AUTH_MIN_KEY = 16
+_AUTH_LINE_RE = re.compile(r"^llmops-set-hmac v(?P<version>\d+) set=(?P<set>\S+) key=(?P<key>[0-9a-f]{8}) "
+                           r"hmac-sha256=(?P<mac>[0-9a-f]{64})\n?$")
 OWNER = ".owner.json"
 COMPONENTS_DIR = ".components"
 LATEST = LAYOUT["latest"]
@@ -970,11 +990,128 @@ def sums_problems(path, manifest):
         if recorded.get(rel) != actual.get(rel):
             problems.append("symbolic link %r: the manifest records target %r, the set holds %r; %s"
                             % (rel, recorded.get(rel), actual.get(rel), redo))
-    for name in (VERIFICATION, VERIFICATION_SUMS):
+    for name in (VERIFICATION, VERIFICATION_SUMS, SUMS_HMAC):
         if os.path.lexists(os.path.join(path, name)):
-            problems.append("file %r: this name is reserved for the verification records added after finalize; "
+            problems.append("file %r: this name is reserved for the verification records and the set's HMAC "
+                            "(added at or after finalize); "
                             "write the artefact under a component folder and run the backup again" % name)
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# authentication: SHA256SUMS.hmac
+
+
+def _auth_key_bytes(key):
+    """The key's bytes; raises ``BackupSetError`` for a key that is not text or too short to be one."""
+    if isinstance(key, bytes):
+        data = key
+    elif isinstance(key, str):
+        data = key.strip().encode("utf-8")
+    else:
+        raise BackupSetError("the backup authentication key must be text, got %s" % type(key).__name__)
+    if re.search(rb"(?i)change[-_/ .]?me", data):
+        raise BackupSetError("the backup authentication key (backup_auth_key) still holds the example value of "
+                             "vault.yml.example: generate one with 'openssl rand -hex 32' and put it in the vault "
+                             "(ansible-vault edit inventories/production/group_vars/all/vault.yml)")
+    if len(data) < AUTH_MIN_KEY:
+        raise BackupSetError("the backup authentication key (backup_auth_key) has %d characters, fewer than %d: "
+                             "generate one with 'openssl rand -hex 32', keep it in the vault (vault_backup_auth_key), "
+                             "never on the backup volume" % (len(data), AUTH_MIN_KEY))
+    return data
+
+
+def auth_key_id(key):
+    """The key id written next to an HMAC: the first 8 hex digits of sha256(key), so that a set made with
+    another key is named as such (the id says nothing usable about the key itself)."""
+    return hashlib.sha256(_auth_key_bytes(key)).hexdigest()[:8]
+
+
+def set_auth_line(set_id, sums_bytes, key):
+    """The content of ``SHA256SUMS.hmac`` (bytes, one line)::
+
+        llmops-set-hmac v1 set=<set id> key=<key id> hmac-sha256=<64 hex>
+
+    The HMAC-SHA256 (under ``key``) covers ``llmops-set-hmac v1``, the set id and the exact bytes of
+    SHA256SUMS, NUL-separated: SHA256SUMS lists the manifest and every artefact with its sha256, so the HMAC
+    authenticates the whole set, and a set renamed (or copied in under another id) fails it. ``set=`` is
+    informational (it names the id the set was made under); the HMAC decides.
+    """
+    check_name(set_id, "set id")
+    message = b"\0".join([("%s v%d" % (AUTH_FORMAT, AUTH_VERSION)).encode("ascii"), set_id.encode("ascii"),
+                          bytes(sums_bytes)])
+    mac = hmac.new(_auth_key_bytes(key), message, hashlib.sha256).hexdigest()
+    line = "%s v%d set=%s key=%s hmac-sha256=%s\n" % (AUTH_FORMAT, AUTH_VERSION, set_id, auth_key_id(key), mac)
+    return line.encode("ascii")
+
+
+def write_set_auth(path, set_id, key):
+    """Write ``<path>/SHA256SUMS.hmac`` for the SHA256SUMS now in ``path`` (a partial, before its rename)."""
+    with open(os.path.join(os.fspath(path), SUMS), "rb") as handle:
+        data = handle.read()
+    write_file_atomic(os.path.join(os.fspath(path), SUMS_HMAC), set_auth_line(set_id, data, key))
+
+
+def check_set_auth(path, auth_key=None, allow_unauthenticated=False, set_id=None):
+    """Whether the set at ``path`` is authenticated under ``auth_key``: ``{state, key_id, problem}``.
+
+    ``state``: ``authenticated`` (the HMAC matches), ``not_checked`` (no key configured: nothing is checked),
+    ``unauthenticated_allowed`` (no ``SHA256SUMS.hmac`` and ``allow_unauthenticated``: a set from before
+    authentication, accepted on the operator's word) or ``failed`` (``problem`` says why and what to do:
+    HMAC missing, unreadable, made with another key, or wrong - SHA256SUMS or the manifest edited, or the set
+    renamed). ``set_id`` defaults to the folder's name (symbolic links resolved). Never raises for a bad set;
+    a bad key raises ``BackupSetError``.
+    """
+    path = os.path.realpath(os.fspath(path))
+    set_id = set_id or os.path.basename(path)
+    result = {"state": "not_checked", "key_id": None, "problem": None}
+    if auth_key in (None, "", b""):
+        return result
+    key_id = auth_key_id(auth_key)
+    result["key_id"] = key_id
+    dont = "do not restore from this set"
+    mac_path = os.path.join(path, SUMS_HMAC)
+    if not os.path.lexists(mac_path):
+        if allow_unauthenticated:
+            result["state"] = "unauthenticated_allowed"
+            return result
+        result["state"] = "failed"
+        result["problem"] = ("set %s is not authenticated: it has no %s (made before authentication, made without "
+                             "backup_auth_key, or the file was removed); %s unless you know where it comes from - "
+                             "then allow_unauthenticated=true (restore: -e allow_unauthenticated=true) accepts it"
+                             % (set_id, SUMS_HMAC, dont))
+        return result
+    result["state"] = "failed"
+    try:
+        with open(mac_path, "rb") as handle:
+            line = handle.read(4096).decode("ascii")
+        with open(os.path.join(path, SUMS), "rb") as handle:
+            sums = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        result["problem"] = "set %s: cannot read %s or %s (%s); %s" % (set_id, SUMS_HMAC, SUMS, exc, dont)
+        return result
+    match = _AUTH_LINE_RE.match(line)
+    if not match or int(match.group("version")) != AUTH_VERSION or not _SET_RE.match(match.group("set")):
+        result["problem"] = ("set %s: %s is not a '%s v%d' line (damaged, tampered with, or written by a newer "
+                             "version); %s" % (set_id, SUMS_HMAC, AUTH_FORMAT, AUTH_VERSION, dont))
+        return result
+    made_for = match.group("set")
+    if match.group("key") != key_id:
+        result["problem"] = ("set %s was authenticated with another key (key id %s; the configured backup_auth_key "
+                             "has id %s): use the key it was made with (an older vault_backup_auth_key), or %s"
+                             % (set_id, match.group("key"), key_id, dont))
+        return result
+    expected = set_auth_line(made_for, sums, auth_key).decode("ascii").split("hmac-sha256=")[1].strip()
+    if not hmac.compare_digest(expected, match.group("mac")):
+        result["problem"] = ("set %s fails authentication: the HMAC in %s does not match %s (%s or the manifest was "
+                             "edited after the backup); %s" % (set_id, SUMS_HMAC, SUMS, SUMS, dont))
+        return result
+    if made_for != set_id:
+        result["problem"] = ("set %s fails authentication: it was made as set %s and renamed (or copied in under "
+                             "another id); %s" % (set_id, made_for, dont))
+        return result
+    result["state"] = "authenticated"
+    return result
 
 
 def _update_latest(root, set_id):
@@ -988,7 +1125,7 @@ def _update_latest(root, set_id):
     fsync_dir(root)
 
 
-def finalize_set(partial_dir, root, status):
+def finalize_set(partial_dir, root, status, auth_key=None):
     """Rename a partial set to ``<root>/<name>_YYYYmmdd_HHMMSS`` and return the new path.
 
     The manifest must already be written and say the same ``status``. Before the rename SHA256SUMS
@@ -1003,9 +1140,15 @@ def finalize_set(partial_dir, root, status):
     its owner (``assess_partial`` sees it dead and the next run removes it). A kill before the rename
     leaves only the ``.partial`` folder; after it, the set is complete and checked (only ``latest``
     may still name the previous set).
+
+    With ``auth_key`` (from the vault, never stored on the backup volume) ``SHA256SUMS.hmac`` is written
+    after the final SHA256SUMS and before the rename (``set_auth_line``), so that a finalized set is
+    authenticated from the moment it exists; the key is checked first, before anything is changed.
     """
     if status not in ("success", "failed"):
         raise BackupSetError("status must be 'success' or 'failed', got %r" % (status,))
+    if auth_key not in (None, "", b""):
+        auth_key_id(auth_key)  # a bad key fails here, before the partial is touched
     root = os.path.abspath(os.fspath(root))
     parent, set_id = parse_partial(partial_dir)
     if parent != root:
@@ -1024,6 +1167,11 @@ def finalize_set(partial_dir, root, status):
         manifest["status"] = status = "failed"
         manifest["problems"] = list(manifest.get("problems") or []) + problems
         write_manifest(partial_dir, manifest, files=manifest.get("files") or [])
+    if auth_key not in (None, "", b""):
+        write_set_auth(partial_dir, set_id, auth_key)
+        fsync_dir(partial_dir)
+    elif os.path.lexists(os.path.join(partial_dir, SUMS_HMAC)):
+        os.unlink(os.path.join(partial_dir, SUMS_HMAC))  # never finalize a set with an HMAC not made here
     shutil.rmtree(os.path.join(partial_dir, COMPONENTS_DIR), ignore_errors=True)
     if os.path.lexists(os.path.join(partial_dir, OWNER)):
         os.unlink(os.path.join(partial_dir, OWNER))
@@ -1354,10 +1502,16 @@ def resolve_set(root, ref=None):
     return os.path.join(root, ref)
 
 
-def verify_set(path):
-    """Re-hash every file of a set against SHA256SUMS and the manifest; never raises.
+def verify_set(path, auth_key=None, allow_unauthenticated=False):
+    """Re-hash every file of a set against SHA256SUMS and the manifest; never raises for a bad set.
 
-    Returns ``{path, ok, status, checked, bytes, missing, extra, mismatched, errors}``:
+    With ``auth_key`` the set must also be authenticated (``check_set_auth``: ``SHA256SUMS.hmac`` present,
+    made with this key, matching SHA256SUMS and the set id; a set without one only with
+    ``allow_unauthenticated``); its ``auth`` result says which, a failure is the first of ``errors``.
+    Without a key nothing is authenticated (``auth.state`` is ``not_checked``). A key too short to be
+    one raises ``BackupSetError``.
+
+    Returns ``{path, ok, status, checked, bytes, missing, extra, mismatched, errors, auth}``:
     ``missing``: listed but absent; ``extra``: present but unlisted; ``mismatched``: content
     differs from SHA256SUMS (or the manifest disagrees with SHA256SUMS, or its size differs);
     ``errors``: anything else, such as an entry that escapes the set (``confined_path``). The
@@ -1365,10 +1519,16 @@ def verify_set(path):
     """
     path = os.path.abspath(os.fspath(path))
     result = {"path": path, "ok": False, "status": None, "checked": 0, "bytes": 0,
-              "missing": [], "extra": [], "mismatched": [], "errors": []}
+              "missing": [], "extra": [], "mismatched": [], "errors": [],
+              "auth": {"state": "not_checked", "key_id": None, "problem": None}}
     if not os.path.isdir(path):
+        if auth_key not in (None, "", b""):
+            auth_key_id(auth_key)
         result["errors"].append("%s is not a folder" % path)
         return result
+    result["auth"] = check_set_auth(path, auth_key, allow_unauthenticated)
+    if result["auth"]["problem"]:
+        result["errors"].append(result["auth"]["problem"])
     try:
         sums = read_sums(path)
     except (OSError, ValueError) as exc:

@@ -629,7 +629,27 @@ class GitRepo:
     No ``GIT_*`` variable of the caller's environment is passed on; hooks, fsmonitor, attribute and
     exclude files outside the repository are off; paths are never quoted (``core.quotePath=false``)
     and every listing is read in its ``-z`` form.
+
+    The repository lives on the backup volume, which is untrusted (a NAS, a copied-in tree): Git must read
+    its ``.git/config``, which could name a program to run (a ``filter.<x>.clean``/``smudge``/``process``
+    driver, ``core.fsmonitor``, ``core.hooksPath``, ``diff.<x>.textconv``, ``core.pager``, ``include.path``,
+    ``core.worktree``...). So before any Git command the repository is checked (``check``): ``.git`` must be
+    a folder (not a link or a ``gitdir:`` file) without ``commondir``, the worktree not a symbolic link,
+    ``.git/config`` may hold only the keys of ``GIT_CONFIG_ALLOWED`` (read with ``git config --file
+    --no-includes``, outside any repository); anything else refuses, naming the key. (Attributes alone run
+    nothing: every program an attribute could name comes from a configuration key.) Every command also runs
+    with ``core.hooksPath=/dev/null``, ``core.fsmonitor=false``, ``core.pager=cat``, ``core.editor=false``,
+    ``core.sshCommand=false``, ``credential.helper=`` and ``protocol.allow=never``, as a second line.
     """
+
+    # What ``git init`` writes, and harmless settings; a key not listed here (any filter, hook, program,
+    # include, worktree or extension) makes ``check`` refuse the repository.
+    GIT_CONFIG_ALLOWED = {
+        "core.repositoryformatversion": ("0", "1"),
+        "core.filemode": None, "core.bare": ("false",), "core.logallrefupdates": None,
+        "core.ignorecase": None, "core.precomposeunicode": None, "core.symlinks": None,
+        "extensions.objectformat": ("sha1",),
+    }
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -638,18 +658,80 @@ class GitRepo:
             "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
             "GIT_AUTHOR_NAME": GIT_AUTHOR[0], "GIT_AUTHOR_EMAIL": GIT_AUTHOR[1],
             "GIT_COMMITTER_NAME": GIT_AUTHOR[0], "GIT_COMMITTER_EMAIL": GIT_AUTHOR[1], "LC_ALL": "C",
+            "GIT_NO_REPLACE_OBJECTS": "1", "GIT_PROTOCOL_FROM_USER": "0",
         })
+        self._checked = None
+
+    def _refuse(self, why):
+        raise FilesBackupError(
+            "the config history %s %s; Git is not run there (a program planted in a repository's configuration "
+            "would run as root). Inspect it: if it was tampered with, move it aside and restore the configs from a "
+            "trusted copy of the backup volume; if you added the setting yourself, remove it" % (self.path, why))
+
+    def _state(self):
+        """What ``check`` depends on (so that it runs again only when one of them changed)."""
+        state = []
+        for rel in ("", GIT_DIR, os.path.join(GIT_DIR, "config"), os.path.join(GIT_DIR, "commondir")):
+            try:
+                st = os.lstat(os.path.join(self.path, rel))
+                state.append((st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns))
+            except OSError:  # absent, or a parent is not a folder
+                state.append(None)
+        return tuple(state)
+
+    def check(self):
+        """Refuse (``FilesBackupError``) a repository whose configuration could run a program or point Git
+        elsewhere; a path without ``.git`` yet passes (``init`` creates it)."""
+        state = self._state()
+        if state == self._checked:
+            return
+        if os.path.islink(self.path):
+            self._refuse("is a symbolic link (to %s)" % os.path.realpath(self.path))
+        git_dir = os.path.join(self.path, GIT_DIR)
+        if not os.path.lexists(git_dir):
+            self._checked = state
+            return
+        if os.path.islink(git_dir) or not os.path.isdir(git_dir):
+            self._refuse("has a %s that is not a plain folder (a link or a 'gitdir:' file leads Git elsewhere)"
+                         % GIT_DIR)
+        if os.path.lexists(os.path.join(git_dir, "commondir")):
+            self._refuse("has %s/commondir, which leads Git to another repository" % GIT_DIR)
+        config = os.path.join(git_dir, "config")
+        if os.path.lexists(config):
+            if os.path.islink(config) or not os.path.isfile(config):
+                self._refuse("has a %s/config that is not a plain file" % GIT_DIR)
+            listing = run_tool(["git", "config", "--file", config, "--no-includes", "--null", "--list"],
+                               env=self.env, cwd="/")
+            for item in listing.split("\0"):
+                if not item:
+                    continue
+                key, _sep, value = item.partition("\n")
+                allowed = self.GIT_CONFIG_ALLOWED.get(key.lower(), False)
+                if allowed is False:
+                    self._refuse("holds the setting %r in %s/config, which is not one git init writes (it could "
+                                 "run a program or redirect Git)" % (key[:200], GIT_DIR))
+                if allowed is not None and value.strip().lower() not in allowed:
+                    self._refuse("holds %s = %r in %s/config (only %s is accepted)"
+                                 % (key, value[:200], GIT_DIR, " or ".join(allowed)))
+        self._checked = state
 
     def git(self, *args):
-        """Run ``git <args>`` in the worktree; return stdout."""
+        """Run ``git <args>`` in the worktree (checked first, see ``check``); return stdout."""
+        self.check()
         argv = ["git", "-c", "safe.directory=%s" % self.path, "-c", "commit.gpgsign=false",
                 "-c", "core.hooksPath=%s" % os.devnull, "-c", "core.quotePath=false", "-c", "core.fsmonitor=false",
                 "-c", "core.autocrlf=false", "-c", "core.symlinks=true", "-c", "core.attributesFile=%s" % os.devnull,
-                "-c", "core.excludesFile=%s" % os.devnull, "-c", "core.fsync=committed", "-C", self.path]
+                "-c", "core.excludesFile=%s" % os.devnull, "-c", "core.fsync=committed",
+                "-c", "core.pager=cat", "-c", "core.editor=false", "-c", "core.sshCommand=false",
+                "-c", "credential.helper=", "-c", "protocol.allow=never", "-c", "gc.auto=0", "-C", self.path]
         return run_tool(argv + list(args), env=self.env)
 
     def exists(self):
-        return os.path.isdir(os.path.join(self.path, GIT_DIR))
+        """Whether the repository exists; one that does is checked (``check`` refuses a tampered one)."""
+        if not os.path.lexists(os.path.join(self.path, GIT_DIR)):
+            return False
+        self.check()
+        return True
 
     def init(self):
         os.makedirs(self.path, mode=0o700, exist_ok=True)

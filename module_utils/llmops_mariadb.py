@@ -387,8 +387,13 @@ def verify_archived_binlog(path):
 # restore
 
 
-def restore_chain(backup_root, set_path, component="mariadb"):
+def restore_chain(backup_root, set_path, component="mariadb", until=None, partial=False):
     """The artefacts to apply for the set at ``set_path``, full first: ``[(set_id, path, sha256)]``.
+
+    ``until`` (a set id of the chain) stops the chain after that set: a restore to the last complete point of a
+    chain whose later incremental is missing or damaged (``restore_plan``'s ``mariadb_chain_partial``). With
+    ``partial`` a set of the chain that is missing or has no usable artefact ends the chain before it instead
+    of raising (the caller says so: the result then does not end with the set itself).
 
     The chain entries come from the manifest (untrusted until the set is authenticated): each must be a set
     id (``<name>_YYYYmmdd_HHMMSS``, no ``/`` nor ``..``), listed once, other than the set itself, whose folder
@@ -420,18 +425,29 @@ def restore_chain(backup_root, set_path, component="mariadb"):
             raise MariaDBError("the %s chain of set %s names set %s, whose folder resolves to %s, outside the backup "
                                "root %s (a symbolic link escapes it); do not restore from this set"
                                % (component, set_id, link, where, real_root))
+    ids = list(links) + [set_id]
+    if until is not None and until not in ids:
+        raise MariaDBError("%r is not a set of the %s chain of %s (%s)" % (until, component, set_id, ", ".join(ids)))
+    if until is not None:
+        ids = ids[:ids.index(until) + 1]
     chain = []
-    for link in list(links) + [set_id]:
+    for link in ids:
         path = set_path if link == set_id else os.path.join(backup_root, link)
         try:
-            item = (load_manifest(path).get("components") or {}).get(component) or {}
-        except BackupSetError as exc:
-            raise MariaDBError("the incremental chain of %s needs set %s, which is missing or unreadable: %s"
-                               % (set_id, link, exc)) from exc
-        files = [f for f in item.get("files") or [] if isinstance(f, dict) and str(f.get("path")).endswith(ARTEFACT)]
-        if not files or not files[0].get("sha256"):
-            raise MariaDBError("set %s of the chain has no %s artefact with a sha256 in its manifest: restore from "
-                               "another set" % (link, ARTEFACT))
+            try:
+                item = (load_manifest(path).get("components") or {}).get(component) or {}
+            except BackupSetError as exc:
+                raise MariaDBError("the incremental chain of %s needs set %s, which is missing or unreadable: %s"
+                                   % (set_id, link, exc)) from exc
+            files = [f for f in item.get("files") or []
+                     if isinstance(f, dict) and str(f.get("path")).endswith(ARTEFACT)]
+            if not files or not files[0].get("sha256"):
+                raise MariaDBError("set %s of the chain has no %s artefact with a sha256 in its manifest: restore "
+                                   "from another set" % (link, ARTEFACT))
+        except MariaDBError:
+            if partial and chain:
+                return chain
+            raise
         try:
             artefact = confined_path(path, files[0]["path"])
         except BackupSetError as exc:

@@ -3,6 +3,12 @@
 ``plan_restore`` verifies before anything is touched: the set's checksums (and those of every set
 an incremental chain needs), the archived binary logs a point-in-time restore replays, and the
 free space of the staging area. A plan with problems must not be executed.
+
+With ``auth_key`` (``backup_auth_key``, from the vault) every set the restore reads - the set and each set of
+its MariaDB chain - must be authenticated (``SHA256SUMS.hmac``, see ``check_set_auth``); a set without one is
+accepted only with ``allow_unauthenticated`` (sets made before authentication), and the plan says so. The
+set's verification records (``verification.json``) are not authenticated: the plan shows them, marked as
+such, and no decision rests on them.
 """
 
 from __future__ import annotations
@@ -50,26 +56,41 @@ def pick_set(backup_root, ref=None, target_time=None, component="mariadb"):
     return best
 
 
-def _verified(path, problems, seen):
+def _verified(path, problems, seen, auth=None):
     if path in seen:
         return
     seen.add(path)
-    result = verify_set(path)
+    auth = auth if auth is not None else {}
+    result = verify_set(path, auth.get("key"), auth.get("allow_unauthenticated", False))
+    auth.setdefault("states", {})[os.path.basename(path)] = result["auth"]["state"]
     if not result["ok"]:
         detail = result["errors"] + ["missing %s" % p for p in result["missing"]] + \
             ["checksum mismatch %s" % p for p in result["mismatched"]] + ["unlisted %s" % p for p in result["extra"]]
         problems.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
 
 
-def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None):
-    """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``."""
+def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None, auth_key=None,
+                 allow_unauthenticated=False, mariadb_chain_partial=False):
+    """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``.
+
+    A MariaDB incremental chain with a missing or damaged set refuses the restore; with
+    ``mariadb_chain_partial`` the plan restores MariaDB to the last complete point of the chain instead (the
+    full and the incrementals before the break), says so in ``warnings`` and in ``mariadb_chain_partial``
+    (``restores_to``, ``ended``, ``instead_of``, ``skipped``, ``why``; None when the chain is whole). The
+    set itself must verify in any case; a broken full refuses whatever this says.
+
+    ``authentication`` maps each set read to its ``check_set_auth`` state; ``warnings`` lists what the operator
+    must know (no key configured, a set accepted without authentication).
+    """
     problems = []
+    warnings = []
     seen = set()
+    auth = {"key": auth_key or None, "allow_unauthenticated": bool(allow_unauthenticated)}
     layout = backup_layout(backup_root)
     set_path = pick_set(backup_root, ref, target_time)
     manifest = load_manifest(set_path)
     set_id = manifest.get("id") or os.path.basename(set_path)
-    _verified(set_path, problems, seen)
+    _verified(set_path, problems, seen, auth)
     available = manifest.get("components") or {}
     selected = list(components) if components else [c for c in ORDER if c in available]
     for name in selected:
@@ -82,6 +103,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
     steps = []
     needed = 0
     chain_ids = []
+    chain_partial = None
     replay = []
     for name in [c for c in ORDER if c in selected] + [c for c in selected if c not in ORDER]:
         entry = available.get(name) or {}
@@ -91,12 +113,40 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         needed += int(entry.get("bytes_raw") or 0)
         if name == "mariadb":
             try:
-                chain = restore_chain(backup_root, set_path)
+                chain = restore_chain(backup_root, set_path, partial=mariadb_chain_partial)
             except MariaDBError as exc:
                 problems.append(str(exc))
                 chain = []
-            for link in chain[:-1]:
-                _verified(os.path.join(backup_root, link[0]), problems, seen)
+            ids = [c for c in entry.get("chain") or [] if isinstance(c, str)] + [set_id]
+            cut = None
+            if chain and chain[-1][0] != set_id:  # restore_chain stopped before a missing set
+                cut = (len(chain), "set %s of the chain is missing or unreadable" % ids[len(chain)])
+            for index, link in enumerate(chain):
+                if link[0] == set_id:
+                    continue
+                found = []
+                _verified(os.path.join(backup_root, link[0]), found, seen, auth)
+                if found and mariadb_chain_partial and index > 0:
+                    cut = (index, "; ".join(found))
+                    break
+                problems.extend(found)
+            if cut:
+                chain = chain[:cut[0]]
+                restores_to = chain[-1][0]
+                try:
+                    ended = load_manifest(os.path.join(backup_root, restores_to)).get("ended")
+                except BackupSetError:
+                    ended = None
+                chain_partial = {"restores_to": restores_to, "ended": ended, "instead_of": set_id,
+                                 "skipped": ids[cut[0]:], "why": cut[1]}
+                warnings.append("MARIADB IS RESTORED ONLY TO %s (ended %s), NOT TO %s: mariadb_chain_partial=true and "
+                                "the chain breaks at %s (%s); what MariaDB wrote after %s is NOT restored"
+                                % (restores_to, ended, set_id, ids[cut[0]], cut[1], ended))
+                if target_time:
+                    problems.append("mariadb_chain_partial cannot be combined with target_time: the binary logs "
+                                    "replay from the position of %s, which the broken chain cannot reach; restore "
+                                    "to a point in time from an earlier set (target_time before %s)"
+                                    % (set_id, ended))
             chain_ids = [c[0] for c in chain]
             steps.append("mariadb: unpack and prepare %s (%s), checksums checked while unpacking" % (
                 " + ".join(chain_ids), "full" if len(chain) == 1 else "full and %d incremental(s)" % (len(chain) - 1)))
@@ -133,7 +183,16 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
     if needed > free:
         problems.append("not enough disk: the restore needs about %d bytes in %s, %d are free" % (
             needed, staging_root, free))
+    states = auth.get("states") or {}
+    if not auth["key"]:
+        warnings.append("no backup_auth_key configured: the set is checked against its own SHA256SUMS only, "
+                        "not authenticated (anyone who can write to the backup volume could have edited it)")
+    for sid, state in sorted(states.items()):
+        if state == "unauthenticated_allowed":
+            warnings.append("set %s has no SHA256SUMS.hmac and is accepted only because allow_unauthenticated is "
+                            "set: its content is checked against its own SHA256SUMS, not authenticated" % sid)
     verification = verification_state(set_path)
+    unauth = " [verification records are not authenticated: informational only]"
     if verification.get("error"):
         tested = "unknown: the set's verification record cannot be trusted (%s)" % verification["error"]
     elif verification.get("restore_tested"):
@@ -144,9 +203,12 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         tested = "restore test FAILED on %s: %s" % (verification.get("last_time"), details)
     else:
         tested = "not restore-tested yet (checksums verified only; playbooks/verify.yml tests it)"
+    tested += unauth
     return {
         "ok": not problems,
         "problems": problems,
+        "warnings": warnings,
+        "authentication": states,
         "set_id": set_id,
         "verification": verification,
         "restore_tested": tested,
@@ -155,6 +217,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         "components": selected,
         "services_to_stop": [SERVICES[c] for c in ORDER if c in selected and c in SERVICES],
         "mariadb_chain": chain_ids,
+        "mariadb_chain_partial": chain_partial,
         "binlogs": replay,
         "target_time": isoformat(parse_time(target_time)) if target_time else None,
         "bytes_needed": needed,

@@ -168,6 +168,14 @@ def run_module(module: str, args: dict, *, check_mode: bool = False, inventory: 
                              f"{proc.stderr[-3000:]}") from exc
 
 
+def reauthenticate(set_path: Path) -> None:
+    """Sign a set again with the lab's key (SHA256SUMS.hmac) after a test rewrote its manifest on purpose, as a
+    backup that had hashed the same bytes would have."""
+    from ansible.module_utils.llmops_backupset import write_set_auth
+
+    write_set_auth(set_path, Path(set_path).name, (LAB_STATE / "secrets" / "backup_auth_key").read_text().strip())
+
+
 def make_set(root: Path, components: dict, name: str = "t") -> dict:
     """A finalized backup set written by the real modules, as backup.yml writes one.
 
@@ -185,6 +193,7 @@ def make_set(root: Path, components: dict, name: str = "t") -> dict:
                                           "component": component, "data": result["component"]})
         assert not added.get("failed"), added.get("msg")
         results[component] = result
-    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"]})
+    final = run_module("backup_set", {"command": "finalize", "root": str(root), "path": begin["path"],
+                                      "auth_key": "{{ backup_auth_key }}"})
     assert final.get("status") == "success", final
     return {**final, "results": results}

@@ -29,7 +29,7 @@ from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_postgres import PostgresError, parse_setval, split_sql
 from ansible.module_utils.llmops_postgres_restore import component_artefacts, safety_name, tolerant_globals
 
-from tests.conftest import make_set, run_module, run_playbook
+from tests.conftest import make_set, reauthenticate, run_module, run_playbook
 
 pytestmark = pytest.mark.lab
 PG = "llmops-appdb-postgres-1"
@@ -220,6 +220,7 @@ def keep_only_roles(set_path: Path, roles: list[str]) -> str:
                                     capture_output=True, check=True).stdout)
     item["sha256"], item["size"] = hash_file(str(path))
     write_manifest(str(set_path), manifest)
+    reauthenticate(set_path)
     return original
 
 

@@ -15,7 +15,7 @@ from ansible.module_utils.llmops_exec import ExecTarget
 from ansible.module_utils.llmops_postgres import fingerprint as pg_fingerprint
 from ansible.module_utils.llmops_redis import fingerprint as redis_fingerprint
 
-from tests.conftest import make_set, redis_safety_copies, run_playbook
+from tests.conftest import make_set, reauthenticate, redis_safety_copies, run_playbook
 
 pytestmark = pytest.mark.lab
 PG = ExecTarget("llmops-appdb-postgres-1", "postgres")
@@ -115,13 +115,13 @@ def pg_databases(lab, pattern):
 def own_db(lab):
     """A database of this test (and the rag safety copies that did not exist before), dropped at the end."""
     db = f"t_rs_{secrets.token_hex(4)}"
-    rag_copies = pg_databases(lab, "rag\\_\\_pre\\_restore\\_%")
+    rag_copies = pg_databases(lab, "rag\\_\\_pre-restore-%")
     lab.psql(f'CREATE DATABASE "{db}"')
     try:
         lab.psql(SEED_SQL, db)
         yield db
     finally:
-        for name in pg_databases(lab, f"{db}%") | (pg_databases(lab, "rag\\_\\_pre\\_restore\\_%") - rag_copies):
+        for name in pg_databases(lab, f"{db}%") | (pg_databases(lab, "rag\\_\\_pre-restore-%") - rag_copies):
             lab.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -178,7 +178,7 @@ def test_restore_brings_damaged_postgres_and_redis_back(lab, own_db, own_keys, r
     assert lab.psql("SELECT has_table_privilege('app_reader', 'docs', 'SELECT')", own_db) == [["t"]]
     copies = lab.psql(f"SELECT datname, datallowconn FROM pg_database WHERE datname LIKE '{own_db}\\_\\_pre%'")
     assert len(copies) == 1 and copies[0][1] == "f", copies
-    assert pg_databases(lab, "rag\\_\\_pre\\_restore\\_%")
+    assert pg_databases(lab, "rag\\_\\_pre-restore-%")
     # Redis: every key's value and TTL, the fingerprint, the safety copy; AOF on and written
     assert redis_fingerprint(REDIS, {}, password) == comps["redis"]["fingerprint"]
     assert_same_keys(keys_before, snapshot(lab, redis_dbs))
@@ -192,7 +192,8 @@ def test_restore_brings_damaged_postgres_and_redis_back(lab, own_db, own_keys, r
 
 
 def test_a_damaged_rdb_is_caught_before_redis_stops(lab, own_keys, redis_copies, tmp_path):
-    """An RDB damaged before it was checksummed passes the set's verification; redis-check-rdb catches it."""
+    """An RDB damaged before it was checksummed (and authenticated) passes the set's verification;
+    redis-check-rdb catches it."""
     root = tmp_path / "backups"
     db, prefix = own_keys
     final = make_set(root, {"redis": REDIS_BACKUP})
@@ -209,6 +210,7 @@ def test_a_damaged_rdb_is_caught_before_redis_stops(lab, own_keys, redis_copies,
                                      check=True).stdout.split()[0]
     entry["size"] = artefact.stat().st_size
     write_manifest(str(set_path), manifest)
+    reauthenticate(set_path)  # as if the backup had hashed the damaged RDB
 
     before = started_at(lab.containers["redis"])
     read = f"TYPE {json.dumps(prefix + 'str')}\nGET {json.dumps(prefix + 'str')}\n"

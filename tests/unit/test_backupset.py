@@ -595,3 +595,151 @@ def test_storage_full_metric_and_critical_alert(tmp_path):
     assert "llmops_backup_storage_full 0.0" in report.metrics(state, disk)
     assert "llmops_backup_storage_needed_bytes 0.0" in report.metrics(state, disk)
     assert not [a for a in report.alerts(ok, state, disk) if "FULL" in a["summary"]]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13 item 10 (c) and item 4: MariaDB chain entries are untrusted; a missing or damaged incremental refuses
+
+
+def _chain_set(root, when, chain, key=None, data=b"m" * 100):
+    """A finalized set whose mariadb component is a full (chain []) or an incremental on ``chain``."""
+    from ansible.module_utils import llmops_backupset as abs_
+
+    partial = abs_.begin_set(str(root), "llmops", when)
+    art = os.path.join(partial, "mariadb", "mariadb.mbstream.zst")
+    os.makedirs(os.path.dirname(art))
+    with open(art, "wb") as handle:
+        handle.write(data)
+    entries = abs_.hash_set_files(partial)
+    set_id = os.path.basename(partial)[1:-len(".partial")]
+    comp = {"type": "mariadb", "status": "success", "backup_type": "incremental" if chain else "full",
+            "chain": list(chain), "parent": chain[-1] if chain else None, "files": entries}
+    abs_.write_manifest(partial, {"id": set_id, "status": "success", "started": abs_.isoformat(when),
+                                  "ended": abs_.isoformat(when), "components": {"mariadb": comp}}, files=entries)
+    return abs_.finalize_set(partial, str(root), "success", auth_key=key)
+
+
+def _chain(tmp_path):
+    root = tmp_path / "b"
+    full = _chain_set(root, T0, [])
+    inc1 = _chain_set(root, T0 + datetime.timedelta(hours=6), [os.path.basename(full)])
+    inc2 = _chain_set(root, T0 + datetime.timedelta(hours=12), [os.path.basename(full), os.path.basename(inc1)])
+    return root, full, inc1, inc2
+
+
+def _set_chain(set_path, chain):
+    """Rewrite the mariadb chain of a set's manifest (and its SHA256SUMS to match: a consistent forgery)."""
+    path = os.path.join(set_path, bs.MANIFEST)
+    with open(path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest["components"]["mariadb"]["chain"] = chain
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    sums = {e["path"]: e["sha256"] for e in manifest["files"]}
+    sums[bs.MANIFEST] = bs.hash_file(path)[0]
+    with open(os.path.join(set_path, bs.SUMS), "wb") as handle:
+        handle.write(bs.format_sums(sums))
+
+
+def test_restore_chain_applies_full_then_incrementals_in_order(tmp_path):
+    from ansible.module_utils.llmops_mariadb import restore_chain
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    chain = restore_chain(str(root), inc2)
+    assert [c[0] for c in chain] == [os.path.basename(p) for p in (full, inc1, inc2)]
+    assert chain[0][1] == os.path.join(full, "mariadb", "mariadb.mbstream.zst")
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("../../etc", "not the id of another set"), ("/etc", "not the id of another set"),
+    ("llmops_20260131_020000/../../x", "not the id of another set"), ("", "not the id of another set"),
+    (None, "not the id of another set"), ("llmops_20260131_140000", "not the id of another set"),  # itself
+])
+def test_restore_chain_refuses_entries_that_are_not_set_ids(tmp_path, entry, why):
+    from ansible.module_utils.llmops_mariadb import MariaDBError, restore_chain
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    assert os.path.basename(inc2) == "llmops_20260131_140000"
+    _set_chain(inc2, [os.path.basename(full), entry])
+    with pytest.raises(MariaDBError, match=why) as info:
+        restore_chain(str(root), inc2)
+    assert "do not restore from this set" in str(info.value)
+
+
+def test_restore_chain_refuses_a_chain_set_that_resolves_outside_the_root(tmp_path):
+    from ansible.module_utils.llmops_mariadb import MariaDBError, restore_chain
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(inc1, outside / "x")
+    shutil.rmtree(inc1)
+    os.symlink(outside / "x", inc1)  # a set id whose folder is a link out of the backup root
+    with pytest.raises(MariaDBError, match="outside the backup root"):
+        restore_chain(str(root), inc2)
+    _set_chain(inc2, "not a list")
+    with pytest.raises(MariaDBError, match="not a list"):
+        restore_chain(str(root), inc2)
+
+
+def test_restore_chain_refuses_an_artefact_link_that_escapes_its_set(tmp_path):
+    from ansible.module_utils.llmops_mariadb import MariaDBError, restore_chain
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    art = os.path.join(inc1, "mariadb", "mariadb.mbstream.zst")
+    os.unlink(art)
+    os.symlink("/etc/passwd", art)
+    with pytest.raises(MariaDBError, match="outside the set"):
+        restore_chain(str(root), inc2)
+
+
+def test_a_missing_or_damaged_incremental_refuses_the_restore_plan(tmp_path):
+    from ansible.module_utils.llmops_restore import plan_restore
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    assert plan_restore(str(root), os.path.basename(inc2))["ok"]
+    art = os.path.join(inc1, "mariadb", "mariadb.mbstream.zst")
+    with open(art, "r+b") as handle:  # one flipped byte in the middle incremental
+        handle.seek(50)
+        handle.write(b"X")
+    damaged = plan_restore(str(root), os.path.basename(inc2))
+    assert not damaged["ok"]
+    assert any(os.path.basename(inc1) in p and "checksum mismatch mariadb/mariadb.mbstream.zst" in p
+               for p in damaged["problems"]), damaged["problems"]
+    shutil.rmtree(inc1)
+    missing = plan_restore(str(root), os.path.basename(inc2))
+    assert not missing["ok"]
+    assert any(f"needs set {os.path.basename(inc1)}, which is missing" in p for p in missing["problems"])
+    assert missing["mariadb_chain"] == []
+
+
+def test_mariadb_chain_partial_restores_to_the_last_complete_point_and_says_so(tmp_path):
+    from ansible.module_utils.llmops_mariadb import restore_chain
+    from ansible.module_utils.llmops_restore import plan_restore
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    inc3 = _chain_set(root, T0 + datetime.timedelta(hours=18),
+                      [os.path.basename(p) for p in (full, inc1, inc2)])
+    ids = [os.path.basename(p) for p in (full, inc1, inc2, inc3)]
+    whole = plan_restore(str(root), ids[3], mariadb_chain_partial=True)
+    assert whole["ok"] and whole["mariadb_chain"] == ids and whole["mariadb_chain_partial"] is None
+    with open(os.path.join(inc2, "mariadb", "mariadb.mbstream.zst"), "r+b") as handle:
+        handle.write(b"X")  # the second incremental is damaged
+    assert not plan_restore(str(root), ids[3])["ok"]  # refused unless told
+    plan = plan_restore(str(root), ids[3], mariadb_chain_partial=True)
+    assert plan["ok"], plan["problems"]
+    assert plan["mariadb_chain"] == ids[:2]
+    info = plan["mariadb_chain_partial"]
+    assert info["restores_to"] == ids[1] and info["instead_of"] == ids[3] and info["skipped"] == ids[2:]
+    assert "checksum mismatch" in info["why"]
+    assert any(w.startswith(f"MARIADB IS RESTORED ONLY TO {ids[1]}") for w in plan["warnings"])
+    assert "full and 1 incremental(s)" in plan["steps"][0]
+    timed = plan_restore(str(root), ids[3], mariadb_chain_partial=True, target_time="2026-01-31T23:00:00Z")
+    assert any("cannot be combined with target_time" in p for p in timed["problems"])
+    shutil.rmtree(inc1)  # a missing set: the chain stops before it
+    missing = plan_restore(str(root), ids[3], mariadb_chain_partial=True)
+    assert missing["ok"] and missing["mariadb_chain"] == ids[:1]
+    assert "is missing or unreadable" in missing["mariadb_chain_partial"]["why"]
+    assert [c[0] for c in restore_chain(str(root), inc3, until=ids[0])] == ids[:1]
+    with open(os.path.join(full, "mariadb", "mariadb.mbstream.zst"), "r+b") as handle:
+        handle.write(b"X")  # a broken full refuses whatever the option says
+    assert not plan_restore(str(root), ids[3], mariadb_chain_partial=True)["ok"]
