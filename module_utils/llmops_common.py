@@ -103,6 +103,19 @@ def qdrant_argument_spec():
     )
 
 
+def search_argument_spec():
+    """How a search (Elasticsearch) module reaches the server over HTTP and which indices (fragment
+    ``llmops.search``)."""
+    return dict(
+        url=dict(type="str", default="http://127.0.0.1:9200"),
+        login_user=dict(type="str", default="elastic"),
+        login_password=dict(type="str", no_log=True, aliases=["password"]),
+        indices=dict(type="list", elements="str"),
+        retries=dict(type="int", default=3),
+        **timeout_argument_spec(600),
+    )
+
+
 def restore_argument_spec(steps, default_step=None):
     """``step`` (one of ``steps``, a part of ``RESTORE_STEPS`` in its order), ``set_path``, ``staging``,
     ``keep_safety_copy`` (fragment ``llmops.restore``) and ``safety_tag`` (fragment ``llmops.safety``; its old

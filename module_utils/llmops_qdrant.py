@@ -29,37 +29,31 @@ import ssl
 import tempfile
 import time
 import uuid
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 try:
-    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
+    from ansible.module_utils.llmops_common import InvalidValueError
+    from ansible.module_utils.llmops_http import CONNECTION_ERRORS, HttpError, seg
 except ImportError:  # imported directly (tests) rather than through Ansible
-    from module_utils.llmops_common import InvalidValueError, LlmopsError
+    from module_utils.llmops_common import InvalidValueError
+    from module_utils.llmops_http import CONNECTION_ERRORS, HttpError, seg
 
 __all__ = ["QdrantClient", "QdrantError"]
 
 _RETRY_STATUSES = frozenset([429, 500, 502, 503, 504])
-_CONNECTION_ERRORS = (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException, OSError)
 
 
-class QdrantError(LlmopsError):
+class QdrantError(HttpError):
     """A failed Qdrant call.  ``status`` is the HTTP status (None for connection errors),
     ``error`` Qdrant's error text (``status.error`` of the response body)."""
 
     def __init__(self, message, status=None, error=None, method=None, path=None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status=status, method=method, path=path)
         self.error = error
-        self.method = method
-        self.path = path
-
-    def __str__(self):
-        return self.message
 
 
-def _seg(value):
-    return quote(str(value), safe="")
+# what a snapshot download retries after
+_DOWNLOAD_ERRORS = (QdrantError,) + CONNECTION_ERRORS
 
 
 def _bool(value):
@@ -183,7 +177,7 @@ class QdrantClient:
                 else:
                     conn.request(method, target, body=payload, headers=headers)
                 resp = conn.getresponse()
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 conn.close()
                 last_error = self._fail(method, path, None, "%s: %s" % (type(exc).__name__, exc))
                 continue
@@ -194,7 +188,7 @@ class QdrantClient:
                 return status, resp, conn
             try:
                 raw = resp.read()
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 conn.close()
                 last_error = self._fail(method, path, None, "%s: %s" % (type(exc).__name__, exc))
                 continue
@@ -242,30 +236,30 @@ class QdrantClient:
         return [c["name"] for c in self._call("GET", "/collections")["collections"]]
 
     def get_collection(self, name):
-        return self._call("GET", "/collections/" + _seg(name))
+        return self._call("GET", "/collections/" + seg(name))
 
     def collection_exists(self, name):
-        return bool(self._call("GET", "/collections/%s/exists" % _seg(name))["exists"])
+        return bool(self._call("GET", "/collections/%s/exists" % seg(name))["exists"])
 
     def create_collection(self, name, size, distance="Cosine"):
         body = {"vectors": {"size": int(size), "distance": distance}}
-        return self._call("PUT", "/collections/" + _seg(name), body=body)
+        return self._call("PUT", "/collections/" + seg(name), body=body)
 
     def delete_collection(self, name):
-        return self._call("DELETE", "/collections/" + _seg(name))
+        return self._call("DELETE", "/collections/" + seg(name))
 
     # ------------------------------------------------------------------ points
     def upsert_points(self, name, points, wait=True):
         points = [dict(p) for p in points]
-        return self._call("PUT", "/collections/%s/points" % _seg(name), query={"wait": _bool(wait)},
+        return self._call("PUT", "/collections/%s/points" % seg(name), query={"wait": _bool(wait)},
                           body={"points": points})
 
     def retrieve(self, name, ids, with_payload=True, with_vector=True):
-        return self._call("POST", "/collections/%s/points" % _seg(name),
+        return self._call("POST", "/collections/%s/points" % seg(name),
                           body={"ids": list(ids), "with_payload": with_payload, "with_vector": with_vector})
 
     def count(self, name, exact=True):
-        return self._call("POST", "/collections/%s/points/count" % _seg(name), body={"exact": bool(exact)})["count"]
+        return self._call("POST", "/collections/%s/points/count" % seg(name), body={"exact": bool(exact)})["count"]
 
     def scroll_all(self, name, with_payload=True, with_vector=True, page=256):
         """Generator over every point of the collection, in Qdrant's id order."""
@@ -274,7 +268,7 @@ class QdrantClient:
             body = {"limit": int(page), "with_payload": with_payload, "with_vector": with_vector}
             if offset is not None:
                 body["offset"] = offset
-            result = self._call("POST", "/collections/%s/points/scroll" % _seg(name), body=body)
+            result = self._call("POST", "/collections/%s/points/scroll" % seg(name), body=body)
             yield from result["points"]
             offset = result.get("next_page_offset")
             if offset is None:
@@ -282,18 +276,18 @@ class QdrantClient:
 
     # ------------------------------------------------------------------ snapshots (collection)
     def create_snapshot(self, name):
-        return self._call("POST", "/collections/%s/snapshots" % _seg(name), query={"wait": "true"})
+        return self._call("POST", "/collections/%s/snapshots" % seg(name), query={"wait": "true"})
 
     def list_snapshots(self, name):
-        return self._call("GET", "/collections/%s/snapshots" % _seg(name))
+        return self._call("GET", "/collections/%s/snapshots" % seg(name))
 
     def delete_snapshot(self, name, snapshot):
-        return self._call("DELETE", "/collections/%s/snapshots/%s" % (_seg(name), _seg(snapshot)),
+        return self._call("DELETE", "/collections/%s/snapshots/%s" % (seg(name), seg(snapshot)),
                           query={"wait": "true"})
 
     def download_snapshot(self, name, snapshot, dest_path, chunk=1 << 20, progress=None):
         """Stream a collection snapshot to dest_path (atomically); returns its sha256 hex."""
-        return self._download("/collections/%s/snapshots/%s" % (_seg(name), _seg(snapshot)), dest_path, chunk,
+        return self._download("/collections/%s/snapshots/%s" % (seg(name), seg(snapshot)), dest_path, chunk,
                               progress)
 
     def upload_snapshot(self, name, path, priority="snapshot", checksum=None):
@@ -320,7 +314,7 @@ class QdrantClient:
 
         extra = {"Content-Type": "multipart/form-data; boundary=%s" % boundary,
                  "Content-Length": str(len(head) + size + len(tail))}
-        _status, doc = self._exchange("POST", "/collections/%s/snapshots/upload" % _seg(name), query=query,
+        _status, doc = self._exchange("POST", "/collections/%s/snapshots/upload" % seg(name), query=query,
                                       send_body=send_body, extra_headers=extra)
         return doc.get("result") if isinstance(doc, dict) else doc
 
@@ -328,7 +322,7 @@ class QdrantClient:
         body = {"location": location, "priority": priority}
         if checksum:
             body["checksum"] = checksum
-        return self._call("PUT", "/collections/%s/snapshots/recover" % _seg(name), query={"wait": "true"},
+        return self._call("PUT", "/collections/%s/snapshots/recover" % seg(name), query={"wait": "true"},
                           body=body)
 
     # ------------------------------------------------------------------ snapshots (full storage)
@@ -339,10 +333,10 @@ class QdrantClient:
         return self._call("GET", "/snapshots")
 
     def download_full_snapshot(self, snapshot, dest_path, chunk=1 << 20, progress=None):
-        return self._download("/snapshots/" + _seg(snapshot), dest_path, chunk, progress)
+        return self._download("/snapshots/" + seg(snapshot), dest_path, chunk, progress)
 
     def delete_full_snapshot(self, snapshot):
-        return self._call("DELETE", "/snapshots/" + _seg(snapshot), query={"wait": "true"})
+        return self._call("DELETE", "/snapshots/" + seg(snapshot), query={"wait": "true"})
 
     # ------------------------------------------------------------------ download helper
     def _download(self, path, dest_path, chunk, progress):
@@ -374,7 +368,7 @@ class QdrantClient:
                     raise self._fail("GET", path, None, "short read: got %d of %d bytes" % (done, total))
                 os.replace(tmp, dest_path)
                 tmp = None
-            except (QdrantError,) + _CONNECTION_ERRORS as exc:
+            except _DOWNLOAD_ERRORS as exc:
                 last_error = exc if isinstance(exc, QdrantError) else self._fail(
                     "GET", path, None, "%s: %s" % (type(exc).__name__, exc))
                 if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, socket.timeout, TimeoutError)):

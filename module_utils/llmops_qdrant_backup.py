@@ -47,21 +47,23 @@ import uuid
 
 from ansible.module_utils.llmops_backupset import BackupSetError, encode_name, run_times, utc
 from ansible.module_utils.llmops_common import LlmopsError
+from ansible.module_utils.llmops_http import (
+    ARTEFACT_SOURCES,
+    SNAPSHOT_ATTEMPTS,
+    SOURCE_SERVER,
+    SOURCE_SNAPSHOT,
+    SOURCE_UNVERIFIABLE,
+    STANDIN_MARKER,
+)
 from ansible.module_utils.llmops_pipeline import hash_file
 from ansible.module_utils.llmops_qdrant import QdrantError
 
 SCROLL_PAGE = 1000
 FULL_STORAGE_FILE = "full-storage.snapshot"
 SNAPSHOT_SUFFIX = ".snapshot"
-SNAPSHOT_ATTEMPTS = 3
 FINGERPRINT_KEYS = ("points_count", "vectors", "ids_sha256", "points_sha256")
-SOURCE_SNAPSHOT = "snapshot"
-SOURCE_SERVER = "server-unchanged"
-SOURCE_UNVERIFIABLE = "unverifiable"
-ARTEFACT_SOURCES = (SOURCE_SNAPSHOT, SOURCE_SERVER)
 # The lab's Qdrant stand-in writes its collection snapshots in this format (see its standin.py).
 STANDIN_SNAPSHOT_FORMAT = "llmops-lab-qdrant-standin-snapshot/1"
-STANDIN_MARKER = "STANDIN.txt"
 
 
 class QdrantBackupError(LlmopsError):

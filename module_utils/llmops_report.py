@@ -10,18 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from ansible.module_utils.llmops_backupset import isoformat, parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import human_bytes, isoformat, parse_time, read_json, utc, write_file_atomic
 from ansible.module_utils.llmops_layout import layout_path
-
-
-def human(size):
-    """1536 -> '1.5 KiB'."""
-    size = float(size or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
-        size /= 1024.0
-    return "%d B" % size
 
 
 def storage(root):
@@ -41,7 +31,7 @@ def summary_rows(manifest):
             "component": name,
             "type": entry.get("backup_type") or entry.get("mode") or "full",
             "bytes": size,
-            "size": human(size),
+            "size": human_bytes(size),
             "duration_s": entry.get("duration_s"),
             # finalize re-hashed every file against what the component recorded
             "verified": entry.get("status") == "success",
@@ -126,7 +116,7 @@ def storage_full_alert(full):
                "%s %s there (free now: %s): delete old sets (playbooks/cleanup.yml) or grow the volume, then run "
                "the backup again" % (full.get("root"), full.get("set_id"),
                                      "more than" if full.get("more_than") else "about",
-                                     human(full.get("needed_bytes")), human(full.get("free_bytes"))))
+                                     human_bytes(full.get("needed_bytes")), human_bytes(full.get("free_bytes"))))
     return {"severity": "critical", "summary": summary}
 
 
@@ -206,8 +196,8 @@ def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_
                                                             "(threshold %s h)" % (age_h, max_age_hours)})
     if disk["free_pct"] < crit_free_pct:
         found.append({"severity": "critical", "summary": "backup storage has %.1f %% free (under %s %%): %s of %s" % (
-            disk["free_pct"], crit_free_pct, human(disk["free"]), human(disk["total"]))})
+            disk["free_pct"], crit_free_pct, human_bytes(disk["free"]), human_bytes(disk["total"]))})
     elif disk["free_pct"] < warn_free_pct:
         found.append({"severity": "warning", "summary": "backup storage has %.1f %% free (under %s %%): %s of %s" % (
-            disk["free_pct"], warn_free_pct, human(disk["free"]), human(disk["total"]))})
+            disk["free_pct"], warn_free_pct, human_bytes(disk["free"]), human_bytes(disk["total"]))})
     return found

@@ -158,6 +158,44 @@ seealso:
     link: https://qdrant.tech/documentation/concepts/snapshots/
 """
 
+    # search_argument_spec()
+    SEARCH = r"""
+options:
+  url:
+    description: The Elasticsearch REST endpoint (C(https://) verifies the server's certificate).
+    type: str
+    default: http://127.0.0.1:9200
+  login_user:
+    description: The user of HTTP basic authentication (the built-in superuser C(elastic) by default).
+    type: str
+    default: elastic
+  login_password:
+    description:
+      - Its password, sent only in the C(Authorization) header; never in a URL, a message or a log. Without it no
+        credentials are sent (a server with security off).
+    type: str
+    aliases: [password]
+  indices:
+    description:
+      - The indices to work on, names or patterns (C(*), C(?)); when not given or empty, every index not starting
+        with C(.) (of the server for a backup, of the set for a restore).
+    type: list
+    elements: str
+  timeout:
+    description: Seconds one HTTP request may take (a snapshot or a restore waits for completion), and the
+      streaming of the repository copy (V(0) = no limit).
+    type: int
+    default: 600
+  retries:
+    description: Retries (with exponential backoff) after connection errors, timeouts and HTTP 429/502/503/504.
+    type: int
+    default: 3
+seealso:
+  - name: Elasticsearch snapshot and restore
+    description: Shared file system repositories, path.repo, snapshots and restores.
+    link: https://www.elastic.co/guide/en/elasticsearch/reference/8.15/snapshot-restore.html
+"""
+
     # restore_argument_spec(steps); each module sets the choices of step.
     RESTORE = r"""
 options:
