@@ -5,6 +5,7 @@ scratch stack torn down; a missed target fails the drill."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -58,4 +59,19 @@ def test_a_missed_target_fails_the_drill_with_a_finding(lab, tmp_path):
     report = json.loads(next((root / "drills").glob("drill_*/report.json")).read_text())
     assert report["passed"] is False and any("RTO" in f and "exceeds" in f for f in report["findings"])
     assert "llmops_drill_last_success 0.0" in (root / "metrics" / "llmops_drill.prom").read_text()
+    assert running_drill_containers() == []
+
+
+def test_a_set_of_files_only_is_drilled_without_scratch_servers(lab, tmp_path):
+    """The daily files set (uploads, configs) has no store to start: the drill restores and verifies it alone
+    (it once failed with 'services must be a mapping')."""
+    root = tmp_path / "backups"
+    opts = ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={root}/metrics"]
+    run_playbook("backup.yml", *opts, "-e", "components=uploads,configs")
+    proc = run_playbook("drill.yml", *opts, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    report = json.loads(next((root / "drills").glob("drill_*/report.json")).read_text())
+    assert report["passed"] is True and report["components"] == ["uploads", "configs"]
+    assert set(report["rto_by_component"]) == {"uploads", "configs"}
+    assert re.search(r"Bring up the scratch stack[^\n]*\n+skipping: \[lab\]", proc.stdout), proc.stdout[-4000:]
     assert running_drill_containers() == []

@@ -6,7 +6,9 @@ defaults), so a change of the defaults that breaks the schedule fails this test.
 
 import pytest
 
-PLAYBOOK = "/opt/llmops/ops/.venv/bin/ansible-playbook -i /opt/llmops/ops/inventories/production"
+# every job runs on the host it manages: a local connection, limited to this host
+PLAYBOOK = ("/opt/llmops/ops/.venv/bin/ansible-playbook -i /opt/llmops/ops/inventories/production "
+            "--connection=local --limit=llmops-molecule-backup_schedule")
 VAULT = "--vault-password-file /etc/llmops/vault-password"
 LOG = ">> /var/log/llmops/backup.log 2>&1"
 WAIT_LOCK = "flock -w 7200 /run/lock/llmops-backup.lock"

@@ -44,6 +44,7 @@ def test_service_runs_the_job_under_flock(host, job):
     assert "Type=oneshot" in unit
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "flock -" in exec_start and ">> /var/log/llmops/backup.log 2>&1" in exec_start
+    assert " --connection=local --limit=llmops-molecule-backup_schedule_systemd " in exec_start
     # systemd accepts the unit (a syntax error or an unknown key fails here)
     host.run_expect([0], f"systemd-analyze verify /etc/systemd/system/llmops-{job}.service")
 
