@@ -16,6 +16,7 @@
         .staging/                       scratch of backup runs                 staging
         .restore/                       scratch of restores                    restore_staging
         .drill/                         the drill's scratch stack and data     drill
+        .offsite_state.json             off-site sync/check: last success, lag offsite_state
 
 Modules take ``backup_root`` and ask ``backup_layout(backup_root)[key]``; roles read the same dict as
 the ``backup_layout`` variable of ``roles/common`` (the ``llmops_layout`` filter of that role calls
@@ -42,6 +43,7 @@ LAYOUT = {
     "staging": ".staging",
     "restore_staging": ".restore",
     "drill": ".drill",
+    "offsite_state": ".offsite_state.json",
 }
 
 

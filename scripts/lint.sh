@@ -53,6 +53,8 @@ fi
 # Prometheus alert rules: syntax (promtool check rules) and their unit tests (promtool test rules)
 check promtool-check promtool check rules roles/monitoring/files/llmops.rules.yml
 check promtool-test bash -c 'cd roles/monitoring/files && promtool test rules llmops.rules.test.yml'
+check promtool-check-offsite promtool check rules roles/offsite/files/llmops-offsite.rules.yml
+check promtool-test-offsite bash -c 'cd roles/offsite/files && promtool test rules llmops-offsite.rules.test.yml'
 
 # ansible-lint needs the project's collections (not ~/.ansible) and the venv's ansible-* on PATH.
 export PATH="$VENV_BIN:$PATH" ANSIBLE_COLLECTIONS_PATH="$ROOT/collections" ANSIBLE_CONFIG="$ROOT/ansible.cfg"

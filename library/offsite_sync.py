@@ -1,0 +1,246 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, llmops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: offsite_sync
+short_description: Replicate the backup sets off the host with restic, prune and check the off-site repository
+description:
+  - O(operation=sync) sends every complete set of O(root) that the repository does not hold yet (never a
+    C(.partial); a failed set only with O(include_failed)) with one C(restic backup) per set, tagged C(llmops-set),
+    C(set=<id>), C(kind=<name>), C(status=), C(ended=<YYYYmmddTHHMMSSZ>), C(type=full|incremental), C(parent=<id>)
+    and C(binlog), so that the retention can map snapshots to sets without the local disk. A set that already has
+    a snapshot is not sent again. Then the binary log archive, the config history and the model store go as
+    C(llmops-extra) snapshots (C(extra=<key>); restic de-duplicates, so unchanged data costs nothing).
+  - O(operation=prune) rebuilds the sets from the snapshot tags, asks the local retention policy (O(policy), the
+    same rules as C(backup_set command=retention)) which to keep, forgets the snapshots of the other sets by id (a
+    kept incremental keeps its full), thins the extras with C(--keep-within O(extra_keep_days)d), then runs
+    C(restic prune). Run it from a TRUSTED host with credentials that may delete, never from the backed-up server.
+  - O(operation=check) runs C(restic check --read-data-subset=O(check_subset_pct)%).
+  - Repository URL forms - C(sftp:user@host:/path) (SSH keys of the user running the module),
+    C(rest:https://user:password@host:8000/path) (restic REST server, e.g. C(rclone serve restic --append-only)),
+    C(s3:https://s3.example.com/bucket/path) with C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY) in O(env).
+  - The password reaches restic through C(RESTIC_PASSWORD_FILE) (O(password_file), or a 0600 file in a private
+    temporary folder written from O(password) and removed afterwards); the repository URL through
+    C(RESTIC_REPOSITORY). Neither is ever on a command line.
+  - Ransomware - give the server append-only credentials. On the off-site host run
+    C(rclone serve restic --append-only --htpasswd /etc/restic/htpasswd --addr :8000 /srv/restic) (or S3 with
+    object lock and a key without delete rights); the server can add snapshots but C(restic forget) and
+    C(restic prune) with its credentials fail. Pruning runs on the trusted host with its own credentials
+    (a plain C(rclone serve restic) without C(--append-only) bound to that host only, or the repository path).
+  - Transient errors (connection refused or reset, timeouts, HTTP 5xx, a locked repository) are retried
+    O(retries) times with exponential backoff starting at O(backoff) seconds.
+  - Sync and check write C(<root>/.offsite_state.json) and, with O(metrics_path), a Prometheus textfile
+    (C(llmops_offsite_last_success_timestamp_seconds), C(llmops_offsite_last_run_success),
+    C(llmops_offsite_lag_seconds), C(llmops_offsite_bytes_added), C(llmops_offsite_check_last_success)...), also
+    when they fail, so that alerts see the failure.
+extends_documentation_fragment: [llmops]
+attributes:
+  check_mode:
+    support: full
+    description:
+      - O(operation=sync) lists the repository and returns the sets it would send; sends nothing, writes nothing.
+      - O(operation=prune) returns the snapshots it would forget; O(operation=check) returns the command it would run.
+options:
+  operation:
+    description: What to do, see the description.
+    type: str
+    choices: [sync, prune, check]
+    default: sync
+  root:
+    description: The backup root (the folder holding the sets). O(operation=prune) and O(operation=check) need it
+      only to record state and metrics; give a scratch folder on the trusted host.
+    type: path
+    required: true
+  repository:
+    description: The restic repository URL (see the description); passed as C(RESTIC_REPOSITORY).
+    type: str
+    required: true
+  password:
+    description: The repository password, from the vault. Written to a 0600 file for restic, never on a command line.
+    type: str
+  password_file:
+    description: A file (mode 0600) holding the repository password; used instead of O(password).
+    type: path
+  env:
+    description: Extra environment for restic, e.g. C(AWS_ACCESS_KEY_ID), C(AWS_SECRET_ACCESS_KEY) for S3.
+    type: dict
+    default: {}
+  init:
+    description: Run C(restic init) when the repository does not exist yet.
+    type: bool
+    default: false
+  include_failed:
+    description: Also replicate complete sets whose status is failed.
+    type: bool
+    default: false
+  limit_upload_kib:
+    description: Upload bandwidth limit in KiB/s (C(restic --limit-upload)); V(0) no limit.
+    type: int
+    default: 0
+  retries:
+    description: Retries of a restic command that failed with a transient error.
+    type: int
+    default: 3
+  backoff:
+    description: Seconds before the first retry; doubled at each further retry.
+    type: float
+    default: 5.0
+  policy:
+    description: The retention policy for O(operation=prune) (roles/common's C(backup_retention); the key
+      C(mariadb_incremental_days) is accepted for C(incremental_days)).
+    type: dict
+    default: {}
+  extra_keep_days:
+    description: O(operation=prune) keeps the extras' snapshots of this many days (and always the newest).
+    type: int
+    default: 30
+  check_subset_pct:
+    description: Percentage of the data packs O(operation=check) reads back; V(0) checks the structure only.
+    type: int
+    default: 5
+  host:
+    description: Host name recorded in the snapshots (C(restic --host)); default the machine's host name.
+    type: str
+  cache_dir:
+    description: restic's cache folder (C(RESTIC_CACHE_DIR)); default restic's own.
+    type: path
+  metrics_path:
+    description: Prometheus textfile to write (e.g. C(/var/lib/node_exporter/textfile_collector/llmops_offsite.prom)).
+    type: path
+  restic_binary:
+    description: The restic program.
+    type: str
+    default: restic
+notes:
+  - Debian 12's C(restic) (0.14) package; the REST append-only server is Debian 12's C(rclone serve restic).
+"""
+
+EXAMPLES = r"""
+- name: Copy every new set off the host
+  offsite_sync:
+    root: /backup
+    repository: "rest:https://llmops:{{ offsite_rest_password }}@offsite.example.org:8000/llmops"
+    password: "{{ offsite_password }}"
+    limit_upload_kib: 20480
+    metrics_path: /var/lib/node_exporter/textfile_collector/llmops_offsite.prom
+  no_log: true
+
+- name: Prune the off-site repository (trusted host, its own credentials)
+  offsite_sync:
+    operation: prune
+    root: /var/lib/llmops-offsite
+    repository: /srv/restic/llmops
+    password: "{{ offsite_password }}"
+    policy: "{{ backup_retention }}"
+"""
+
+RETURN = r"""
+sets_sent:
+  description: The set ids sent (sync; in check mode those it would send).
+  type: list
+  elements: str
+  returned: operation=sync
+extras_sent:
+  description: The extras sent (binlogs, config_repo, model_store).
+  type: list
+  elements: str
+  returned: operation=sync
+bytes_added:
+  description: Bytes added to the repository (restic's JSON summary C(data_added)).
+  type: int
+  returned: operation=sync
+lag_s:
+  description: Newest complete local set's end minus the newest replicated set's end, seconds (null - none yet).
+  type: float
+  returned: operation=sync
+forget:
+  description: Snapshot ids forgotten (prune).
+  type: list
+  elements: str
+  returned: operation=prune
+forget_sets:
+  description: Set ids whose snapshots were forgotten (prune).
+  type: list
+  elements: str
+  returned: operation=prune
+keep:
+  description: Set ids kept, with the reasons (prune).
+  type: dict
+  returned: operation=prune
+repository:
+  description: The repository URL with any password replaced by C(***).
+  type: str
+  returned: always
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_offsite import Restic, check, prune, record, redact, restic_policy, sync
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            operation=dict(type="str", choices=["sync", "prune", "check"], default="sync"),
+            root=dict(type="path", required=True),
+            repository=dict(type="str", required=True),
+            password=dict(type="str", no_log=True),
+            password_file=dict(type="path"),
+            env=dict(type="dict", default={}, no_log=True),
+            init=dict(type="bool", default=False),
+            include_failed=dict(type="bool", default=False),
+            limit_upload_kib=dict(type="int", default=0),
+            retries=dict(type="int", default=3),
+            backoff=dict(type="float", default=5.0),
+            policy=dict(type="dict", default={}),
+            extra_keep_days=dict(type="int", default=30),
+            check_subset_pct=dict(type="int", default=5),
+            host=dict(type="str"),
+            cache_dir=dict(type="path"),
+            metrics_path=dict(type="path"),
+            restic_binary=dict(type="str", default="restic"),
+        ),
+        mutually_exclusive=[["password", "password_file"]],
+        supports_check_mode=True,
+    )
+    p = module.params
+    root = os.path.abspath(p["root"])
+    op = p["operation"]
+    result = {}
+    try:
+        with Restic(p["repository"], password=p["password"], password_file=p["password_file"], env=p["env"],
+                    binary=p["restic_binary"], retries=p["retries"], backoff=p["backoff"],
+                    limit_upload_kib=p["limit_upload_kib"], cache_dir=p["cache_dir"]) as restic:
+            try:
+                if op == "sync":
+                    result = sync(restic, root, include_failed=p["include_failed"], init=p["init"], host=p["host"],
+                                  check_mode=module.check_mode)
+                elif op == "prune":
+                    result = prune(restic, restic_policy(p["policy"]), extra_keep_days=p["extra_keep_days"],
+                                   check_mode=module.check_mode)
+                else:
+                    result = check(restic, p["check_subset_pct"], check_mode=module.check_mode)
+            except LlmopsError as exc:
+                if op in ("sync", "check") and not module.check_mode and os.path.isdir(root):
+                    record(root, op, False, error=str(exc), metrics_path=p["metrics_path"])
+                raise
+            if op in ("sync", "check") and not module.check_mode:
+                record(root, op, True, result=result, metrics_path=p["metrics_path"])
+    except (LlmopsError, OSError, ValueError) as exc:
+        module.fail_json(msg="off-site %s to %s failed: %s" % (op, redact(p["repository"]), exc))
+    changed = result.pop("changed", False)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(changed=changed, repository=redact(p["repository"]), **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""Off-site copy of the backup root with restic: sync, prune (from a trusted host) and check.
+
+One ``restic backup`` per COMPLETED set (never a ``.partial``; a failed set only with ``include_failed``),
+tagged so that a snapshot names its set without the local disk: ``llmops-set``, ``set=<id>``,
+``kind=<name>``, ``status=<status>``, ``ended=<YYYYmmddTHHMMSSZ>``, ``type=full|incremental``,
+``parent=<set id>`` (per parent) and ``binlog`` when the set holds binary logs. The prune operation,
+run on a trusted host that has only the repository, rebuilds the sets from these tags and asks
+``llmops_retention.plan_retention`` which to keep: the snapshots of kept sets stay (a kept incremental's
+full is a kept set), the others are forgotten by id. The binary log archive, the config history and the
+model store go as ``llmops-extra`` snapshots (``extra=<key>``), every sync (restic de-duplicates), and
+are thinned with ``restic forget --keep-within`` per extra.
+
+Secrets: the repository password reaches restic through ``RESTIC_PASSWORD_FILE`` (the operator's file,
+or a 0600 file in a 0700 temporary folder removed afterwards); the repository URL (which may hold REST
+credentials) through ``RESTIC_REPOSITORY``; S3 credentials through the environment. Nothing secret is on
+a command line.
+
+Stdlib only; restic is run as a subprocess (``runner`` can be replaced in tests).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from ansible.module_utils.llmops_backupset import isoformat, list_sets, parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_common import LlmopsError
+from ansible.module_utils.llmops_layout import backup_layout, layout_path
+from ansible.module_utils.llmops_report import gauge
+from ansible.module_utils.llmops_retention import plan_retention
+
+SET_TAG = "llmops-set"
+EXTRA_TAG = "llmops-extra"
+EXTRAS = ("binlogs", "config_repo", "model_store")
+STAMP = "%Y%m%dT%H%M%SZ"
+_TRANSIENT_RE = re.compile(r"connection refused|connection reset|timeout|timed out|temporary failure|EOF|"
+                           r"\b50[0234]\b|already locked|no route to host|broken pipe|TLS handshake", re.I)
+_NO_REPO_RE = re.compile(r"Is there a repository at the following location|does not exist|"
+                         r"unable to open config file|config file not found", re.I)
+_WRONG_PASSWORD_RE = re.compile(r"wrong password|no key found", re.I)
+
+
+class OffsiteError(LlmopsError):
+    """The off-site copy failed; the message says what to do."""
+
+
+# ------------------------------------------------------------------ pure logic
+
+def stamp(value):
+    """``ended`` tag value of a time (UTC, ``YYYYmmddTHHMMSSZ``)."""
+    return parse_time(value).astimezone(datetime.timezone.utc).strftime(STAMP)
+
+
+def set_tags(item):
+    """The tags of a set's snapshot (``item``: a ``list_sets`` entry)."""
+    tags = [SET_TAG, "set=%s" % item["id"], "kind=%s" % (item.get("name") or item["id"].rsplit("_", 2)[0]),
+            "status=%s" % item.get("status"), "ended=%s" % stamp(item["ended"])]
+    comps = item.get("components") or {}
+    incremental = any((c or {}).get("backup_type") == "incremental" for c in comps.values())
+    tags.append("type=%s" % ("incremental" if incremental else "full"))
+    for parent in sorted({(c or {}).get("parent") for c in comps.values() if (c or {}).get("parent")}):
+        tags.append("parent=%s" % parent)
+    if any((c or {}).get("binlog") for c in comps.values()):
+        tags.append("binlog")
+    return tags
+
+
+def parse_tags(tags):
+    """``{"set": id, "kind": .., "status": .., "ended": iso, "type": .., "parents": [..], "binlog": bool}``
+    from a snapshot's tags, or None when it is not a set snapshot."""
+    tags = tags or []
+    if SET_TAG not in tags:
+        return None
+    out = {"parents": [], "binlog": "binlog" in tags}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep:
+            continue
+        if key == "parent":
+            out["parents"].append(value)
+        elif key == "ended":
+            out["ended"] = isoformat(datetime.datetime.strptime(value, STAMP).replace(tzinfo=datetime.timezone.utc))
+        else:
+            out[key] = value
+    return out if out.get("set") and out.get("ended") else None
+
+
+def sets_to_send(local_sets, snapshots, include_failed=False):
+    """The local sets (``list_sets`` entries) that have no snapshot yet, oldest first.
+
+    Only complete sets; a failed set only with ``include_failed``."""
+    present = {p["set"] for p in (parse_tags(s.get("tags")) for s in snapshots) if p}
+    out = []
+    for item in local_sets:
+        if not item.get("complete") or item["id"] in present:
+            continue
+        if item.get("status") != "success" and not include_failed:
+            continue
+        out.append(item)
+    return sorted(out, key=lambda s: (s["ended"] or "", s["id"]))
+
+
+def replicated_sets(snapshots):
+    """``{set id: {ended, kind, status, type, parents, binlog, snapshots: [short ids]}}`` from the repository."""
+    out = {}
+    for snap in snapshots:
+        parsed = parse_tags(snap.get("tags"))
+        if not parsed:
+            continue
+        entry = out.setdefault(parsed["set"], dict(parsed, snapshots=[]))
+        entry["snapshots"].append(snap.get("id") or snap.get("short_id"))
+    return out
+
+
+def lag_seconds(local_sets, snapshots):
+    """Newest complete successful local set's end minus the newest replicated successful set's end (0 when
+    every one is off-site; None when nothing is replicated yet; ``local_sets`` empty: 0)."""
+    good = [parse_time(s["ended"]) for s in local_sets if s.get("complete") and s.get("status") == "success"]
+    if not good:
+        return 0.0
+    remote = [parse_time(r["ended"]) for r in replicated_sets(snapshots).values() if r.get("status") == "success"]
+    if not remote:
+        return None
+    return max(0.0, (max(good) - max(remote)).total_seconds())
+
+
+def prune_plan(snapshots, policy=None, now=None):
+    """Which snapshots to forget: the retention plan over the sets the snapshots describe.
+
+    Returns ``{"keep": {set: reasons}, "forget_sets": [ids], "forget": [snapshot ids], "warnings": [..]}``."""
+    reps = replicated_sets(snapshots)
+    sets = []
+    for set_id, rep in reps.items():
+        first_parent = rep["parents"][0] if rep["parents"] else None
+        comps = {"set": {"backup_type": rep.get("type") or "full", "parent": first_parent,
+                         "binlog": {"archived": True} if rep["binlog"] else None}}
+        extra = {"p%d" % i: {"backup_type": "incremental", "parent": p} for i, p in enumerate(rep["parents"][1:])}
+        comps.update(extra)
+        sets.append({"id": set_id, "name": rep.get("kind"), "ended": rep["ended"], "status": rep.get("status"),
+                     "complete": True, "components": comps})
+    plan = plan_retention(sets, policy, now)
+    forget = sorted(sid for set_id in plan["delete"] for sid in reps[set_id]["snapshots"])
+    return {"keep": plan["keep"], "forget_sets": plan["delete"], "forget": forget, "warnings": plan["warnings"]}
+
+
+def restic_policy(retention):
+    """roles/common's ``backup_retention`` (``mariadb_incremental_days``) as a ``plan_retention`` policy."""
+    policy = dict(retention or {})
+    if "mariadb_incremental_days" in policy:
+        policy["incremental_days"] = policy.pop("mariadb_incremental_days")
+    return {k: v for k, v in policy.items() if v is not None}
+
+
+def redact(repository):
+    """The repository URL without a password (``rest:https://user:pw@host`` -> ``rest:https://user:***@host``)."""
+    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", repository or "")
+
+
+def offsite_metrics(state, now=None):
+    """Prometheus text of the off-site state (``llmops_offsite.prom``)."""
+    def ts(value):
+        return parse_time(value).timestamp() if value else 0
+
+    lines = []
+    sync = state.get("sync") or {}
+    gauge(lines, "llmops_offsite_last_success_timestamp_seconds", "End of the last successful off-site sync (0: none).",
+          [({}, ts(sync.get("last_success")))])
+    gauge(lines, "llmops_offsite_last_run_success", "1 when the last off-site sync succeeded.",
+          [({}, 1 if sync.get("last_status") == "success" else 0)])
+    gauge(lines, "llmops_offsite_last_run_timestamp_seconds", "When the last off-site sync ended.",
+          [({}, ts(sync.get("last_run")))])
+    lag = sync.get("lag_s")
+    gauge(lines, "llmops_offsite_lag_seconds", "Newest complete local set's end minus the newest replicated set's "
+          "end (-1: nothing replicated yet).", [({}, -1 if lag is None else lag)])
+    gauge(lines, "llmops_offsite_sets_sent", "Sets sent by the last successful sync.",
+          [({}, sync.get("sets_sent") or 0)])
+    gauge(lines, "llmops_offsite_bytes_added", "Bytes the last successful sync added to the repository.",
+          [({}, sync.get("bytes_added") or 0)])
+    check = state.get("check") or {}
+    if check:
+        gauge(lines, "llmops_offsite_check_last_success", "1 when the last restic check of the repository passed.",
+              [({}, 1 if check.get("last_status") == "success" else 0)])
+        gauge(lines, "llmops_offsite_check_last_success_timestamp_seconds", "When restic check last passed.",
+              [({}, ts(check.get("last_success")))])
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ restic
+
+class Restic:
+    """Runs restic with the repository and the password in the environment, never on a command line."""
+
+    def __init__(self, repository, password=None, password_file=None, env=None, binary="restic", retries=3,
+                 backoff=5.0, limit_upload_kib=0, cache_dir=None, runner=None, sleep=time.sleep):
+        if not repository:
+            raise OffsiteError("no off-site repository: set offsite_repository (sftp:user@host:/path, "
+                               "rest:https://host:8000/path or s3:https://host/bucket/path)")
+        if not password and not password_file and not (env or {}).get("RESTIC_PASSWORD") \
+                and not (env or {}).get("RESTIC_PASSWORD_FILE"):
+            raise OffsiteError("no repository password: set offsite_password (from the vault) or password_file")
+        self.binary = binary
+        self.retries = max(0, int(retries))
+        self.backoff = float(backoff)
+        self.limit_upload_kib = int(limit_upload_kib or 0)
+        self.runner = runner or subprocess.run
+        self.sleep = sleep
+        self.tmp = None
+        self.env = dict(os.environ)
+        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        self.env["RESTIC_REPOSITORY"] = repository
+        self.env.pop("RESTIC_PASSWORD", None) if password or password_file else None
+        if password_file:
+            self.env["RESTIC_PASSWORD_FILE"] = password_file
+        elif password:
+            self.tmp = tempfile.mkdtemp(prefix="llmops-restic-")
+            os.chmod(self.tmp, 0o700)
+            path = os.path.join(self.tmp, "password")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(password)
+            self.env["RESTIC_PASSWORD_FILE"] = path
+        if cache_dir:
+            self.env["RESTIC_CACHE_DIR"] = cache_dir
+        self.secrets = [s for s in (password, repository if "@" in (repository or "") else None) if s]
+        self.log = []
+
+    def close(self):
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _clean(self, text):
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def run(self, args, cwd=None, retry=True, check=True):
+        """Run ``restic args``; retry transient failures with exponential backoff; return the CompletedProcess."""
+        argv = [self.binary] + list(args)
+        attempts = (self.retries if retry else 0) + 1
+        for attempt in range(attempts):
+            try:
+                proc = self.runner(argv, cwd=cwd, env=self.env, capture_output=True, text=True, check=False)
+            except FileNotFoundError as exc:
+                raise OffsiteError("%s not found: install Debian's restic package (scripts/bootstrap.sh, role base)"
+                                   % self.binary) from exc
+            self.log.append({"argv": argv[1:], "rc": proc.returncode, "attempt": attempt + 1})
+            if proc.returncode == 0 or not check:
+                return proc
+            err = self._clean(proc.stderr or "")
+            if _WRONG_PASSWORD_RE.search(err):
+                raise OffsiteError("restic %s: wrong repository password: check offsite_password in the vault "
+                                   "(%s)" % (args[0], err.strip()[-400:]))
+            if attempt + 1 < attempts and _TRANSIENT_RE.search(err):
+                self.sleep(self.backoff * (2 ** attempt))
+                continue
+            raise RepoError(args[0], proc.returncode, err.strip()[-1500:])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def json(self, args, **kwargs):
+        proc = self.run(list(args) + ["--json"], **kwargs)
+        return json.loads(proc.stdout or "null")
+
+    def snapshots(self, init=False):
+        try:
+            return self.json(["snapshots"]) or []
+        except RepoError as exc:
+            if not _NO_REPO_RE.search(exc.stderr):
+                raise
+            if not init:
+                raise OffsiteError("the off-site repository does not exist: run once with init=true "
+                                   "(offsite_init) or create it with restic init on a trusted host (%s)"
+                                   % exc.stderr[-300:]) from exc
+            self.run(["init"])
+            return []
+
+    def backup(self, path, tags, host=None):
+        args = ["backup", "."]
+        for tag in tags:
+            args += ["--tag", tag]
+        if host:
+            args += ["--host", host]
+        if self.limit_upload_kib:
+            args += ["--limit-upload", str(self.limit_upload_kib)]
+        proc = self.run(args + ["--json"], cwd=path)
+        summary = {}
+        for line in (proc.stdout or "").splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc.get("message_type") == "summary":
+                summary = doc
+        return summary
+
+
+class RepoError(OffsiteError):
+    """restic exited non-zero (not a transient error, or retries exhausted)."""
+
+    def __init__(self, command, rc, stderr):
+        self.command, self.rc, self.stderr = command, rc, stderr
+        super().__init__("restic %s failed (exit %s): %s; check the repository URL, the network and the "
+                         "credentials, then run the off-site sync again" % (command, rc, stderr))
+
+
+# ------------------------------------------------------------------ operations
+
+def load_state(root):
+    path = layout_path(root, "offsite_state")
+    return read_json(path) if os.path.isfile(path) else {}
+
+
+def save_state(root, state, metrics_path=None):
+    write_file_atomic(layout_path(root, "offsite_state"), (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+    if metrics_path:
+        write_file_atomic(metrics_path, offsite_metrics(state).encode(), mode=0o644)
+
+
+def sync(restic, root, include_failed=False, extras=EXTRAS, init=False, host=None, check_mode=False, now=None):
+    """Send every complete set that has no snapshot yet, then the extras. Returns the result dict."""
+    local = list_sets(root)
+    snapshots = restic.snapshots(init=init and not check_mode) if not (check_mode and init) else []
+    todo = sets_to_send(local, snapshots, include_failed)
+    layout = backup_layout(root)
+    extra_paths = [(key, layout[key]) for key in extras if os.path.isdir(layout[key])]
+    result = {"sets_sent": [s["id"] for s in todo], "extras_sent": [k for k, _path in extra_paths], "bytes_added": 0,
+              "snapshots": {}, "changed": bool(todo or extra_paths)}
+    if check_mode:
+        result["lag_s"] = lag_seconds(local, snapshots)
+        return result
+    for item in todo:
+        summary = restic.backup(item["path"], set_tags(item), host=host)
+        result["bytes_added"] += int(summary.get("data_added") or 0)
+        result["snapshots"][item["id"]] = summary.get("snapshot_id")
+        snapshots.append({"id": summary.get("snapshot_id"), "tags": set_tags(item)})
+    extras_changed = []
+    for key, path in extra_paths:
+        summary = restic.backup(path, [EXTRA_TAG, "extra=%s" % key], host=host)
+        result["bytes_added"] += int(summary.get("data_added") or 0)
+        result["snapshots"][key] = summary.get("snapshot_id")
+        if summary.get("files_new") or summary.get("files_changed") or summary.get("data_added"):
+            extras_changed.append(key)
+    result["changed"] = bool(todo or extras_changed)
+    result["lag_s"] = lag_seconds(local, snapshots)
+    return result
+
+
+def prune(restic, policy=None, extra_keep_days=30, check_mode=False, now=None):
+    """Forget the snapshots of the sets the retention drops (and thin the extras), then ``restic prune``."""
+    snapshots = restic.snapshots()
+    plan = prune_plan(snapshots, policy, now)
+    plan["changed"] = bool(plan["forget"])
+    if check_mode:
+        return plan
+    if plan["forget"]:
+        restic.run(["forget"] + plan["forget"], retry=False)
+    for key in EXTRAS:
+        restic.run(["forget", "--tag", "%s,extra=%s" % (EXTRA_TAG, key), "--keep-within", "%dd" % extra_keep_days,
+                    "--keep-last", "1"], retry=False)
+    restic.run(["prune"], retry=False)
+    plan["changed"] = True
+    return plan
+
+
+def check(restic, subset_pct=5, check_mode=False):
+    """``restic check --read-data-subset=<n>%``; raises on a damaged repository."""
+    args = ["check"] + (["--read-data-subset=%s%%" % subset_pct] if subset_pct else [])
+    if check_mode:
+        return {"changed": False, "would_run": args}
+    proc = restic.run(args)
+    return {"changed": False, "output": restic._clean(proc.stdout)[-2000:]}
+
+
+def record(root, operation, ok, result=None, error=None, metrics_path=None, now=None):
+    """Write the outcome of ``operation`` (sync or check) into the state file and the metrics."""
+    state = load_state(root)
+    when = isoformat(utc(now))
+    entry = state.setdefault(operation, {})
+    entry.update({"last_run": when, "last_status": "success" if ok else "failed", "error": error})
+    if ok:
+        entry["last_success"] = when
+        if operation == "sync" and result is not None:
+            entry.update({"lag_s": result.get("lag_s"), "sets_sent": len(result.get("sets_sent") or []),
+                          "bytes_added": result.get("bytes_added") or 0})
+    save_state(root, state, metrics_path)
+    return state

@@ -1,0 +1,127 @@
+"""Pure logic of module_utils/llmops_offsite.py: which sets to send, tags, lag, the prune decision, secrets."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+from ansible.module_utils import llmops_offsite as off
+
+SECRET = os.urandom(8).hex()
+OTHER = os.urandom(8).hex()
+FULL = {"id": "llmops_20260101_020000", "name": "llmops", "status": "success", "complete": True,
+        "ended": "2026-01-01T02:10:00Z", "components": {"mariadb": {"backup_type": "full"}}}
+INC = {"id": "llmops_20260101_080000", "name": "llmops", "status": "success", "complete": True,
+       "ended": "2026-01-01T08:05:00Z",
+       "components": {"mariadb": {"backup_type": "incremental", "parent": FULL["id"], "binlog": {"files": 2}}}}
+FAILED = {"id": "llmops_20260101_140000", "name": "llmops", "status": "failed", "complete": True,
+          "ended": "2026-01-01T14:01:00Z", "components": {}}
+UPLOADS = {"id": "uploads_20260101_030000", "name": "uploads", "status": "success", "complete": True,
+           "ended": "2026-01-01T03:00:00Z", "components": {"uploads": {"backup_type": "full"}}}
+
+
+def snap(item, sid):
+    return {"id": sid, "tags": off.set_tags(item)}
+
+
+def test_tags_name_the_set_and_parse_back():
+    tags = off.set_tags(INC)
+    assert tags[:3] == ["llmops-set", "set=llmops_20260101_080000", "kind=llmops"]
+    assert "ended=20260101T080500Z" in tags and "type=incremental" in tags
+    assert "parent=llmops_20260101_020000" in tags and "binlog" in tags
+    parsed = off.parse_tags(tags)
+    assert parsed["set"] == INC["id"] and parsed["parents"] == [FULL["id"]] and parsed["binlog"]
+    assert off.parse_tags(["llmops-extra", "extra=binlogs"]) is None
+    assert off.set_tags(FULL)[-1] == "type=full"
+
+
+def test_only_complete_unsent_sets_are_sent_oldest_first():
+    partial = dict(FULL, id="llmops_20260102_020000", complete=False, ended="2026-01-02T02:00:00Z")
+    local = [INC, FULL, FAILED, partial, UPLOADS]
+    assert [s["id"] for s in off.sets_to_send(local, [])] == [FULL["id"], UPLOADS["id"], INC["id"]]
+    assert [s["id"] for s in off.sets_to_send(local, [snap(FULL, "a")])] == [UPLOADS["id"], INC["id"]]
+    assert FAILED["id"] in [s["id"] for s in off.sets_to_send(local, [], include_failed=True)]
+    sent = [snap(s, str(i)) for i, s in enumerate((FULL, INC, UPLOADS))]
+    assert off.sets_to_send(local, sent) == []
+
+
+def test_lag_is_newest_local_minus_newest_replicated():
+    local = [FULL, INC, FAILED]
+    assert off.lag_seconds(local, []) is None
+    assert off.lag_seconds(local, [snap(FULL, "a")]) == 6 * 3600 - 300
+    assert off.lag_seconds(local, [snap(FULL, "a"), snap(INC, "b")]) == 0
+    assert off.lag_seconds([], []) == 0
+
+
+def test_prune_keeps_the_full_a_kept_incremental_needs():
+    old_full = dict(FULL, id="llmops_20250101_020000", ended="2025-01-01T02:10:00Z")
+    snaps = [snap(old_full, "s0"), snap(FULL, "s1"), snap(INC, "s2"), snap(UPLOADS, "s3")]
+    plan = off.prune_plan(snaps, {"daily_days": 0, "weekly": 0, "monthly": 0, "incremental_days": 30},
+                          now="2026-01-05T00:00:00Z")
+    assert FULL["id"] in plan["keep"] and any("parent of" in r for r in plan["keep"][FULL["id"]])
+    assert plan["forget_sets"] == [old_full["id"]] and plan["forget"] == ["s0"]
+    keep_all = off.prune_plan(snaps, {}, now="2025-01-05T00:00:00Z")
+    assert keep_all["forget"] == []
+
+
+def test_policy_of_roles_common_is_understood():
+    assert off.restic_policy({"daily_days": 30, "mariadb_incremental_days": 7}) == {"daily_days": 30,
+                                                                                     "incremental_days": 7}
+
+
+def test_redact_hides_the_rest_password():
+    assert off.redact("rest:https://llmops:s3cret@host:8000/r") == "rest:https://llmops:***@host:8000/r"
+    assert off.redact("sftp:u@host:/srv/r") == "sftp:u@host:/srv/r"
+
+
+def test_metrics_textfile_format():
+    text = off.offsite_metrics({"sync": {"last_success": "2026-01-01T00:00:00Z", "last_status": "failed",
+                                         "lag_s": None}})
+    assert "llmops_offsite_last_success_timestamp_seconds 1767225600.0" in text
+    assert "llmops_offsite_last_run_success 0.0" in text and "llmops_offsite_lag_seconds -1.0" in text
+    assert "check_last_success" not in text
+
+
+class FakeRun:
+    def __init__(self, results):
+        self.results, self.calls = list(results), []
+
+    def __call__(self, argv, cwd=None, env=None, capture_output=True, text=True, check=False):
+        password = open(env["RESTIC_PASSWORD_FILE"]).read()
+        mode = stat.S_IMODE(os.stat(env["RESTIC_PASSWORD_FILE"]).st_mode)
+        self.calls.append({"argv": argv, "password": password, "mode": mode, "repo": env["RESTIC_REPOSITORY"]})
+        rc, out, err = self.results.pop(0)
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def test_password_goes_through_a_0600_file_and_transient_errors_are_retried():
+    fake = FakeRun([(1, "", "Fatal: unable to open config file: connection refused"), (0, "[]", "")])
+    slept = []
+    with off.Restic("rest:http://u:pw@h:1/r", password=SECRET, runner=fake, retries=2, backoff=1,
+                    sleep=slept.append) as restic:
+        assert restic.snapshots() == []
+        tmp = restic.tmp
+    assert [c["argv"] for c in fake.calls] == [["restic", "snapshots", "--json"]] * 2
+    assert all(SECRET not in " ".join(c["argv"]) and c["password"] == SECRET and c["mode"] == 0o600
+               for c in fake.calls)
+    assert slept == [1.0] and not os.path.exists(tmp)
+
+
+def test_a_wrong_password_is_not_retried_and_says_what_to_do():
+    fake = FakeRun([(1, "", "Fatal: wrong password or no key found")])
+    with off.Restic("/r", password=OTHER, runner=fake, retries=3, sleep=lambda s: None) as restic:
+        with pytest.raises(off.OffsiteError, match="offsite_password"):
+            restic.snapshots()
+    assert len(fake.calls) == 1
+
+
+def test_missing_repository_needs_init_opt_in():
+    fake = FakeRun([(1, "", "Fatal: unable to open config file: stat /r/config: no such file or directory\n"
+                            "Is there a repository at the following location?")])
+    with off.Restic("/r", password=OTHER, runner=fake, retries=0) as restic:
+        with pytest.raises(off.OffsiteError, match="init"):
+            restic.snapshots(init=False)
+    with pytest.raises(off.OffsiteError, match="password"):
+        off.Restic("/r")
