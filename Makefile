@@ -14,7 +14,7 @@ ifeq ($(PROFILE),1)
 export ANSIBLE_CALLBACKS_ENABLED := ansible.posix.profile_tasks
 endif
 
-.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench
+.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench fault-matrix
 
 ## demo: bootstrap, lab up with sample data, a backup, a DR drill, summary
 demo: lab-seed
@@ -60,6 +60,10 @@ molecule: images
 
 pytest: bootstrap
 	python -m pytest
+
+## fault-matrix: run the fault tests against the lab and regenerate tests/faults/MATRIX.md from the run
+fault-matrix: lab-seed
+	LLMOPS_FAULT_MATRIX=write python -m pytest tests/faults
 
 ## bench: the backup pipelines against the bare tools, ratios measured in the same run
 bench: lab-up
