@@ -52,8 +52,10 @@ def production(tmp_path_factory, gpu_plan):
     """Render (only) the production projects on this machine with test secrets and the planned split."""
     root = tmp_path_factory.mktemp("prod")
     secrets = root / "vault.yml"
-    names = ["mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"]
-    values = {f"vault_{k}": f"test-{k}-0123456789" for k in names}
+    # every value the example vault names (a new vault_* setting of the production inventory is rendered too)
+    vault_example = REPO / "inventories" / "production" / "group_vars" / "all" / "vault.yml.example"
+    example = yaml.safe_load(vault_example.read_text())
+    values = {k: f"test-{k.removeprefix('vault_')}-0123456789" for k in example}
     values["vault_redis_password"] = REDIS_PASSWORD
     secrets.write_text(yaml.safe_dump(values))
     secrets.chmod(0o600)

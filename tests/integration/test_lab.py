@@ -88,7 +88,8 @@ def test_servers_have_the_settings_the_backups_rely_on(lab):
 
 def test_secrets_stay_in_0600_files_and_off_command_lines(lab):
     secrets = {p.name: p.read_text().strip() for p in lab.secrets_dir.iterdir()}
-    assert set(secrets) == {"mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key"}
+    assert set(secrets) == {"mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key",
+                            "backup_auth_key"}
     for path in [*lab.secrets_dir.iterdir(), *(lab.stack_root / "appdb" / "secrets").iterdir(),
                  lab.stack_root / "ai" / "secrets" / "qdrant.yaml"]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
