@@ -303,7 +303,8 @@ def test_hostile_names_survive_backup_and_restore(lab, hostile, redis_copies, tm
     for db in DBS:
         assert comp["fingerprint"][str(db)]["keys"] >= len(expected[db])
     artefact = set_path / "redis" / "dump.rdb.zst"
-    assert sorted(os.listdir(set_path)) == ["SHA256SUMS", "backup_manifest.json", "redis"]  # no scratch folder left
+    # no scratch folder left
+    assert sorted(os.listdir(set_path)) == ["SHA256SUMS", "SHA256SUMS.hmac", "backup_manifest.json", "redis"]
 
     with fresh_load(artefact, comp, tmp_path) as name:
         for db in DBS:  # the artefact holds every key exactly, expiry times included

@@ -18,7 +18,10 @@ if [ "${1:-}" = mariadbd ] && [ ! -d "$DATADIR/mysql" ]; then
   # The password goes to the client on stdin, never on a command line.
   pw=$(cat "$MARIADB_ROOT_PASSWORD_FILE")
   pw=${pw//\\/\\\\}; pw=${pw//\'/\\\'}
+  # sql_log_bin=0 (as the official image's init): the statements carry the password and must not reach the binary
+  # log, which the backups archive
   mariadb --socket=/run/mysqld/init.sock <<SQL
+SET sql_log_bin=0;
 ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('$pw');
 CREATE USER 'root'@'%' IDENTIFIED BY '$pw';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
