@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 from urllib.parse import quote
 
 try:
@@ -49,3 +50,15 @@ class HttpError(LlmopsError):
 def seg(value):
     """One URL path segment (a collection, index, document id...), every reserved character encoded."""
     return quote(str(value), safe="")
+
+
+def connection(scheme, host, port, timeout, verify_tls=True):
+    """An ``http.client`` connection to the store (``https``: TLS, the certificate checked unless not
+    ``verify_tls``)."""
+    if scheme == "https":
+        context = ssl.create_default_context()
+        if not verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    return http.client.HTTPConnection(host, port, timeout=timeout)

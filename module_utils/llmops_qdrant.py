@@ -21,11 +21,9 @@ Used by the bundle's Ansible modules as
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import socket
-import ssl
 import tempfile
 import time
 import uuid
@@ -33,10 +31,10 @@ from urllib.parse import urlencode, urlsplit
 
 try:
     from ansible.module_utils.llmops_common import InvalidValueError
-    from ansible.module_utils.llmops_http import CONNECTION_ERRORS, HttpError, seg
+    from ansible.module_utils.llmops_http import CONNECTION_ERRORS, HttpError, connection, seg
 except ImportError:  # imported directly (tests) rather than through Ansible
     from module_utils.llmops_common import InvalidValueError
-    from module_utils.llmops_http import CONNECTION_ERRORS, HttpError, seg
+    from module_utils.llmops_http import CONNECTION_ERRORS, HttpError, connection, seg
 
 __all__ = ["QdrantClient", "QdrantError"]
 
@@ -88,13 +86,7 @@ class QdrantClient:
 
     # ------------------------------------------------------------------ transport
     def _connection(self):
-        if self._scheme == "https":
-            context = ssl.create_default_context()
-            if not self.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        return connection(self._scheme, self._host, self._port, self.timeout, self.verify_tls)
 
     def _headers(self, extra=None):
         headers = {"Accept": "application/json", "User-Agent": "llmops-lab-qdrant-client/1"}

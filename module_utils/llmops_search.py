@@ -56,11 +56,9 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
-import http.client
 import json
 import os
 import secrets
-import ssl
 import time
 from urllib.parse import urlencode, urlsplit
 
@@ -75,6 +73,7 @@ from ansible.module_utils.llmops_http import (
     SOURCE_UNVERIFIABLE,
     STANDIN_MARKER,
     HttpError,
+    connection,
     seg,
 )
 from ansible.module_utils.llmops_pipeline import run_pipeline
@@ -141,13 +140,7 @@ class SearchClient:
 
     # ------------------------------------------------------------------ transport
     def _connection(self):
-        if self._scheme == "https":
-            context = ssl.create_default_context()
-            if not self.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        return connection(self._scheme, self._host, self._port, self.timeout, self.verify_tls)
 
     def _headers(self, content_type=None):
         headers = {"Accept": "application/json", "User-Agent": "llmops-lab-search-client/1"}
