@@ -65,9 +65,9 @@ pytest: bootstrap
 fault-matrix: lab-seed
 	LLMOPS_FAULT_MATRIX=write python -m pytest tests/faults
 
-## bench: the backup pipelines against the bare tools, ratios measured in the same run
+## bench: whole runs of the bundle against the bare tools, ratios measured in the same run (README, "Performance")
 bench: lab-up
-	python scripts/bench.py
+	python bench/run.py
 
 ## clean: lab down, and the Docker engine stopped if (and only if) this project started it
 clean: lab-down
