@@ -21,8 +21,11 @@ description:
     same rules as C(backup_set command=retention)) which to keep, forgets the snapshots of the other sets by id (a
     kept incremental keeps its full), thins the extras with C(--keep-within O(extra_keep_days)d), then runs
     C(restic prune). Run it from a TRUSTED host with credentials that may delete, never from the backed-up server.
-  - O(operation=check) runs C(restic check --read-data-subset=O(check_subset_pct)%).
-  - Repository URL forms - C(sftp:user@host:/path) (SSH keys of the user running the module),
+  - O(operation=check) lists the snapshots (the repository must answer; with O(init) a missing one is created),
+    then runs C(restic check --read-data-subset=O(check_subset_pct)%).
+  - Repository URL forms - C(sftp:user@host:/path) (SSH keys of the user running the module, or O(ssh_identity_file),
+    O(ssh_known_hosts_file) and O(ssh_port), which become C(restic -o sftp.command=ssh ...) with key and file
+    PATHS only),
     C(rest:https://user:password@host:8000/path) (restic REST server, e.g. C(rclone serve restic --append-only)),
     C(s3:https://s3.example.com/bucket/path) with C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY) in O(env).
   - The password reaches restic through C(RESTIC_PASSWORD_FILE) (O(password_file), or a 0600 file in a private
@@ -72,7 +75,7 @@ options:
     type: dict
     default: {}
   init:
-    description: Run C(restic init) when the repository does not exist yet.
+    description: Run C(restic init) when the repository does not exist yet (O(operation=sync) and O(operation=check)).
     type: bool
     default: false
   include_failed:
@@ -117,6 +120,24 @@ options:
     description: The restic program.
     type: str
     default: restic
+  ssh_identity_file:
+    description:
+      - sftp repositories - the private key file ssh uses (C(ssh -i PATH -o IdentitiesOnly=yes)). Only the path is on
+        ssh's command line; the key stays in its 0600 file.
+    type: path
+  ssh_known_hosts_file:
+    description:
+      - sftp repositories - the known hosts file that holds the off-site host's key; with it ssh runs with
+        C(StrictHostKeyChecking=yes), so an unknown or changed host key fails the run.
+    type: path
+  ssh_port:
+    description: sftp repositories - the off-site host's SSH port (default 22, or the port in an C(sftp://) URL).
+    type: int
+  ssh_options:
+    description: sftp repositories - more C(ssh -o) options (C(Name=value)), e.g. C(ConnectTimeout=20).
+    type: list
+    elements: str
+    default: []
 notes:
   - Debian 12's C(restic) (0.14) package; the REST append-only server is Debian 12's C(rclone serve restic).
 """
@@ -129,6 +150,16 @@ EXAMPLES = r"""
     password: "{{ offsite_password }}"
     limit_upload_kib: 20480
     metrics_path: /var/lib/node_exporter/textfile_collector/llmops_offsite.prom
+  no_log: true
+
+- name: Copy every new set to an SFTP off-site host (key and known hosts by path; a changed host key fails)
+  offsite_sync:
+    root: /backup
+    repository: sftp:offsite@offsite.example.org:/srv/restic/llmops
+    password: "{{ offsite_password }}"
+    ssh_identity_file: /etc/llmops/offsite_ed25519
+    ssh_known_hosts_file: /etc/llmops/offsite_known_hosts
+    ssh_port: 22
   no_log: true
 
 - name: Prune the off-site repository (trusted host, its own credentials)
@@ -173,6 +204,10 @@ keep:
   description: Set ids kept, with the reasons (prune).
   type: dict
   returned: operation=prune
+snapshots_count:
+  description: Snapshots in the repository when the check started.
+  type: int
+  returned: operation=check
 repository:
   description: The repository URL with any password replaced by C(***).
   type: str
@@ -183,7 +218,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError, argument_spec
-from ansible.module_utils.llmops_offsite import Restic, check, prune, record, redact, restic_policy, sync
+from ansible.module_utils.llmops_offsite import Restic, check, prune, record, redact, restic_policy, sftp_command, sync
 
 
 def main():
@@ -207,6 +242,10 @@ def main():
             cache_dir=dict(type="path"),
             metrics_path=dict(type="path"),
             restic_binary=dict(type="str", default="restic"),
+            ssh_identity_file=dict(type="path"),
+            ssh_known_hosts_file=dict(type="path"),
+            ssh_port=dict(type="int"),
+            ssh_options=dict(type="list", elements="str", default=[]),
         ),
         mutually_exclusive=[["password", "password_file"]],
         supports_check_mode=True,
@@ -216,9 +255,12 @@ def main():
     op = p["operation"]
     result = {}
     try:
+        sftp = sftp_command(p["repository"], p["ssh_identity_file"], p["ssh_known_hosts_file"], p["ssh_port"],
+                            p["ssh_options"])
         with Restic(p["repository"], password=p["password"], password_file=p["password_file"], env=p["env"],
                     binary=p["restic_binary"], retries=p["retries"], backoff=p["backoff"],
-                    limit_upload_kib=p["limit_upload_kib"], cache_dir=p["cache_dir"]) as restic:
+                    limit_upload_kib=p["limit_upload_kib"], cache_dir=p["cache_dir"],
+                    options=["sftp.command=%s" % sftp] if sftp else None) as restic:
             try:
                 if op == "sync":
                     result = sync(restic, root, include_failed=p["include_failed"], init=p["init"], host=p["host"],
@@ -227,7 +269,7 @@ def main():
                     result = prune(restic, restic_policy(p["policy"]), extra_keep_days=p["extra_keep_days"],
                                    check_mode=module.check_mode)
                 else:
-                    result = check(restic, p["check_subset_pct"], check_mode=module.check_mode)
+                    result = check(restic, p["check_subset_pct"], check_mode=module.check_mode, init=p["init"])
             except LlmopsError as exc:
                 if op in ("sync", "check") and not module.check_mode and os.path.isdir(root):
                     record(root, op, False, error=str(exc), metrics_path=p["metrics_path"])

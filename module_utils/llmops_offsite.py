@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -162,6 +163,38 @@ def redact(repository):
     return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", repository or "")
 
 
+_SFTP_RE = re.compile(r"^sftp:(?://)?(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?[:/]")
+
+
+def sftp_command(repository, identity_file=None, known_hosts_file=None, port=None, ssh_options=None):
+    """The ssh command restic runs for an ``sftp:`` repository (``restic -o sftp.command=...``), or None.
+
+    None (restic's own ``ssh host -s sftp`` with the running user's ~/.ssh) unless an identity file, a known hosts
+    file, a port or extra ``-o`` options are given. With them: ``ssh -o BatchMode=yes`` (never a prompt),
+    ``-o StrictHostKeyChecking=yes`` with the known hosts file (an unknown host key fails), ``-i`` the key *path*
+    with ``IdentitiesOnly``, ``-p`` the port, then ``user@host -s sftp``. Only paths are on this command line,
+    never a key or a password."""
+    if not any((identity_file, known_hosts_file, port, ssh_options)):
+        return None
+    match = _SFTP_RE.match(repository or "")
+    if not match:
+        raise OffsiteError("offsite ssh settings need an sftp repository (sftp:user@host:/path or "
+                           "sftp://user@host:port//path), not %s" % redact(repository))
+    argv = ["ssh", "-o", "BatchMode=yes"]
+    if known_hosts_file:
+        argv += ["-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts_file]
+    if identity_file:
+        argv += ["-i", identity_file, "-o", "IdentitiesOnly=yes"]
+    for option in ssh_options or []:
+        argv += ["-o", option]
+    port = port or match.group("port")
+    if port:
+        argv += ["-p", str(int(port))]
+    host = match.group("host").strip("[]")
+    argv += [("%s@%s" % (match.group("user"), host)) if match.group("user") else host, "-s", "sftp"]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def offsite_metrics(state, now=None):
     """Prometheus text of the off-site state (``llmops_offsite.prom``)."""
     def ts(value):
@@ -197,7 +230,7 @@ class Restic:
     """Runs restic with the repository and the password in the environment, never on a command line."""
 
     def __init__(self, repository, password=None, password_file=None, env=None, binary="restic", retries=3,
-                 backoff=5.0, limit_upload_kib=0, cache_dir=None, runner=None, sleep=time.sleep):
+                 backoff=5.0, limit_upload_kib=0, cache_dir=None, runner=None, sleep=time.sleep, options=None):
         if not repository:
             raise OffsiteError("no off-site repository: set offsite_repository (sftp:user@host:/path, "
                                "rest:https://host:8000/path or s3:https://host/bucket/path)")
@@ -205,6 +238,8 @@ class Restic:
                 and not (env or {}).get("RESTIC_PASSWORD_FILE"):
             raise OffsiteError("no repository password: set offsite_password (from the vault) or password_file")
         self.binary = binary
+        # restic's extended options (``-o sftp.command=...``): before every command's arguments
+        self.options = [arg for option in (options or []) for arg in ("-o", option)]
         self.retries = max(0, int(retries))
         self.backoff = float(backoff)
         self.limit_upload_kib = int(limit_upload_kib or 0)
@@ -248,7 +283,7 @@ class Restic:
 
     def run(self, args, cwd=None, retry=True, check=True):
         """Run ``restic args``; retry transient failures with exponential backoff; return the CompletedProcess."""
-        argv = [self.binary] + list(args)
+        argv = [self.binary] + self.options + list(args)
         attempts = (self.retries if retry else 0) + 1
         for attempt in range(attempts):
             try:
@@ -256,7 +291,7 @@ class Restic:
             except FileNotFoundError as exc:
                 raise OffsiteError("%s not found: install Debian's restic package (scripts/bootstrap.sh, role base)"
                                    % self.binary) from exc
-            self.log.append({"argv": argv[1:], "rc": proc.returncode, "attempt": attempt + 1})
+            self.log.append({"argv": list(args), "rc": proc.returncode, "attempt": attempt + 1})
             if proc.returncode == 0 or not check:
                 return proc
             err = self._clean(proc.stderr or "")
@@ -325,6 +360,7 @@ def load_state(root):
 def save_state(root, state, metrics_path=None):
     write_file_atomic(layout_path(root, "offsite_state"), (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
     if metrics_path:
+        os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), mode=0o755, exist_ok=True)
         write_file_atomic(metrics_path, offsite_metrics(state).encode(), mode=0o644)
 
 
@@ -374,13 +410,17 @@ def prune(restic, policy=None, extra_keep_days=30, check_mode=False, now=None):
     return plan
 
 
-def check(restic, subset_pct=5, check_mode=False):
-    """``restic check --read-data-subset=<n>%``; raises on a damaged repository."""
+def check(restic, subset_pct=5, check_mode=False, init=False):
+    """``restic check --read-data-subset=<n>%``; raises on a damaged repository.
+
+    The snapshots are listed first: a repository that does not exist fails with the advice to create it (or,
+    with ``init``, is created, as a first sync would create it)."""
     args = ["check"] + (["--read-data-subset=%s%%" % subset_pct] if subset_pct else [])
     if check_mode:
         return {"changed": False, "would_run": args}
+    snapshots = restic.snapshots(init=init)
     proc = restic.run(args)
-    return {"changed": False, "output": restic._clean(proc.stdout)[-2000:]}
+    return {"changed": False, "snapshots_count": len(snapshots), "output": restic._clean(proc.stdout)[-2000:]}
 
 
 def record(root, operation, ok, result=None, error=None, metrics_path=None, now=None):

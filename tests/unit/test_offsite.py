@@ -125,3 +125,41 @@ def test_missing_repository_needs_init_opt_in():
             restic.snapshots(init=False)
     with pytest.raises(off.OffsiteError, match="password"):
         off.Restic("/r")
+
+
+def test_sftp_command_carries_paths_only_and_refuses_other_repositories():
+    assert off.sftp_command("sftp:u@h:/srv/r") is None  # restic's own ssh with ~/.ssh
+    cmd = off.sftp_command("sftp:offsite@backup.example.org:/srv/restic/llmops", "/etc/llmops/offsite key",
+                           "/etc/llmops/known_hosts", 2222, ["ConnectTimeout=20"])
+    assert cmd == ("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/llmops/known_hosts "
+                   "-i '/etc/llmops/offsite key' -o IdentitiesOnly=yes -o ConnectTimeout=20 -p 2222 "
+                   "offsite@backup.example.org -s sftp")
+    # the URL form: user, host and port from the URL; an IPv6 host without brackets
+    assert off.sftp_command("sftp://u@[::1]:2200//srv/r", identity_file="/k").endswith("-p 2200 u@::1 -s sftp")
+    assert off.sftp_command("sftp:h:/r", known_hosts_file="/kh").endswith(" h -s sftp")
+    with pytest.raises(off.OffsiteError, match="sftp repository"):
+        off.sftp_command("rest:https://u:pw@h:8000/r", identity_file="/k")
+
+
+def test_restic_options_come_before_every_command():
+    fake = FakeRun([(0, "[]", "")])
+    with off.Restic("sftp:u@h:/r", password=SECRET, runner=fake, options=["sftp.command=ssh -i /k u@h -s sftp"]) as r:
+        r.snapshots()
+    assert fake.calls[0]["argv"] == ["restic", "-o", "sftp.command=ssh -i /k u@h -s sftp", "snapshots", "--json"]
+    assert r.log[0]["argv"] == ["snapshots", "--json"]
+
+
+def test_check_lists_the_snapshots_first_and_creates_a_missing_repository_only_when_told():
+    missing = (1, "", "Fatal: unable to open config file: <config/> does not exist\n"
+                      "Is there a repository at the following location?")
+    fake = FakeRun([missing])
+    with off.Restic("/r", password=OTHER, runner=fake, retries=0) as restic:
+        with pytest.raises(off.OffsiteError, match="init"):
+            off.check(restic, 5)
+    assert [c["argv"][1] for c in fake.calls] == ["snapshots"]
+    fake = FakeRun([missing, (0, "created restic repository", ""), (0, "no errors were found", "")])
+    with off.Restic("/r", password=OTHER, runner=fake, retries=0) as restic:
+        result = off.check(restic, 5, init=True)
+    assert [c["argv"][1:] for c in fake.calls] == [["snapshots", "--json"], ["init"],
+                                                   ["check", "--read-data-subset=5%"]]
+    assert result["snapshots_count"] == 0 and "no errors" in result["output"]

@@ -20,13 +20,16 @@ EXPECTED = {
     "mariadb-incremental": ("0 8,14,20 * * *", WAIT_LOCK,
                             "backup.yml -e components=mariadb -e backup_type=incremental"),
     "mariadb-binlog": ("*/5 * * * *", BINLOG_LOCK, "binlog_archive.yml"),
-    "daily": ("0 2 * * *", WAIT_LOCK, "backup.yml -e components=postgres,redis,qdrant,uploads,models,configs"),
+    "daily": ("0 2 * * *", WAIT_LOCK, "backup.yml -e components=postgres,redis,qdrant,search,uploads,models,configs"),
     "weekly": ("0 2 * * 0", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=weekly"),
     "monthly": ("0 4 1 * *", WAIT_LOCK, "backup.yml -e backup_type=full -e backup_set_name=monthly"),
     "cleanup": ("0 3 * * *", WAIT_LOCK, "cleanup.yml"),
     "restore-test": ("30 2 * * *", WAIT_LOCK, "verify.yml"),
     "drill": ("0 5 1 1,4,7,10 *", WAIT_LOCK, "drill.yml"),
     "health": ("0 7 * * *", "flock -n /run/lock/llmops-health.lock", "health.yml"),
+    # the off-site copy (offsite_enabled: true in molecule.yml): after the nightly jobs, on their lock
+    "offsite-sync": ("30 3 * * *", WAIT_LOCK, "offsite.yml"),
+    "offsite-check": ("30 5 * * 0", WAIT_LOCK, "offsite.yml -e offsite_operation=check"),
 }
 
 

@@ -18,6 +18,9 @@ EXPECTED = {
     "restore-test": "*-*-* 02:30:00",
     "drill": "*-01,04,07,10-01 05:00:00",
     "health": "*-*-* 07:00:00",
+    # the off-site copy (offsite_enabled: true in molecule.yml)
+    "offsite-sync": "*-*-* 03:30:00",
+    "offsite-check": "Sun *-*-* 05:30:00",
 }
 
 
