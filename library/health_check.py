@@ -13,7 +13,8 @@ description:
   - Checks the 15-minute load per CPU core, memory in use, free space of each path in O(disks), the GPUs
     (O(gpu_count) against O(gpu_expected)), the default route, each container in O(containers) (running and
     healthy), the response time of each URL in O(http_checks), MariaDB (answers, binary log in ROW format,
-    connections in use) and the age of the newest successful backup set under O(backup_root).
+    connections in use), the search engine's cluster health (green or yellow ok, red critical) and the age of
+    the newest successful backup set under O(backup_root).
   - Each check is V(ok), V(warning), V(critical) or V(skipped) (with the reason); a failed check carries the
     incident grade of the operations manual (Critical, Major or Minor).
   - Writes Prometheus textfile metrics (every check's status, C(llmops_gpu_count), C(llmops_gpu_expected),
@@ -104,6 +105,18 @@ options:
     description: Check that an IPv4 default route exists and its interface is up.
     type: bool
     default: true
+  search_url:
+    description:
+      - The search engine's (Elasticsearch) REST endpoint; its C(_cluster/health) is checked with HTTP basic
+        authentication as O(search_user). Omitted, the search check is left out.
+    type: str
+  search_user:
+    description: The user the search check authenticates as.
+    type: str
+    default: elastic
+  search_password:
+    description: Its password, sent only in the C(Authorization) header (never in a URL, the report or the metrics).
+    type: str
   mariadb_container:
     description:
       - The MariaDB container; the check runs the C(mariadb) client in it as C(root@localhost), which
@@ -194,6 +207,7 @@ from ansible.module_utils.llmops_health import (
     parse_meminfo,
     report_lines,
     result,
+    search_health,
 )
 from ansible.module_utils.llmops_mariadb import query, server_info
 
@@ -229,6 +243,8 @@ def run_checks(p):
     checks += [check_container(name, states[name]) for name in p["containers"]]
     checks += [check_http(h["name"], h["url"], h["warn_ms"], h["crit_ms"]) for h in p["http_checks"]]
     checks.append(mariadb(p))
+    if p["search_url"]:
+        checks.append(search_health(p["search_url"], p["search_user"], p["search_password"]))
     checks.append(check_backup(p["backup_root"], p["backup_max_age_hours"]) if p["backup_root"]
                   else result("backup", "skipped", None, "no backup_root given"))
     for c in checks:
@@ -259,6 +275,9 @@ def main():
                 crit_ms=dict(type="float", default=3000),
             )),
             network=dict(type="bool", default=True),
+            search_url=dict(type="str"),
+            search_user=dict(type="str", default="elastic"),
+            search_password=dict(type="str", no_log=True),
             mariadb_container=dict(type="str"),
             mariadb_conn_warn_pct=dict(type="float", default=80),
             mariadb_conn_crit_pct=dict(type="float", default=95),

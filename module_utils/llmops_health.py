@@ -1,6 +1,6 @@
 """The daily health check of seed 000 (section 2.1): system (CPU, memory, disk, GPU, network),
-services (containers healthy, API response time) and data (MariaDB status, backup freshness, disk
-space of the backup volume).
+services (containers healthy, API response time) and data (MariaDB status, the search engine's cluster
+health, backup freshness, disk space of the backup volume).
 
 Each check returns ``{"check", "status", "value", "detail"}`` with status ``ok``, ``warning``,
 ``critical`` or ``skipped`` (with the reason in detail). ``grade`` maps a failed check to seed
@@ -19,6 +19,7 @@ import urllib.error
 from ansible.module_utils.llmops_backupset import parse_time, read_json, utc
 from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_report import gauge, storage
+from ansible.module_utils.llmops_search import SearchClient, SearchError
 from ansible.module_utils.urls import open_url
 
 RANK = {"ok": 0, "skipped": 0, "warning": 1, "critical": 2}
@@ -33,6 +34,7 @@ GRADES = {
     "container": ("Major", "Major"),
     "http": ("Minor", "Critical"),
     "mariadb": ("Major", "Critical"),
+    "search": ("Major", "Critical"),
     "backup": ("Major", "Critical"),
 }
 
@@ -201,6 +203,32 @@ def check_mariadb(status_rows, info, conn_warn_pct, conn_crit_pct):
     detail = "%s up %s s, %d of %d connections (%.1f %%)" % (
         info["version"], status.get("Uptime", "?"), used, limit, pct)
     return result("mariadb", state, pct, "; ".join([detail] + problems))
+
+
+def check_search(health):
+    """The search engine's cluster health (``GET _cluster/health``): green or yellow is ok (a single node keeps
+    replicas unassigned: yellow), red (a primary shard unassigned: an index cannot be read or snapshotted) is
+    critical."""
+    status = health.get("status")
+    detail = "cluster %s is %s: %s node(s), %s active primary shard(s), %s unassigned shard(s)" % (
+        health.get("cluster_name", "?"), status, health.get("number_of_nodes", "?"),
+        health.get("active_primary_shards", "?"), health.get("unassigned_shards", "?"))
+    if status in ("green", "yellow"):
+        return result("search", "ok", status, detail)
+    if status == "red":
+        return result("search", "critical", status, detail + " (%s primary; GET _cluster/allocation/explain says why)"
+                      % health.get("unassigned_primary_shards", "?"))
+    return result("search", "critical", status, "unexpected cluster health answer: %s" % detail)
+
+
+def search_health(url, user, password, timeout=10.0):
+    """``check_search`` of the server at ``url``, authenticated (the password only in the Authorization header); a
+    server that does not answer or refuses the credentials is critical."""
+    try:
+        client = SearchClient(url, user=user, password=password, timeout=timeout, retries=1, backoff=0.5)
+        return check_search(client.health())
+    except SearchError as exc:
+        return result("search", "critical", None, "the search engine does not answer: %s" % exc)
 
 
 def check_backup(backup_root, max_age_hours, now=None):

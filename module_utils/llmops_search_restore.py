@@ -7,9 +7,10 @@ Used by ``library/search_restore.py``.
 
 ``stage``     check the sha256 of the set's ``repository.tar.zst`` against the manifest (a mismatch is refused
               before anything is unpacked), unpack it into ``<repo_path>/llmops_restore_<tag>`` (a folder under
-              the server's ``path.repo``), register it as the read-only ``fs`` repository ``llmops_restore``,
-              verify it and check that it holds the set's snapshot with every index to restore. Nothing live
-              changes. ``<staging>/search_restore.json`` records what the next steps need.
+              the server's ``path.repo``, given the owner of ``repo_path``), register it as the read-only
+              ``fs`` repository ``llmops_restore``, verify it and check that it holds the set's snapshot with
+              every index to restore. Nothing live changes. ``<staging>/search_restore.json`` records what the
+              next steps need.
 ``swap``      take a safety snapshot (``<tag>-<time>``) of the indices to replace that exist now, in the
               server's own ``llmops_safety`` repository, then delete those indices (a restore over a closed
               index would keep its shard count; a deleted one takes the snapshot's). ``safety.json`` records
@@ -135,6 +136,7 @@ def stage(client, set_path, entry, staging, repo_path, tag, patterns=None, check
     except LlmopsError:
         remove_paths([unpacked])
         raise
+    give_to_server(unpacked, repo_path)
     try:
         ensure_repository(client, STAGED_REPOSITORY, location, readonly=True)
         info = client.get_snapshot(STAGED_REPOSITORY, snapshot)
@@ -148,6 +150,17 @@ def stage(client, set_path, entry, staging, repo_path, tag, patterns=None, check
     os.makedirs(staging, mode=0o700, exist_ok=True)
     write_json(os.path.join(staging, STATE), state)
     return state
+
+
+def give_to_server(path, repo_path):
+    """Give the unpacked copy the owner of ``repo_path`` (the server's user: uid 1000 in the official image), so
+    that the server can read files the archive holds with mode 0600; only root can, and only root needs to."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(repo_path)
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            os.lchown(name, owner.st_uid, owner.st_gid)
 
 
 def read_state(staging):

@@ -24,6 +24,8 @@ declare -A TAGS=(
   [postgres]=llmops-lab/postgres:15
   [redis]=llmops-lab/redis:7.0
   [qdrant-standin]=llmops-lab/qdrant-standin:1.19.0
+  [elasticsearch-standin]=llmops-lab/elasticsearch-standin:8.15.3
+  [offsite-sshd]=llmops-lab/offsite-sshd:bookworm
   [molecule-host]=llmops-lab/molecule-host:bookworm
 )
 # The folder of each image's definition (compose/images/<name> unless listed here).
@@ -80,7 +82,7 @@ fi
 
 build_base
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(mariadb postgres redis qdrant-standin)
+[ ${#names[@]} -gt 0 ] || names=(mariadb postgres redis qdrant-standin elasticsearch-standin)
 for n in "${names[@]}"; do
   [ -n "${TAGS[$n]:-}" ] || { echo "images: unknown image $n (known: ${!TAGS[*]})" >&2; exit 2; }
   [ -f "$(image_dir "$n")/Dockerfile" ] || { echo "images: $(image_dir "$n")/Dockerfile missing" >&2; exit 1; }

@@ -97,8 +97,9 @@ LAB_CONTAINERS = {
     "postgres": "llmops-appdb-postgres-1",
     "redis": "llmops-appdb-redis-1",
     "qdrant": "llmops-ai-qdrant-1",
+    "search": "llmops-appdb-search-1",
 }
-LAB_PORTS = {"mariadb": 13306, "postgres": 15432, "redis": 16379, "qdrant": 16333}
+LAB_PORTS = {"mariadb": 13306, "postgres": 15432, "redis": 16379, "qdrant": 16333, "search": 19200}
 
 
 @pytest.fixture(scope="session")

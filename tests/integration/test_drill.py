@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import run_playbook
 
 pytestmark = pytest.mark.lab
-ALL = ["mariadb", "postgres", "redis", "qdrant", "uploads", "models", "configs"]
+ALL = ["mariadb", "postgres", "redis", "qdrant", "search", "uploads", "models", "configs"]
 
 
 def started(containers) -> dict:

@@ -4,6 +4,7 @@ and sample data in every store."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import stat
@@ -37,7 +38,8 @@ def test_every_store_runs_healthy_from_a_locally_built_image(lab):
 
 
 def test_ports_are_published_on_loopback_only(lab):
-    container_ports = {"mariadb": "3306/tcp", "postgres": "5432/tcp", "redis": "6379/tcp", "qdrant": "6333/tcp"}
+    container_ports = {"mariadb": "3306/tcp", "postgres": "5432/tcp", "redis": "6379/tcp", "qdrant": "6333/tcp",
+                       "search": "9200/tcp"}
     for service, name in lab.containers.items():
         bindings = inspect(name)["HostConfig"]["PortBindings"]
         assert list(bindings) == [container_ports[service]]
@@ -76,6 +78,14 @@ def test_each_server_answers_on_its_port_with_its_secret(lab):
     req = urllib.request.Request(url, headers={"api-key": lab.secret("qdrant_api_key")})
     names = {c["name"] for c in json.load(urllib.request.urlopen(req, timeout=5))["result"]["collections"]}
     assert {"documents", "faq"} <= names
+    # Elasticsearch stand-in: security on, the elastic user's password is required
+    url = f"http://127.0.0.1:{lab.ports['search']}/_cluster/health"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+    token = base64.b64encode(f"elastic:{lab.secret('search_password')}".encode()).decode()
+    req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    assert json.load(urllib.request.urlopen(req, timeout=5))["status"] in ("green", "yellow")
 
 
 def test_servers_have_the_settings_the_backups_rely_on(lab):
@@ -89,7 +99,7 @@ def test_servers_have_the_settings_the_backups_rely_on(lab):
 def test_secrets_stay_in_0600_files_and_off_command_lines(lab):
     secrets = {p.name: p.read_text().strip() for p in lab.secrets_dir.iterdir()}
     assert set(secrets) == {"mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key",
-                            "backup_auth_key"}
+                            "search_password", "backup_auth_key"}
     for path in [*lab.secrets_dir.iterdir(), *(lab.stack_root / "appdb" / "secrets").iterdir(),
                  lab.stack_root / "ai" / "secrets" / "qdrant.yaml"]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
