@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, ansible_env
+from tests.conftest import REPO, ansible_env
 
 SMOKE_FIGURES = {"overhead mariadb", "overhead postgres", "overhead redis", "overhead uploads", "concurrency",
                  "Ansible overhead", "against the seeds", "limit", "incremental size", "incremental time",
