@@ -286,7 +286,8 @@ def test_models_keep_versions_prunes_oldest_unreferenced(tmp_path):
 
 def test_models_through_ansible(tmp_path):
     src = tmp_path / "models"
-    if LAB_MODELS.is_dir():  # a copy of the lab's models: tests never touch the lab's own files
+    # a copy of the lab's seeded models (tests never touch the lab's own files); before the seed, its own
+    if LAB_MODELS.is_dir() and any(LAB_MODELS.glob("*/*/*")):
         shutil.copytree(LAB_MODELS, src, symlinks=True)
     else:
         make_models(src)
@@ -294,7 +295,7 @@ def test_models_through_ansible(tmp_path):
     args = {"mode": "models", "src": str(src), "dest": str(tmp_path / "set" / "models"), "backup_root": str(root)}
     result = run_module("files_backup", args)
     assert not result.get("failed"), result
-    assert result["component"]["stored_new"] and result["component"]["reused"] == []
+    assert result["component"]["stored_new"] and result["component"]["reused"] == [], result
     checked = run_module("files_backup", dict(args, dest=str(tmp_path / "set2" / "models")), check_mode=True)
     assert checked["changed"] is False and checked["check"]["stored_new"] == []
     assert not (tmp_path / "set2").exists()
