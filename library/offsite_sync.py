@@ -23,6 +23,18 @@ description:
     C(restic prune). Run it from a TRUSTED host with credentials that may delete, never from the backed-up server.
   - O(operation=check) lists the snapshots (the repository must answer; with O(init) a missing one is created),
     then runs C(restic check --read-data-subset=O(check_subset_pct)%).
+  - O(operation=fetch) brings a restore point back from the repository into O(root) (a new, possibly empty backup
+    root, e.g. on the new host of a rebuild) - by default per component the newest successful set (the snapshots'
+    C(component=) tags, or the manifest of older snapshots), or the sets named in O(fetch_sets); plus every set an
+    incremental chain needs (the C(parent=) tags, then each verified manifest's C(parent) and C(chain)), and the
+    newest snapshot of each of O(fetch_extras) (the binary log archive and the config history by default). Each
+    set is restored with C(restic restore) into a private staging folder under the layout's C(restore_staging) (the
+    same file system), verified - SHA256SUMS re-hashed against the manifest, and the HMAC with O(auth_key) - and
+    only when every set and extra is good are they renamed into place (one atomic rename per set); otherwise
+    nothing is moved and the module fails naming each problem (a damaged pack, a set that fails its checksums or
+    its HMAC, a chain set missing off-site). A set already in O(root) stays when it equals the off-site copy and
+    verifies; one that differs is refused, never overwritten; an extra's file with other content likewise.
+    Then C(latest) names the newest successful set in O(root).
   - Repository URL forms - C(sftp:user@host:/path) (SSH keys of the user running the module, or O(ssh_identity_file),
     O(ssh_known_hosts_file) and O(ssh_port), which become C(restic -o sftp.command=ssh ...) with key and file
     PATHS only),
@@ -49,11 +61,13 @@ attributes:
     description:
       - O(operation=sync) lists the repository and returns the sets it would send; sends nothing, writes nothing.
       - O(operation=prune) returns the snapshots it would forget; O(operation=check) returns the command it would run.
+      - O(operation=fetch) returns the sets (id, components, bytes to restore) and extras it would fetch; restores
+        nothing, writes nothing.
 options:
   operation:
     description: What to do, see the description.
     type: str
-    choices: [sync, prune, check]
+    choices: [sync, prune, check, fetch]
     default: sync
   root:
     description: The backup root (the folder holding the sets). O(operation=prune) and O(operation=check) need it
@@ -107,6 +121,28 @@ options:
     description: Percentage of the data packs O(operation=check) reads back; V(0) checks the structure only.
     type: int
     default: 5
+  fetch_sets:
+    description: O(operation=fetch) - the set ids to fetch (each with the sets its incremental chain needs); empty -
+      per component the newest successful set in the repository.
+    type: list
+    elements: str
+    default: []
+  fetch_extras:
+    description: O(operation=fetch) - the extras to bring back with the sets (their newest snapshot).
+    type: list
+    elements: str
+    choices: [binlogs, config_repo, model_store]
+    default: [binlogs, config_repo]
+  auth_key:
+    description:
+      - O(operation=fetch) - the backup authentication key (C(backup_auth_key), from the vault); every fetched set
+        must carry its HMAC (C(SHA256SUMS.hmac)). Empty - the HMAC is not checked (SHA256SUMS still is).
+    type: str
+  allow_unauthenticated:
+    description: O(operation=fetch) with O(auth_key) - accept a set without C(SHA256SUMS.hmac) (made before
+      authentication). A set whose HMAC is wrong or made with another key is refused all the same.
+    type: bool
+    default: false
   host:
     description: Host name recorded in the snapshots (C(restic --host)); default the machine's host name.
     type: str
@@ -169,6 +205,15 @@ EXAMPLES = r"""
     repository: /srv/restic/llmops
     password: "{{ offsite_password }}"
     policy: "{{ backup_retention }}"
+
+- name: Bring the newest restore point back onto a new host (sets, their chains, binlogs, config history)
+  offsite_sync:
+    operation: fetch
+    root: /backup
+    repository: "rest:https://llmops:{{ offsite_rest_password }}@offsite.example.org:8000/llmops"
+    password: "{{ offsite_password }}"
+    auth_key: "{{ backup_auth_key }}"
+  no_log: true
 """
 
 RETURN = r"""
@@ -208,6 +253,32 @@ snapshots_count:
   description: Snapshots in the repository when the check started.
   type: int
   returned: operation=check
+sets:
+  description:
+    - O(operation=fetch) - each set fetched or found in place - C(id), C(components), C(bytes), C(verified) (null in
+      check mode), C(action) (C(fetch), C(present), in check mode C(check_present)), C(snapshot), C(auth) (the HMAC
+      check - C(authenticated), C(not_checked), C(unauthenticated_allowed)), C(status).
+  type: list
+  elements: dict
+  returned: operation=fetch
+extras:
+  description: O(operation=fetch) - each extra brought back - C(key), C(snapshot), C(bytes), C(action), C(files_added).
+  type: list
+  elements: dict
+  returned: operation=fetch
+by_component:
+  description: O(operation=fetch) without O(fetch_sets) - the set chosen for each component.
+  type: dict
+  returned: operation=fetch
+latest:
+  description: O(operation=fetch) - the set C(latest) names afterwards (null in check mode).
+  type: str
+  returned: operation=fetch
+missing_extras:
+  description: O(operation=fetch) - extras asked for that the repository does not hold.
+  type: list
+  elements: str
+  returned: operation=fetch
 repository:
   description: The repository URL with any password replaced by C(***).
   type: str
@@ -218,13 +289,23 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError, argument_spec
-from ansible.module_utils.llmops_offsite import Restic, check, prune, record, redact, restic_policy, sftp_command, sync
+from ansible.module_utils.llmops_offsite import (
+    Restic,
+    check,
+    fetch,
+    prune,
+    record,
+    redact,
+    restic_policy,
+    sftp_command,
+    sync,
+)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            operation=dict(type="str", choices=["sync", "prune", "check"], default="sync"),
+            operation=dict(type="str", choices=["sync", "prune", "check", "fetch"], default="sync"),
             root=dict(type="path", required=True),
             repository=dict(type="str", required=True),
             password=dict(type="str", no_log=True),
@@ -238,6 +319,11 @@ def main():
             policy=dict(type="dict", default={}),
             extra_keep_days=dict(type="int", default=30),
             check_subset_pct=dict(type="int", default=5),
+            fetch_sets=dict(type="list", elements="str", default=[]),
+            fetch_extras=dict(type="list", elements="str", choices=["binlogs", "config_repo", "model_store"],
+                              default=["binlogs", "config_repo"]),
+            auth_key=dict(type="str", no_log=True),
+            allow_unauthenticated=dict(type="bool", default=False),
             host=dict(type="str"),
             cache_dir=dict(type="path"),
             metrics_path=dict(type="path"),
@@ -265,6 +351,10 @@ def main():
                 if op == "sync":
                     result = sync(restic, root, include_failed=p["include_failed"], init=p["init"], host=p["host"],
                                   check_mode=module.check_mode)
+                elif op == "fetch":
+                    result = fetch(restic, root, sets=p["fetch_sets"], extras=p["fetch_extras"],
+                                   auth_key=p["auth_key"], allow_unauthenticated=p["allow_unauthenticated"],
+                                   check_mode=module.check_mode)
                 elif op == "prune":
                     result = prune(restic, restic_policy(p["policy"]), extra_keep_days=p["extra_keep_days"],
                                    check_mode=module.check_mode)

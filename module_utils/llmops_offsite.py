@@ -30,7 +30,22 @@ import subprocess
 import tempfile
 import time
 
-from ansible.module_utils.llmops_backupset import isoformat, list_sets, parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import (
+    MANIFEST,
+    SUMS,
+    SUMS_HMAC,
+    BackupSetError,
+    check_name,
+    isoformat,
+    list_sets,
+    load_manifest,
+    parse_time,
+    read_json,
+    resolve_set,
+    utc,
+    verify_set,
+    write_file_atomic,
+)
 from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_layout import backup_layout, layout_path
 from ansible.module_utils.llmops_report import gauge
@@ -45,6 +60,7 @@ _TRANSIENT_RE = re.compile(r"connection refused|connection reset|timeout|timed o
 _NO_REPO_RE = re.compile(r"Is there a repository at the following location|does not exist|"
                          r"unable to open config file|config file not found", re.I)
 _WRONG_PASSWORD_RE = re.compile(r"wrong password|no key found", re.I)
+_TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class OffsiteError(LlmopsError):
@@ -63,6 +79,7 @@ def set_tags(item):
     tags = [SET_TAG, "set=%s" % item["id"], "kind=%s" % (item.get("name") or item["id"].rsplit("_", 2)[0]),
             "status=%s" % item.get("status"), "ended=%s" % stamp(item["ended"])]
     comps = item.get("components") or {}
+    tags += ["component=%s" % name for name in sorted(comps) if _TAG_VALUE_RE.match(name)]
     incremental = any((c or {}).get("backup_type") == "incremental" for c in comps.values())
     tags.append("type=%s" % ("incremental" if incremental else "full"))
     for parent in sorted({(c or {}).get("parent") for c in comps.values() if (c or {}).get("parent")}):
@@ -73,18 +90,23 @@ def set_tags(item):
 
 
 def parse_tags(tags):
-    """``{"set": id, "kind": .., "status": .., "ended": iso, "type": .., "parents": [..], "binlog": bool}``
-    from a snapshot's tags, or None when it is not a set snapshot."""
+    """``{"set": id, "kind": .., "status": .., "ended": iso, "type": .., "parents": [..], "binlog": bool,
+    "components": [..] or None}`` from a snapshot's tags, or None when it is not a set snapshot.
+
+    ``components`` is None for a snapshot made before the sync tagged them (``component=<name>``): read its
+    manifest then (``fetch``)."""
     tags = tags or []
     if SET_TAG not in tags:
         return None
-    out = {"parents": [], "binlog": "binlog" in tags}
+    out = {"parents": [], "binlog": "binlog" in tags, "components": None}
     for tag in tags:
         key, sep, value = tag.partition("=")
         if not sep:
             continue
         if key == "parent":
             out["parents"].append(value)
+        elif key == "component":
+            out["components"] = (out["components"] or []) + [value]
         elif key == "ended":
             out["ended"] = isoformat(datetime.datetime.strptime(value, STAMP).replace(tzinfo=datetime.timezone.utc))
         else:
@@ -340,6 +362,23 @@ class Restic:
                 summary = doc
         return summary
 
+    def restore(self, snapshot_id, target):
+        """``restic restore <id> --target <target>`` (retried on transient errors; a damaged pack fails it)."""
+        return self.run(["restore", snapshot_id, "--target", target])
+
+    def dump(self, snapshot_id, path):
+        """The text of one file of a snapshot (``restic dump``), or None when the snapshot has no such file."""
+        proc = self.run(["dump", snapshot_id, path], check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def restore_size(self, snapshot_id):
+        """Bytes a restore of the snapshot writes (``restic stats --mode restore-size``), or None."""
+        proc = self.run(["stats", "--mode", "restore-size", snapshot_id, "--json"], check=False)
+        try:
+            return int(json.loads(proc.stdout or "{}").get("total_size"))
+        except (TypeError, ValueError):
+            return None
+
 
 class RepoError(OffsiteError):
     """restic exited non-zero (not a transient error, or retries exhausted)."""
@@ -436,3 +475,323 @@ def record(root, operation, ok, result=None, error=None, metrics_path=None, now=
                           "bytes_added": result.get("bytes_added") or 0})
     save_state(root, state, metrics_path)
     return state
+
+
+# ------------------------------------------------------------------ fetch (bring a restore point back)
+
+def newest_snapshots(snapshots):
+    """``{set id: (parsed tags, snapshot)}`` with the newest snapshot of each set, and ``{extra key: snapshot}``
+    with the newest snapshot of each extra."""
+    sets, extras = {}, {}
+
+    def when(snap):
+        return snap.get("time") or ""
+
+    for snap in snapshots:
+        parsed = parse_tags(snap.get("tags"))
+        if parsed:
+            if parsed["set"] not in sets or when(snap) > when(sets[parsed["set"]][1]):
+                sets[parsed["set"]] = (parsed, snap)
+            continue
+        tags = snap.get("tags") or []
+        if EXTRA_TAG in tags:
+            key = next((t.split("=", 1)[1] for t in tags if t.startswith("extra=")), None)
+            if key and (key not in extras or when(snap) > when(extras[key])):
+                extras[key] = snap
+    return sets, extras
+
+
+def fetch_selection(sets, wanted=None):
+    """Which sets a restore point needs: ``(ids, by_component)``.
+
+    ``sets``: ``{id: parsed tags}`` with ``components`` filled in. ``wanted`` (set ids): those sets; otherwise per
+    component the newest (by end time) successful set that holds it. Either way every ``parent=`` of a chosen
+    set comes along, recursively (the chain an incremental needs). Raises ``OffsiteError`` when a wanted set or a
+    parent is not in the repository."""
+    chosen = []
+    by_component = {}
+    if wanted:
+        for set_id in wanted:
+            if set_id not in sets:
+                raise OffsiteError("set %s is not in the off-site repository (it holds %s): fix offsite_fetch_sets"
+                                   % (set_id, ", ".join(sorted(sets)) or "no set"))
+            chosen.append(set_id)
+    else:
+        good = sorted((s for s in sets.values() if s.get("status") == "success"),
+                      key=lambda s: (s["ended"], s["set"]))
+        for item in good:
+            for comp in item.get("components") or []:
+                by_component[comp] = item["set"]
+        chosen = sorted(set(by_component.values()), key=lambda i: (sets[i]["ended"], i))
+    queue = list(chosen)
+    while queue:
+        for parent in sets[queue.pop(0)].get("parents") or []:
+            if parent not in sets:
+                raise OffsiteError("set %s needs set %s (its incremental chain), which is not in the off-site "
+                                   "repository: fetch another restore point (offsite_fetch_sets) or find the set"
+                                   % (next(i for i in chosen if parent in (sets[i].get("parents") or [])), parent))
+            if parent not in chosen:
+                chosen.append(parent)
+                queue.append(parent)
+    return sorted(chosen, key=lambda i: (sets[i]["ended"], i)), by_component
+
+
+def manifest_chain(manifest):
+    """Every set id a set's manifest says it needs: each component's ``parent`` and ``chain``."""
+    needed = []
+    for comp in (manifest.get("components") or {}).values():
+        comp = comp if isinstance(comp, dict) else {}
+        chain = comp.get("chain") if isinstance(comp.get("chain"), list) else []
+        for set_id in list(chain) + [comp.get("parent")]:
+            if isinstance(set_id, str) and set_id and set_id not in needed:
+                needed.append(set_id)
+    return needed
+
+
+def _restored_root(target, snap):
+    """Where a restored snapshot's content is: ``target`` itself (restic keeps the folder given to ``backup .``
+    as the snapshot's root), or the snapshot's path below it (restic versions that store the full path)."""
+    for path in snap.get("paths") or []:
+        nested = os.path.join(target, os.path.relpath(path, "/"))
+        if os.path.isdir(nested) and not os.path.exists(os.path.join(target, MANIFEST)):
+            return nested
+    return target
+
+
+def _tree(path):
+    """``{relative path: ("file", sha256) | ("link", target) | ("dir", None)}`` of a folder."""
+    import hashlib
+
+    out = {}
+    for base, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(base, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                out[rel] = ("link", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("dir", None)
+            else:
+                digest = hashlib.sha256()
+                with open(full, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+                out[rel] = ("file", digest.hexdigest())
+    return out
+
+
+def _tree_bytes(path):
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(base, name)
+            if not os.path.islink(full):
+                total += os.lstat(full).st_size
+    return total
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _atomic_symlink(target, link):
+    tmp = "%s.tmp-%s" % (link, os.urandom(6).hex())
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=None, allow_unauthenticated=False,
+          check_mode=False):
+    """Bring a restore point back from the off-site repository into ``root`` (a new or existing backup root).
+
+    The sets: ``sets`` (ids), or per component the newest successful set; with every set an incremental chain
+    needs (the snapshots' ``parent=`` tags, then the verified manifests' ``parent``/``chain``). Each set is
+    restored with ``restic restore`` into a private staging folder under the layout's ``restore_staging`` (same
+    file system), verified (``verify_set``: SHA256SUMS re-hashed, the manifest, and the HMAC with ``auth_key``),
+    and only when EVERY set and extra is good are they renamed into place, one atomic rename each; otherwise
+    nothing is moved and ``OffsiteError`` lists each problem. A set already in ``root`` stays when its SHA256SUMS
+    and HMAC equal the off-site copy's and it verifies; one that differs is refused. ``latest`` then names the
+    newest successful set in ``root``. The extras (``binlogs``, ``config_repo``, ``model_store``: their newest
+    snapshot) are added file by file: a file already there with other content is refused.
+
+    Returns ``{sets: [{id, components, bytes, verified, action, snapshot}], extras: [...], by_component, latest,
+    changed}``; ``check_mode`` lists what would be fetched (``verified`` None) and changes nothing."""
+    root = os.path.abspath(root)
+    layout = backup_layout(root)
+    snapshots = restic.snapshots()
+    newest, extra_snaps = newest_snapshots(snapshots)
+    if not newest:
+        raise OffsiteError("the off-site repository holds no backup set (no snapshot tagged %s): nothing to fetch; "
+                           "check offsite_repository" % SET_TAG)
+    for set_id in list(sets or []):
+        check_name(set_id, "set id")
+    parsed = {}
+    for set_id, (tags, snap) in newest.items():
+        tags = dict(tags, snapshot=snap.get("id") or snap.get("short_id"), snap=snap)
+        if tags.get("components") is None and (not sets or set_id in sets):
+            # a snapshot from before component tags: its manifest says (untrusted until the set is verified,
+            # used only to choose)
+            try:
+                doc = json.loads(restic.dump(tags["snapshot"], "/" + MANIFEST) or "{}")
+            except ValueError:
+                doc = {}
+            tags["components"] = sorted((doc.get("components") or {}) if isinstance(doc, dict) else {})
+        parsed[set_id] = tags
+    chosen, by_component = fetch_selection(parsed, sets)
+    missing_extras = [key for key in extras if key not in extra_snaps]
+    result = {"sets": [], "extras": [], "by_component": by_component, "missing_extras": missing_extras,
+              "changed": False, "latest": None}
+    if check_mode:
+        for set_id in chosen:
+            present = os.path.isdir(os.path.join(root, set_id))
+            result["sets"].append({"id": set_id, "components": parsed[set_id]["components"],
+                                   "bytes": restic.restore_size(parsed[set_id]["snapshot"]), "verified": None,
+                                   "snapshot": parsed[set_id]["snapshot"],
+                                   "action": "check_present" if present else "fetch"})
+        for key in extras:
+            if key in extra_snaps:
+                snap = extra_snaps[key]
+                result["extras"].append({"key": key, "snapshot": snap.get("id"), "action": "fetch",
+                                         "bytes": restic.restore_size(snap.get("id"))})
+        result["changed"] = any(s["action"] == "fetch" for s in result["sets"]) or bool(result["extras"])
+        return result
+
+    os.makedirs(root, mode=0o750, exist_ok=True)
+    os.makedirs(layout["restore_staging"], mode=0o700, exist_ok=True)
+    if os.stat(layout["restore_staging"]).st_dev != os.stat(root).st_dev:
+        raise OffsiteError("%s is on another file system than %s: the fetched sets could not be moved into place "
+                           "atomically; remove that mount" % (layout["restore_staging"], root))
+    staging = tempfile.mkdtemp(prefix="offsite-fetch-", dir=layout["restore_staging"])
+    problems, entries, moves = [], {}, []
+    try:
+        queue = list(chosen)
+        while queue:
+            set_id = queue.pop(0)
+            if set_id in entries:
+                continue
+            info = parsed.get(set_id)
+            if info is None:
+                problems.append("set %s is needed by an incremental chain (its manifest) but is not in the off-site "
+                                "repository: fetch another restore point (offsite_fetch_sets)" % set_id)
+                continue
+            entry = {"id": set_id, "components": info["components"], "bytes": 0, "verified": False,
+                     "snapshot": info["snapshot"], "action": "fetch"}
+            entries[set_id] = entry
+            dest = resolve_set(root, set_id)
+            if os.path.lexists(dest):
+                path, entry["action"] = dest, "present"
+                remote_sums = restic.dump(info["snapshot"], "/" + SUMS)
+                remote_mac = restic.dump(info["snapshot"], "/" + SUMS_HMAC)
+                if remote_sums != _read_text(os.path.join(dest, SUMS)) or \
+                        remote_mac != _read_text(os.path.join(dest, SUMS_HMAC)):
+                    problems.append("set %s is already in %s but differs from the off-site copy (its SHA256SUMS or "
+                                    "HMAC): it is not overwritten; move it away if the off-site copy is the one to "
+                                    "restore, or fetch without it" % (set_id, root))
+                    continue
+            else:
+                target = os.path.join(staging, set_id)
+                try:
+                    restic.restore(info["snapshot"], target)
+                except OffsiteError as exc:
+                    problems.append("set %s cannot be read back from the off-site repository (snapshot %s): %s; the "
+                                    "off-site copy is damaged: run offsite_operation=check with check_subset_pct=100 "
+                                    "on the trusted host, and fetch an older set (offsite_fetch_sets)"
+                                    % (set_id, info["snapshot"], exc))
+                    continue
+                path = _restored_root(target, info["snap"])
+                if os.path.basename(path) != set_id:  # the HMAC covers the folder's name: verify under the set id
+                    os.rename(path, target + ".set")
+                    os.rename(target + ".set", target)
+                    path = target
+            checked = verify_set(path, auth_key, allow_unauthenticated)
+            entry["bytes"] = checked["bytes"]
+            entry["auth"] = checked["auth"]["state"]
+            if not checked["ok"]:
+                why = checked["errors"][:3] + ["mismatched: %s" % ", ".join(checked["mismatched"][:5])] * bool(
+                    checked["mismatched"]) + ["missing: %s" % ", ".join(checked["missing"][:5])] * bool(
+                    checked["missing"]) + ["unlisted: %s" % ", ".join(checked["extra"][:5])] * bool(checked["extra"])
+                problems.append("set %s fails verification (%s): %s; it is not fetched - do not restore from it, "
+                                "fetch an older set (offsite_fetch_sets)"
+                                % (set_id, "the copy in place" if entry["action"] == "present" else "off-site copy",
+                                   "; ".join(why)))
+                continue
+            entry["verified"] = True
+            try:
+                manifest = load_manifest(path)
+            except BackupSetError as exc:
+                problems.append("set %s: %s" % (set_id, exc))
+                continue
+            entry["status"] = manifest.get("status")
+            for needed in manifest_chain(manifest):
+                try:
+                    check_name(needed, "set id")
+                except BackupSetError as exc:
+                    problems.append("set %s names %r in its chain: %s" % (set_id, needed, exc))
+                    continue
+                if needed not in entries and needed not in queue:
+                    queue.append(needed)
+            if entry["action"] == "fetch":
+                moves.append((path, dest))
+        extra_moves = []
+        for key in extras:
+            snap = extra_snaps.get(key)
+            if not snap:
+                continue
+            target = os.path.join(staging, "extra-" + key)
+            try:
+                restic.restore(snap.get("id"), target)
+            except OffsiteError as exc:
+                problems.append("%s cannot be read back from the off-site repository (snapshot %s): %s"
+                                % (key, snap.get("short_id") or snap.get("id"), exc))
+                continue
+            src = _restored_root(target, snap)
+            dest = layout[key]
+            item = {"key": key, "snapshot": snap.get("id"), "bytes": _tree_bytes(src), "action": "fetch",
+                    "files_added": 0}
+            result["extras"].append(item)
+            if not os.path.lexists(dest):
+                extra_moves.append((src, dest))
+                item["files_added"] = sum(1 for entry in _tree(src).values() if entry[0] != "dir")
+                continue
+            mine, theirs = _tree(dest), _tree(src)
+            differ = sorted(rel for rel in theirs if rel in mine and mine[rel] != theirs[rel])
+            if differ:
+                problems.append("%s (%s) already holds %s with other content than the off-site copy: it is not "
+                                "overwritten; move %s away to fetch it" % (key, dest, ", ".join(differ[:5]), dest))
+                continue
+            new = sorted((rel for rel in theirs if rel not in mine), key=lambda r: r.count(os.sep))
+            item["action"] = "merge" if new else "present"
+            for rel in new:
+                if theirs[rel][0] == "dir":
+                    continue
+                extra_moves.append((os.path.join(src, rel), os.path.join(dest, rel)))
+                item["files_added"] += 1
+        result["sets"] = [entries[i] for i in sorted(entries, key=lambda i: (parsed.get(i, {}).get("ended") or "", i))]
+        if problems:
+            raise OffsiteError("fetch refused, nothing was moved into %s: %s" % (root, " | ".join(problems)))
+        for src, dest in moves + extra_moves:
+            if os.path.lexists(dest):
+                raise OffsiteError("%s appeared while the fetch ran: another run writes into %s; stop it and fetch "
+                                   "again" % (dest, root))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.rename(src, dest)
+        result["changed"] = bool(moves or extra_moves)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    good = list_sets(root, complete_only=True)
+    if good:
+        link = layout["latest"]
+        current = os.readlink(link) if os.path.islink(link) else None
+        if current != good[-1]["id"]:
+            _atomic_symlink(good[-1]["id"], link)
+            result["changed"] = True
+        result["latest"] = good[-1]["id"]
+    return result

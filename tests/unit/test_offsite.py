@@ -163,3 +163,48 @@ def test_check_lists_the_snapshots_first_and_creates_a_missing_repository_only_w
     assert [c["argv"][1:] for c in fake.calls] == [["snapshots", "--json"], ["init"],
                                                    ["check", "--read-data-subset=5%"]]
     assert result["snapshots_count"] == 0 and "no errors" in result["output"]
+
+
+def test_component_tags_parse_back_and_old_snapshots_have_none():
+    tags = off.set_tags(FULL)
+    assert "component=mariadb" in tags and tags[-1] == "type=full"
+    assert off.parse_tags(tags)["components"] == ["mariadb"]
+    old = [t for t in tags if not t.startswith("component=")]
+    assert off.parse_tags(old)["components"] is None
+
+
+def parsed_sets(*items):
+    return {i["id"]: off.parse_tags(off.set_tags(i)) for i in items}
+
+
+def test_fetch_selection_takes_each_components_newest_set_and_its_chain():
+    inc2 = {"id": "llmops_20260101_140000", "name": "llmops", "status": "success", "complete": True,
+            "ended": "2026-01-01T14:05:00Z",
+            "components": {"mariadb": {"backup_type": "incremental", "parent": INC["id"]}}}
+    failed = dict(FAILED, components={"mariadb": {"backup_type": "full"}}, id="llmops_20260101_200000",
+                  ended="2026-01-01T20:00:00Z")
+    old_pg = {"id": "llmops_20251231_020000", "name": "llmops", "status": "success", "complete": True,
+              "ended": "2025-12-31T02:10:00Z", "components": {"mariadb": {}, "postgres": {}}}
+    sets = parsed_sets(FULL, INC, inc2, failed, UPLOADS, old_pg)
+    chosen, by_component = off.fetch_selection(sets)
+    assert by_component == {"mariadb": inc2["id"], "postgres": old_pg["id"], "uploads": UPLOADS["id"]}
+    # the failed set is never chosen; the chain inc2 -> INC -> FULL comes along, oldest first
+    assert chosen == [old_pg["id"], FULL["id"], UPLOADS["id"], INC["id"], inc2["id"]]
+    assert off.fetch_selection(sets, [INC["id"]]) == ([FULL["id"], INC["id"]], {})
+    with pytest.raises(off.OffsiteError, match="not in the off-site repository"):
+        off.fetch_selection(sets, ["llmops_20200101_000000"])
+    del sets[FULL["id"]]
+    with pytest.raises(off.OffsiteError, match=f"needs set {FULL['id']}"):
+        off.fetch_selection(sets, [inc2["id"]])
+
+
+def test_newest_snapshot_per_set_and_extra_and_the_manifest_chain():
+    snaps = [dict(snap(FULL, "a"), time="2026-01-01T03:00:00Z"), dict(snap(FULL, "b"), time="2026-01-02T03:00:00Z"),
+             {"id": "c", "time": "2026-01-01T03:00:00Z", "tags": ["llmops-extra", "extra=binlogs"]},
+             {"id": "d", "time": "2026-01-03T03:00:00Z", "tags": ["llmops-extra", "extra=binlogs"]},
+             {"id": "e", "time": "2026-01-03T03:00:00Z", "tags": ["unrelated"]}]
+    sets, extras = off.newest_snapshots(snaps)
+    assert sets[FULL["id"]][1]["id"] == "b" and extras == {"binlogs": snaps[3]}
+    manifest = {"components": {"mariadb": {"parent": "b_20260101_000000", "chain": ["a_20260101_000000"]},
+                               "postgres": {"backup_type": "full"}, "odd": "not a dict"}}
+    assert off.manifest_chain(manifest) == ["a_20260101_000000", "b_20260101_000000"]
