@@ -27,6 +27,7 @@ declare -A TAGS=(
   [elasticsearch-standin]=llmops-lab/elasticsearch-standin:8.15.3
   [offsite-sshd]=llmops-lab/offsite-sshd:bookworm
   [molecule-host]=llmops-lab/molecule-host:bookworm
+  [newhost]=llmops-lab/newhost:bookworm
 )
 # The folder of each image's definition (compose/images/<name> unless listed here).
 declare -A DIRS=([molecule-host]=molecule/host-image)
