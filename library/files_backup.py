@@ -43,15 +43,15 @@ description:
     service without its password.
   - Those secrets come from ansible-vault and are rendered again by roles/stack (C(playbooks/stack.yml)) on a rebuild;
     a config restore copies them back from the live folder it replaces and reports the ones it has not found.
-  - A history that already holds secrets (written before these rules) is rewritten with Git itself, for example as
-    C(R=<backup_root>/configs.git-worktree; G="git -C $R -c safe.directory=$R -c core.hooksPath=/dev/null";
-    FILTER_BRANCH_SQUELCH_WARNING=1 $G filter-branch --force --index-filter "git rm -r -q --cached --ignore-unmatch --
-    ':(glob)**/secrets/**' ':(glob)**/*.env' ':(glob)**/.env' ':(glob)**/*.key' <the other files named in
-    excluded, relative to /, e.g. opt/llmops/stack/appdb/config/redis.conf>" -- --all &&
-    $G for-each-ref --format="delete %(refname)" refs/original | $G update-ref --stdin &&
-    $G reflog expire --expire=now --all && $G gc -q --prune=now), then run a config backup at once. The rewrite
-    changes every commit id, so the config part of the sets written before it can no longer be restored (their
-    commits are gone); their other components are not affected.
+  - O(mode=configs_rewrite) rewrites a history that already holds secrets (written before these rules) - the
+    documented command is C(ansible-playbook playbooks/config_history_rewrite.yml -e confirm=yes). Every path of any
+    commit that O(exclude) names, or whose content in any commit holds one of O(secret_values) (or a value learnt
+    from the excluded files' old contents) or matches O(secret_patterns), and the paths of O(remove_paths), go from
+    every commit (C(git filter-repo), with the same hardening as every other Git call - the repository is checked,
+    hooks and filters are off); then the reflogs expire and C(git gc --prune=now) deletes the old objects, so no blob
+    of the repository holds them any more. Every commit id changes, so the config part of the sets written before
+    can no longer be restored (their commits are gone; their other components are not affected) - run a config
+    backup at once. Check mode lists what would go.
   - Names are content. Files keep their real names (newlines, quotes, leading dashes...) in the copies; sockets, fifos
     and devices are not copied. No tool output is parsed by lines (Git only in its C(-z) forms, with
     C(core.quotePath=false)).
@@ -69,15 +69,16 @@ options:
   mode:
     description: What to back up.
     type: str
-    choices: [tree, models, configs]
+    choices: [tree, models, configs, configs_rewrite]
     required: true
   src:
     description: The tree (O(mode=tree)) or the models folder holding C(<model>/<version>) (O(mode=models)).
     type: path
   dest:
-    description: Folder of this component inside the set being written; created with mode 0700.
+    description:
+      - Folder of this component inside the set being written; created with mode 0700. Required but for
+        O(mode=configs_rewrite).
     type: path
-    required: true
   backup_root:
     description:
       - The backup root holding the sets (as for C(backup_set)).
@@ -109,6 +110,13 @@ options:
     description: With O(mode=configs), the files and folders whose history is kept.
     type: list
     elements: path
+  remove_paths:
+    description:
+      - With O(mode=configs_rewrite), more paths to remove from every commit of the history, as the history stores
+        them (the absolute path without its leading C(/), e.g. C(opt/llmops/stack/appdb/config/redis.conf)).
+    type: list
+    elements: str
+    default: []
   exclude:
     description:
       - With O(mode=configs), globs (C(*), C(?), C([...])) on a file's or folder's own name; what matches is never
@@ -170,6 +178,13 @@ EXAMPLES = r"""
     paths: [/etc/llmops, /srv/llmops/stack/ai/compose.yaml]
     dest: "{{ bset.path }}/configs"
     backup_root: /backup
+
+- name: Remove every secret from the whole config history (playbooks/config_history_rewrite.yml)
+  files_backup:
+    mode: configs_rewrite
+    backup_root: /backup
+    secret_values: "{{ [mariadb_root_password, redis_password] }}"
+  register: rewrite
 """
 
 RETURN = r"""
@@ -201,8 +216,14 @@ component:
     fingerprint_of: copy
 check:
   description: In check mode, what would be done (C(would_copy), C(would_delete), C(stored_new), C(pruned),
-    C(would_commit), C(would_exclude)...).
+    C(would_commit), C(would_exclude)...; O(mode=configs_rewrite) C(removed), as RV(rewrite)).
   returned: check mode
+  type: dict
+rewrite:
+  description:
+    - O(mode=configs_rewrite) C(repo), C(removed) (C(path) and C(reason) of each path removed from every commit, never
+      its content), C(head_before), C(head_after), C(commits_before), C(commits_after).
+  returned: O(mode=configs_rewrite), not check mode
   type: dict
 """
 
@@ -214,6 +235,7 @@ from ansible.module_utils.llmops_files import (
     backup_configs,
     backup_models,
     backup_tree,
+    rewrite_config_history,
 )
 
 DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"}
@@ -223,23 +245,25 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             compression_argument_spec(),
-            mode=dict(type="str", required=True, choices=["tree", "models", "configs"]),
+            mode=dict(type="str", required=True, choices=["tree", "models", "configs", "configs_rewrite"]),
             src=dict(type="path"),
-            dest=dict(type="path", required=True),
+            dest=dict(type="path"),
             backup_root=dict(type="path"),
             component=dict(type="str"),
             full_archive=dict(type="bool", default=False),
             keep_versions=dict(type="int", default=5),
             trust_mtime=dict(type="bool", default=True),
             paths=dict(type="list", elements="path"),
+            remove_paths=dict(type="list", elements="str", default=[]),
             exclude=dict(type="list", elements="str", default=list(CONFIG_EXCLUDE)),
             secret_values=dict(type="list", elements="str", default=[], no_log=True),
             secret_patterns=dict(type="list", elements="str", default=list(SECRET_PATTERNS), no_log=False),
         ),
         required_if=[
-            ("mode", "tree", ["src"]),
-            ("mode", "models", ["src", "backup_root"]),
-            ("mode", "configs", ["paths", "backup_root"]),
+            ("mode", "tree", ["src", "dest"]),
+            ("mode", "models", ["src", "backup_root", "dest"]),
+            ("mode", "configs", ["paths", "backup_root", "dest"]),
+            ("mode", "configs_rewrite", ["backup_root"]),
         ],
         supports_check_mode=True,
     )
@@ -247,6 +271,15 @@ def main():
     mode = p["mode"]
     check = module.check_mode
     try:
+        if mode == "configs_rewrite":
+            result = rewrite_config_history(p["backup_root"], exclude=p["exclude"], secret_values=p["secret_values"],
+                                            secret_patterns=p["secret_patterns"], remove=p["remove_paths"],
+                                            check_mode=check)
+            for warning in result.pop("warnings", None) or []:
+                module.warn(warning)
+            if check:
+                module.exit_json(changed=result.pop("changed"), check=result)
+            module.exit_json(changed=result.pop("changed"), rewrite=result)
         if mode == "tree":
             entry = backup_tree(p["src"], p["dest"], backup_root=p["backup_root"],
                                 component=p["component"] or DEFAULT_COMPONENT[mode], full_archive=p["full_archive"],

@@ -67,7 +67,7 @@ from ansible.module_utils.llmops_backupset import (
     write_file_atomic,
     write_json,
 )
-from ansible.module_utils.llmops_common import LlmopsError
+from ansible.module_utils.llmops_common import LlmopsError, remove_paths
 from ansible.module_utils.llmops_layout import LAYOUT, layout_path
 from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
 
@@ -758,6 +758,31 @@ class GitRepo:
     def tracked(self):
         return sorted(p for p in self.git("ls-files", "-z").split("\0") if p)
 
+    def blobs(self, shas):
+        """``{sha: content}`` of the blobs ``shas`` (one ``git cat-file --batch``, same hardening as ``git``)."""
+        shas = sorted(set(shas))
+        if not shas:
+            return {}
+        self.check()
+        argv = ["git", "-c", "safe.directory=%s" % self.path, "-c", "core.hooksPath=%s" % os.devnull,
+                "-c", "core.fsmonitor=false", "-c", "gc.auto=0", "-C", self.path, "cat-file", "--batch"]
+        proc = subprocess.run(argv, input=("\n".join(shas) + "\n").encode("ascii"), env=self.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        if proc.returncode:
+            raise FilesBackupError("git cat-file exited with code %d: %s"
+                                   % (proc.returncode, proc.stderr.decode("utf-8", "replace")[-2000:]))
+        out, pos, found = proc.stdout, 0, {}
+        while pos < len(out):
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            pos = end + 1
+            if len(header) < 3:  # "<sha> missing"
+                continue
+            size = int(header[2])
+            found[header[0].decode("ascii")] = out[pos:pos + size]
+            pos += size + 1
+        return found
+
 
 def _config_targets(paths, repo):
     """``[(absolute source, path inside the worktree, is_dir)]``; refuses missing, root, repeated and nested
@@ -904,7 +929,10 @@ class SecretScanner:
         ``key=value`` / ``key: value`` lines (env and YAML files), those whose key names a secret (see
         ``_SECRET_KEY``). Other values of excluded files are not learnt (a setting such as ``LOG_LEVEL=info`` would
         then exclude every file that mentions it)."""
-        data = b"".join(_read_regular(path, _HARVEST_LIMIT + 1))
+        self.harvest_bytes(b"".join(_read_regular(path, _HARVEST_LIMIT + 1)))
+
+    def harvest_bytes(self, data):
+        """``harvest`` of a file's content ``data`` (a blob of the history)."""
         if not data or len(data) > _HARVEST_LIMIT:
             return
         lines = [line for line in data.decode("utf-8", "surrogateescape").splitlines() if line.strip()]
@@ -917,6 +945,15 @@ class SecretScanner:
                 self.add(value)
             elif len(lines) == 1:
                 self.add(line)  # also a password that holds = or :
+
+    def scan_bytes(self, data):
+        """``scan`` of a file's whole content ``data`` (a blob of the history)."""
+        if any(needle in data for needle in self.needles):
+            return "holds a known secret value"
+        for pattern in self.patterns:
+            if pattern.search(data):
+                return "matches the secret pattern %s" % pattern.pattern.decode("utf-8")
+        return None
 
     def scan(self, path):
         """Why the file ``path`` must be kept out of the history, or None (also when it is not a regular file)."""
@@ -1153,3 +1190,108 @@ def backup_configs(paths, dest, backup_root, check_mode=False, host=None, exclud
         "fingerprint": {"commit": commit, "files": len(files), "paths": fingerprints},
         "fingerprint_of": "copy",
     }
+
+
+def _history_entries(repo):
+    """``{path: {blob sha}}``: every file path any commit of the history holds, with each content it had (one
+    ``git log --raw -z``, which lists the files of the first commit and every change after it)."""
+    out = repo.git("log", "--all", "--root", "--raw", "-z", "--no-abbrev", "--no-renames", "--format=")
+    fields = out.split("\0")
+    entries = {}
+    i = 0
+    while i < len(fields):
+        field = fields[i].lstrip("\n")
+        if field.startswith(":") and i + 1 < len(fields):
+            parts = field[1:].split()
+            if len(parts) >= 5 and not parts[1].startswith("16"):  # not a submodule (gitlink)
+                entries.setdefault(fields[i + 1], set()).add(parts[3])
+            i += 2
+        else:
+            i += 1
+    null = "0" * 40
+    return {path: {sha for sha in shas if sha != null} for path, shas in entries.items()}
+
+
+def rewrite_config_history(backup_root, exclude=None, secret_values=(), secret_patterns=None, remove=(),
+                           check_mode=False):
+    """Remove every secret from the whole config history (``<backup_root>/configs.git-worktree``), as if it had never
+    been committed: a history written before ``backup_configs`` kept secrets out still holds them in its old commits.
+
+    What goes: every path of any commit one of whose names matches an ``exclude`` rule (default ``CONFIG_EXCLUDE``),
+    every path whose content in any commit holds one of ``secret_values`` (or a value learnt from the excluded files'
+    old contents, ``SecretScanner.harvest``) or matches one of ``secret_patterns``, and the paths of ``remove``
+    (relative to ``/``, as the history stores them). Each goes from every commit, with all its versions.
+
+    ``git filter-repo`` rewrites the commits (through ``GitRepo``: the repository is checked first, hooks and
+    filters are off), then the reflogs expire and ``git gc --prune=now`` deletes the old objects, so the blobs are
+    gone from the repository, not only unreferenced. Every commit id changes: the config part of the sets written
+    before can no longer be restored (``configs_commit.json`` names the old commit); run a config backup at once.
+    Nothing is written in check mode; the result says what would be removed (paths and reasons, never content).
+    """
+    if not backup_root:
+        raise FilesBackupError("the history rewrite needs backup_root (the history lives in <backup_root>/%s)"
+                               % CONFIGS_REPO)
+    rules = check_exclude_rules(exclude)
+    scanner = SecretScanner(secret_values, secret_patterns)
+    repo = GitRepo(layout_path(backup_root, "config_repo"))
+    if not repo.exists():
+        raise FilesBackupError("no config history at %s: nothing to rewrite" % repo.path)
+    entries = _history_entries(repo)
+    reasons = {}
+    for path in remove or ():
+        rel = os.path.normpath(str(path)).lstrip(os.sep)
+        if rel in entries:
+            reasons[rel] = "listed in remove"
+    by_name = {}
+    for path in entries:
+        for name in path.split("/"):
+            rule = excluded_by(name, rules)
+            if rule:
+                by_name[path] = "name matches %s" % rule
+                break
+    contents = repo.blobs(sha for path in entries for sha in entries[path])
+    for path in by_name:
+        for sha in entries[path]:
+            scanner.harvest_bytes(contents.get(sha, b""))
+    reasons.update(by_name)
+    for path, shas in sorted(entries.items()):
+        if path in reasons:
+            continue
+        for sha in sorted(shas):
+            why = scanner.scan_bytes(contents.get(sha, b""))
+            if why:
+                reasons[path] = why
+                break
+    removed = [{"path": p, "reason": r} for p, r in sorted(reasons.items())]
+    head = repo.head()
+    result = {"repo": repo.path, "head_before": head, "removed": removed, "changed": bool(removed),
+              "commits_before": len([c for c in repo.git("rev-list", "--all").split() if c]) if head else 0}
+    if check_mode or not removed:
+        result["head_after"] = head
+        return result
+    bad = [p for p in reasons if "\n" in p or "==>" in p]
+    if bad:
+        raise FilesBackupError("%d path(s) to remove hold a newline or '==>', which git filter-repo cannot be given in "
+                               "a file: %s; remove them with git filter-repo --path-regex by hand"
+                               % (len(bad), ", ".join(_printable(p) for p in bad[:5])))
+    if not shutil.which("git-filter-repo"):
+        raise FilesBackupError("git filter-repo is not installed: install the Debian package git-filter-repo "
+                               "(roles/base does, scripts/bootstrap.sh too), then run the rewrite again")
+    listing = os.path.join(repo.path, GIT_DIR, "llmops-remove-paths")
+    write_file_atomic(listing, "".join("literal:%s\n" % p for p in sorted(reasons)).encode("utf-8", "surrogateescape"))
+    try:
+        repo.git("filter-repo", "--force", "--quiet", "--invert-paths", "--paths-from-file", listing,
+                 "--replace-refs", "delete-no-add")
+    finally:
+        os.unlink(listing)
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.git("gc", "-q", "--prune=now")
+    repo.git("reset", "-q", "--hard")
+    for path in reasons:  # an untracked copy left in the worktree goes too
+        remove_paths([os.path.join(repo.path, path)])
+    result["head_after"] = repo.head()
+    result["commits_after"] = len([c for c in repo.git("rev-list", "--all").split() if c])
+    result["warnings"] = ["the config history was rewritten: %d path(s) removed from every commit, every commit id "
+                          "changed, so the configs of the sets written before can no longer be restored; run a config "
+                          "backup now (playbooks/backup.yml -e components=configs)" % len(removed)]
+    return result

@@ -17,11 +17,12 @@ from ansible.module_utils.llmops_files import (
     GitRepo,
     SecretScanner,
     backup_configs,
+    rewrite_config_history,
 )
 from ansible.module_utils.llmops_files_restore import restore_configs
 from ansible.module_utils.llmops_layout import layout_path
 
-from tests.conftest import run_module
+from tests.conftest import run_module, run_playbook
 from tests.unit.test_files_backup import finalize, new_partial
 
 # The stack's secrets (what roles/stack renders from the vault), with characters that need escaping somewhere.
@@ -181,7 +182,15 @@ def test_rules_and_patterns_are_checked(tmp_path):
     assert b"tok-123456789" in scanner.needles
 
 
-def test_a_history_written_before_the_rules_is_cleaned_by_the_documented_rewrite(tmp_path):
+def git_out(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", "-c", f"safe.directory={repo}", "-C", str(repo), *args], env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def old_history(tmp_path: Path) -> tuple[dict[str, Path], Path, list[str], Path]:
+    """A history written before the rules (secrets committed in its first commit), then two commits of the rules:
+    ``(live, backup root, config paths, repo)``."""
     live = make_stack(tmp_path / "live")
     root = tmp_path / "backup"
     paths = [str(live["stack"]), str(live["etc"])]
@@ -192,24 +201,74 @@ def test_a_history_written_before_the_rules_is_cleaned_by_the_documented_rewrite
     # the tip no longer has them (the next commit deletes them) ...
     assert not [f for f in new["config_files"] if "/secrets/" in f or f.endswith("redis.conf")]
     assert new["changed"] and SECRETS["mariadb_root_password"].encode() in all_history(repo)  # ... the history does
-    # the rewrite of library/files_backup.py's documentation
-    g = f'git -C {repo} -c safe.directory={repo} -c core.hooksPath=/dev/null'
-    script = (
-        f"FILTER_BRANCH_SQUELCH_WARNING=1 {g} filter-branch --force --index-filter \"git rm -r -q --cached "
-        f"--ignore-unmatch -- ':(glob)**/secrets/**' ':(glob)**/*.env' ':(glob)**/.env' ':(glob)**/*.key' "
-        f"{str(live['stack'] / 'appdb/config/redis.conf').lstrip('/')} {str(live['etc'] / 'db.yaml').lstrip('/')} "
-        f"{str(live['etc'] / 'probe.sh').lstrip('/')}\" -- --all && "
-        f"{g} for-each-ref --format=\"delete %(refname)\" refs/original | {g} update-ref --stdin && "
-        f"{g} reflog expire --expire=now --all && {g} gc -q --prune=now"
-    )
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    history = all_history(repo)
+    (live["etc"] / "app.yaml").write_text("llm_url: http://llm:8001\n")
+    assert backup_configs(paths, tmp_path / "s3", root)["changed"]
+    return live, root, paths, repo
+
+
+def test_a_history_written_before_the_rules_is_cleaned_by_the_documented_rewrite(tmp_path):
+    """files_backup mode=configs_rewrite (playbooks/config_history_rewrite.yml): no blob of the repository holds a
+    secret afterwards, the other files keep their history, the next backup works on the new history."""
+    live, root, paths, repo = old_history(tmp_path)
+    stack, etc = live["stack"], live["etc"]
+    rel = lambda p: str(p).lstrip("/")  # noqa: E731
+    app_log = git_out(repo, "log", "--all", "--format=%H", "--", rel(etc / "app.yaml")).split()
+    assert len(app_log) == 2
+    checked = rewrite_config_history(str(root), secret_values=list(SECRETS.values()), check_mode=True)
+    removed = {e["path"]: e["reason"] for e in checked["removed"]}
+    assert removed == {
+        rel(stack / "appdb" / "secrets" / name): "name matches secrets"
+        for name in ["mariadb_root_password", "postgres_password", "redis_password"]} | {
+        rel(stack / "ai" / "secrets" / "qdrant.yaml"): "name matches secrets",
+        rel(stack / "appdb" / "config" / "redis.conf"): "holds a known secret value",
+        rel(etc / "db.yaml"): "holds a known secret value",
+        rel(etc / "probe.sh"): "holds a known secret value",
+    }
+    assert_no_secret(json.dumps(checked).encode(), "the check's result")
+    assert SECRETS["mariadb_root_password"].encode() in all_history(repo)  # check mode changed nothing
+    done = rewrite_config_history(str(root), secret_values=list(SECRETS.values()))
+    assert done["changed"] and done["head_after"] != done["head_before"]
+    history = all_history(repo)  # every commit's patch and every object, reachable or not
     assert_no_secret(history, "the rewritten history")
-    assert b"log_bin = mysql-bin" in history  # the rest of the history is kept
-    after = backup_configs(paths, tmp_path / "s3", root)  # and the next backup works on the rewritten history
+    loose = b"".join(p.read_bytes() for p in (repo / ".git").rglob("*") if p.is_file())
+    assert SECRETS["mariadb_root_password"].encode() not in loose  # nor a file of .git (reflogs, packs, maps...)
+    # the rest of the history is kept: both versions of app.yaml, mariadb.cnf from the first commit
+    assert b"log_bin = mysql-bin" in history and b"llm:8000" in history and b"llm:8001" in history
+    assert len(git_out(repo, "log", "--all", "--format=%H", "--", rel(etc / "app.yaml")).split()) == 2
+    assert not [p for p in GitRepo(str(repo)).tracked() if "/secrets/" in p or p.endswith("redis.conf")]
+    assert not (repo / rel(stack / "appdb" / "secrets")).exists()
+    assert any("run a config backup now" in w for w in done["warnings"])
+    again = rewrite_config_history(str(root), secret_values=list(SECRETS.values()))
+    assert not again["changed"] and again["removed"] == []
+    after = backup_configs(paths, tmp_path / "s4", root)  # and the next backup works on the rewritten history
     assert after["commit"] and not after["changed"]
+
+
+def test_the_rewrite_refuses_a_planted_filter_and_runs_nothing(tmp_path):
+    """A program planted in the history's .git/config is refused before Git runs (as every other Git call)."""
+    _live, root, _paths, repo = old_history(tmp_path)
+    marker = tmp_path / "ran"
+    with open(repo / ".git" / "config", "a", encoding="utf-8") as handle:
+        handle.write(f"[filter \"x\"]\n\tclean = touch {marker}\n")
+    with pytest.raises(FilesBackupError, match="filter.x.clean"):
+        rewrite_config_history(str(root))
+    assert not marker.exists()
+
+
+def test_the_documented_rewrite_command(tmp_path):
+    """playbooks/config_history_rewrite.yml: refused without confirm=yes, a dry run lists, confirm=yes rewrites;
+    the secrets come from the inventory's vault values, never on a command line or in the output."""
+    _live, root, _paths, repo = old_history(tmp_path)
+    base = ["-e", f"backup_root={root}"]
+    refused = run_playbook("config_history_rewrite.yml", *base, check=False)
+    assert refused.returncode != 0 and "Refusing to rewrite the config history" in refused.stdout
+    dry = run_playbook("config_history_rewrite.yml", *base, "-e", "dry_run=true")
+    assert "would remove from every commit" in dry.stdout and "redis_password" in dry.stdout
+    assert SECRETS["mariadb_root_password"].encode() in all_history(repo)
+    done = run_playbook("config_history_rewrite.yml", *base, "-e", "confirm=yes")
+    assert "removed from every commit" in done.stdout and "playbooks/backup.yml -e components=configs" in done.stdout
+    assert_no_secret(all_history(repo), "the history rewritten by the playbook")
+    assert b"log_bin = mysql-bin" in all_history(repo)
 
 
 def test_restore_brings_modes_and_owners_back_and_keeps_the_live_secrets(tmp_path):
