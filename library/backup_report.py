@@ -128,6 +128,9 @@ def main():
                 state = {}
         else:
             state = update_state(p["root"], manifest, verification)
+            if state.get("state_not_written"):
+                module.warn("the backup state file could not be written (the backup volume is full): %s"
+                            % state.pop("state_not_written"))
             if p["metrics_path"]:
                 os.makedirs(os.path.dirname(p["metrics_path"]), exist_ok=True)
                 write_file_atomic(p["metrics_path"], metrics(state, disk).encode("utf-8"), mode=0o644)

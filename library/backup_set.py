@@ -49,6 +49,12 @@ description:
     (another host, or no C(ansible-playbook) on this host - a run through a remote connection or the ad-hoc
     C(ansible) command), the heartbeat decides - a partial whose last heartbeat (begin or component) is less
     than O(stale_after) seconds old counts as active.
+  - Backups and restores exclude each other host-wide. A real restore (module C(restore_plan) with C(lock=take))
+    records its run in C(<root>/.restore-owner.json) with the same owner identity. O(command=begin) refuses,
+    saying what to do, while that run is alive (unless O(force=true); a drill, which restores into its scratch
+    stack, does not stop backups); a record whose owner is dead is removed
+    and the backup proceeds (RV(removed_restore_record)). O(command=retention) never deletes a set a live
+    restore reads (the set and its MariaDB chain) - it keeps it and warns.
   - A full backup volume - a component that failed with C(No space left on device) on a file under O(root), or a
     finalize that hits it - makes O(command=finalize) remove the partial folder (an artefact cut short by a full
     disk cannot be trusted, and the space is needed by the next run) and return V(failed) with RV(storage_full)
@@ -415,6 +421,17 @@ removed_partials:
   type: list
   elements: str
   sample: [/backup/.llmops_20260130_020000.partial]
+removed_restore_record:
+  description: The record of a restore whose run died (path and why), removed before the new set was opened.
+  returned: when O(command=begin)
+  type: str
+  sample: "/backup/.restore-owner.json (its owner ansible-playbook (pid 4242) on this host is gone)"
+in_use_by_restore:
+  description: Sets the policy would delete that were kept because a restore in progress reads them.
+  returned: when O(command=retention)
+  type: list
+  elements: str
+  sample: []
 would_remove_partials:
   description: In check mode, the C(.partial) folders O(command=begin) would remove.
   returned: when O(command=begin) in check mode
@@ -458,7 +475,9 @@ from ansible.module_utils.llmops_backupset import (
     COMPONENTS_DIR,
     OWNER,
     BackupSetError,
+    RestoreInProgress,
     assess_partial,
+    assess_restore,
     auth_key_id,
     begin_set,
     check_name,
@@ -480,8 +499,11 @@ from ansible.module_utils.llmops_backupset import (
     read_json,
     record_verification,
     relative_problem,
+    release_restore_lock,
     remove_partial,
     resolve_set,
+    restore_busy_msg,
+    restore_sets_in_use,
     set_id_for,
     storage_full,
     tree_bytes,
@@ -537,6 +559,9 @@ def do_begin(module, root):
                              'command=cleanup removes partials whose last heartbeat is older than stale_after=%d s, '
                              'or use force=true' % (root, '; '.join(live), stale_after),
                          active_partials=live)
+    restore = assess_restore(root, now)
+    if restore is not None and restore['blocks_backups'] and not module.params['force']:
+        module.fail_json(msg=restore_busy_msg(restore), restore=json_safe(restore['record']))
     set_id = set_id_for(name, now)
     removed = [d['path'] for d in dead]
     if module.check_mode:
@@ -545,8 +570,14 @@ def do_begin(module, root):
                          msg='check mode: nothing created or removed')
     for item in dead:
         remove_partial(item['path'])
+    dead_restore = None
+    if restore is not None and not restore['active']:
+        dead_restore = '%s (%s)' % (restore['path'], restore['why'])
+        release_restore_lock(root)
     try:
         path = begin_set(root, name, now)
+    except RestoreInProgress as exc:
+        module.fail_json(msg=str(exc), removed_partials=removed)
     except OSError as exc:
         if not is_no_space(exc):
             raise
@@ -554,11 +585,13 @@ def do_begin(module, root):
         module.fail_json(msg='cannot open backup set %s: %s' % (set_id, full['msg']), storage_full=full,
                          removed_partials=removed)
     msg = 'opened %s' % path
+    if dead_restore:
+        msg += '; removed the record of a restore that died: %s' % dead_restore
     if dead:
         msg += '; removed the partial set(s) of runs that died: %s' % '; '.join(
             '%s (%s)' % (d['path'], d['why']) for d in dead)
     module.exit_json(changed=True, set_id=set_id, path=path, started=isoformat(now), active_partials=live,
-                     removed_partials=removed, msg=msg)
+                     removed_partials=removed, removed_restore_record=dead_restore, msg=msg)
 
 
 def _require(module, *names):
@@ -762,6 +795,16 @@ def do_retention(module, root):
         module.fail_json(msg='bad retention policy: %s' % exc)
     sets = list_sets(root)
     plan = plan_retention(sets, policy)
+    # a live restore reads these sets (and the sets of its MariaDB chain): never deleted under it
+    in_use = [set_id for set_id in restore_sets_in_use(root) if set_id in plan['delete']]
+    if in_use:
+        plan['delete'] = [set_id for set_id in plan['delete'] if set_id not in in_use]
+        for set_id in in_use:
+            plan['keep'][set_id] = ['a restore in progress reads it']
+        warning = ('kept %s, which a restore in progress reads (%s): the next clean-up after it ends deletes it'
+                   % (', '.join(in_use), assess_restore(root)['why']))
+        plan['warnings'].append(warning)
+        module.warn(warning)
     latest = next((s['id'] for s in sets if s['latest']), None)
     if latest in plan['delete']:  # defence in depth: plan_retention keeps the newest successful set
         module.fail_json(msg='retention would delete %s, which latest points at; refusing' % latest, plan=plan)
@@ -771,7 +814,7 @@ def do_retention(module, root):
             shutil.rmtree(os.path.join(root, set_id))
             deleted.append(set_id)
     module.exit_json(changed=bool(plan['delete']), keep=plan['keep'], delete=plan['delete'], deleted=deleted,
-                     warnings_list=plan['warnings'], policy=policy)
+                     warnings_list=plan['warnings'], policy=policy, in_use_by_restore=in_use)
 
 
 def do_cleanup(module, root):

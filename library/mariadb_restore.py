@@ -25,6 +25,10 @@ description:
     backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base.
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
+  - With O(until) (C(restore_plan)'s C(mariadb_chain_partial.restores_to)) the chain stops after that set, the last
+    complete point of a chain whose later incremental is missing or damaged; O(step=verify) then compares with that
+    set's fingerprint, and O(step=replay) refuses, because the archived binary logs continue from the position of the
+    set asked for, not from O(until)'s (applying them would skip what the missing increments held).
 extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.mariadb, llmops.timeout]
 attributes:
   check_mode:
@@ -50,6 +54,12 @@ options:
   target_time:
     description: For O(step=replay), the point in time to stop at (ISO 8601, UTC).
     type: str
+  until:
+    description:
+      - For O(step=stage) and O(step=verify), a set id of the set's chain - restore the full and the incrementals up
+        to this set only (a partial chain, C(-e mariadb_chain_partial=true) of restore.yml). O(step=replay) refuses
+        it.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -59,6 +69,14 @@ EXAMPLES = r"""
     set_path: "{{ plan.plan.set_path }}"
     backup_root: /backup
     staging: /backup/.restore/mariadb
+
+- name: A chain whose last incremental is damaged, restored to the last complete point only
+  mariadb_restore:
+    step: stage
+    set_path: "{{ plan.plan.set_path }}"
+    backup_root: /backup
+    staging: /backup/.restore/mariadb
+    until: "{{ plan.plan.mariadb_chain_partial.restores_to }}"
 """
 
 RETURN = r"""
@@ -71,6 +89,10 @@ chain:
   returned: when O(step=stage)
   type: list
   elements: str
+until:
+  description: The set the partial chain stops at (O(step=stage) with O(until)).
+  returned: when O(until) is given to O(step=stage)
+  type: str
 safety_copy:
   description: Where the previous datadir was moved (O(step=swap)).
   returned: when O(step=swap)
@@ -160,6 +182,7 @@ def main():
             image=dict(type="str"),
             owner=dict(type="str", default="999:999"),
             target_time=dict(type="str"),
+            until=dict(type="str"),
         ),
         required_if=[("step", "swap", ["datadir"]), ("step", "rollback", ["datadir"]),
                      ("step", "replay", ["target_time"])],
@@ -173,14 +196,22 @@ def main():
     def safety(p):
         return "%s.%s" % ((p["datadir"] or "").rstrip("/"), safety_tag(p))
 
+    def point(p):
+        """The set whose data the restore brings back: the set, or with ``until`` that set of its chain."""
+        chain = restore_chain(p["backup_root"], p["set_path"], until=p["until"])
+        if not p["until"] or chain[-1][0] == os.path.basename(os.path.abspath(p["set_path"])):
+            return chain, p["set_path"]
+        return chain, os.path.join(p["backup_root"], chain[-1][0])  # a checked set id of the chain (restore_chain)
+
     def stage(p, check):
-        chain = restore_chain(p["backup_root"], p["set_path"])
+        chain = point(p)[0]
         ids = [c[0] for c in chain]
+        partial = dict(until=p["until"]) if p["until"] else {}
         if check:
-            return dict(changed=True, chain=ids, msg="would unpack and prepare the chain")
+            return dict(changed=True, chain=ids, msg="would unpack and prepare the chain", **partial)
         image = p["image"] or target.image()
         prepared = stage_restore(image, chain, os.path.join(p["staging"], "prepare"), timeout=timeout(p))
-        return dict(changed=True, prepared=prepared, chain=ids, image=image)
+        return dict(changed=True, prepared=prepared, chain=ids, image=image, **partial)
 
     def swap(p, check):
         prepared = os.path.join(p["staging"], "prepare", "0")
@@ -194,6 +225,11 @@ def main():
         return dict(changed=True, safety_copy=kept)
 
     def replay(p, check):
+        if p["until"]:
+            raise LlmopsError("no binary log replay after a partial chain (until=%s): the archived logs continue from "
+                              "the position where set %s ends, which the restored data does not reach, and replaying "
+                              "them would apply transactions over the gap; restore a point in time from a set whose "
+                              "chain is whole" % (p["until"], os.path.basename(os.path.abspath(p["set_path"]))))
         target_time = parse_time(p["target_time"])
         if check:
             return dict(changed=True, msg="would replay binary logs up to %s" % isoformat(target_time))
@@ -213,7 +249,7 @@ def main():
                     events=replayed["events"], binlogs=[os.path.basename(x) for x in logs])
 
     def verify(p, check):
-        entry = load_component(p["set_path"], "mariadb")
+        entry = load_component(point(p)[1] if p["until"] else p["set_path"], "mariadb")
         actual = fingerprint(target, conn, password)
         differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
         if differences:
@@ -224,9 +260,16 @@ def main():
         summary = ("%d tables in %d databases matched the set's fingerprint (row counts and CHECKSUM TABLE), "
                    "taken from %s" % (tables, len(actual), "the backup itself" if source == "artefact" else
                                       "the live server after the backup"))
+        if p["until"]:
+            summary += ("; PARTIAL CHAIN: restored to %s, the last complete point of the chain, and verified against "
+                        "that set's fingerprint" % p["until"])
         return dict(changed=False, differences=[], tables=tables, fingerprint_source=source, summary=summary)
 
     def rollback(p, check):
+        if not os.path.exists(safety(p)):
+            # swap moves the datadir aside first: without a safety copy it never did, and the datadir is the old one
+            return dict(changed=False, msg="no safety copy at %s: the datadir was never moved aside, it holds the data "
+                        "from before the restore" % safety(p))
         if check:
             return dict(changed=True, msg="would put %s back" % safety(p))
         rollback_datadir(p["datadir"], safety(p))

@@ -41,6 +41,15 @@ options:
     description: Also take a full-storage snapshot (all collections and aliases) into C(full-storage.snapshot).
     type: bool
     default: false
+  backup_root:
+    description:
+      - The backup root. Every server-side snapshot the module creates is recorded in its
+        C(.qdrant-snapshots.json) (with this module's process) until it is deleted; at start the module deletes
+        the snapshots of this server recorded there whose process is gone - those a killed backup left (see
+        C(stale_snapshots_deleted) of RV(component)). Snapshots it did not record, such as an operator's, are never
+        touched (Qdrant names snapshots itself, so the name cannot tell whose they are).
+      - Unset - nothing is recorded or cleaned.
+    type: path
 notes:
   - The server keeps a snapshot on its own disk until it is deleted, so the module always tries to delete it.
 """
@@ -80,6 +89,7 @@ component:
     status: success
     type: qdrant
     backup_type: full
+    stale_snapshots_deleted: []
     tool: qdrant snapshot API
     server_version: 1.19.0
     started: "2026-01-31T02:00:00Z"
@@ -110,6 +120,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmops_common import LlmopsError, qdrant_argument_spec
+from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_qdrant import QdrantClient
 from ansible.module_utils.llmops_qdrant_backup import backup, inspect
 
@@ -120,6 +131,7 @@ def main():
             **qdrant_argument_spec(),
             dest=dict(type="path", required=True),
             full_storage=dict(type="bool", default=False),
+            backup_root=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -132,7 +144,9 @@ def main():
                              msg="would snapshot %d collection(s)%s into %s"
                              % (len(server["collections"]), " and the full storage" if p["full_storage"] else "",
                                 os.path.abspath(p["dest"])))
-        entry = backup(client, p["dest"], collections=p["collections"], full_storage=p["full_storage"])
+        ledger = layout_path(p["backup_root"], "qdrant_snapshots") if p["backup_root"] else None
+        entry = backup(client, p["dest"], collections=p["collections"], full_storage=p["full_storage"],
+                       ledger_path=ledger)
         for warning in entry["warnings"]:
             module.warn(warning)
         module.exit_json(changed=True, component=entry)

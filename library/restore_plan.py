@@ -24,12 +24,20 @@ description:
   - The set's verification records (C(verification.json)) are shown, marked as not authenticated; no decision
     rests on them.
   - Returns the plan (artefacts in order, services that stop, bytes needed) and fails, listing every problem,
-    when the set cannot be restored as asked. It changes nothing.
+    when the set cannot be restored as asked. It changes nothing, except the restore record of O(lock=take).
+  - Backups and restores exclude each other host-wide (one rule, the owner identity of the backup's C(.partial)
+    folders - the outermost C(ansible-playbook), its start time, the boot). With O(lock=take) (a real restore)
+    the module records its run in C(<backup_root>/.restore-owner.json) after the plan passed, naming the sets it
+    reads; it refuses while a backup run is in progress (an active C(.partial) folder) or another live restore
+    holds the record. A record whose run died is replaced. While the record's run lives, a backup does not begin
+    and retention keeps those sets. O(lock=release) removes this run's record (the restore role's C(always)).
+  - O(lock=check) (the default, a dry run) takes nothing; a backup or restore in progress is reported as a warning
+    and in C(plan.active_runs).
 extends_documentation_fragment: [llmops]
 attributes:
   check_mode:
     support: full
-    description: Reads only; the same result in check mode.
+    description: Reads only; the same result in check mode, where O(lock=take) and O(lock=release) only report.
 options:
   backup_root:
     description: The folder holding the backup sets.
@@ -64,6 +72,23 @@ options:
         itself fails verification, refuses whatever this says.
     type: bool
     default: false
+  lock:
+    description:
+      - V(check) - report a backup or restore in progress (a warning), take nothing.
+      - V(take) - a real restore - record this run as the restore in progress after the plan passed, or fail when
+        a backup or another restore is in progress (see the description).
+      - V(release) - remove this run's record and do nothing else (the other options are ignored).
+    type: str
+    choices: [check, take, release]
+    default: check
+  purpose:
+    description:
+      - With O(lock=take), what the record says the run is. V(restore) replaces live stores - no backup may begin
+        while it runs, and it refuses while one runs. V(drill) restores into the drill's scratch stack - backups go
+        on; retention keeps the sets either reads.
+    type: str
+    choices: [restore, drill]
+    default: restore
   allow_unauthenticated:
     description:
       - Accept a set without C(SHA256SUMS.hmac) (made before authentication, or without a key) when O(auth_key) is
@@ -79,6 +104,18 @@ EXAMPLES = r"""
     backup_id: latest
     components: [mariadb, postgres]
   register: plan
+
+- name: Plan a real restore and record it as the restore in progress
+  restore_plan:
+    backup_root: /backup
+    components: [mariadb]
+    lock: take
+  register: plan
+
+- name: Release the record when the restore has ended (in an always section)
+  restore_plan:
+    backup_root: /backup
+    lock: release
 """
 
 RETURN = r"""
@@ -87,18 +124,40 @@ plan:
     V(unauthenticated_allowed), V(not_checked) or V(failed)), C(set_id), C(set_path), C(components),
     C(services_to_stop), C(mariadb_chain_partial) (None, or C(restores_to), C(ended), C(instead_of), C(skipped), C(why)
     when the restore of MariaDB stops at the last complete point of a broken chain),
-    C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free) and the ordered C(steps).
+    C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free), the ordered C(steps) and C(active_runs) (what
+    is in progress on the backup root - a backup's C(.partial) folder, a restore - each with why).
   returned: always
   type: dict
   sample: {ok: true, problems: [], set_id: llmops_20260131_020000, set_path: /backup/llmops_20260131_020000,
            components: [mariadb, redis], services_to_stop: [mariadb, redis], mariadb_chain: [llmops_20260131_020000],
            binlogs: [], bytes_needed: 1711798, bytes_free: 912345678901,
            steps: ["mariadb: unpack and prepare llmops_20260131_020000 (full), checksums checked while unpacking"]}
+lock:
+  description: What O(lock) did - the record taken or released, or why nothing was done.
+  returned: always
+  type: str
+  sample: "took /backup/.restore-owner.json"
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    active_backups,
+    assess_restore,
+    release_restore_lock,
+    take_restore_lock,
+)
 from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_restore import plan_restore
+
+
+def active_runs(root):
+    """What is in progress on ``root`` (``["backup: <partial> (why)", "restore: <msg>"]``)."""
+    runs = ["backup: %s (%s)" % (s["path"], s["why"]) for s in active_backups(root)]
+    restore = assess_restore(root)
+    if restore is not None and restore["active"]:
+        runs.append("restore: %s" % restore["msg"])
+    return runs
 
 
 def main():
@@ -112,10 +171,20 @@ def main():
             auth_key=dict(type="str", no_log=True),
             allow_unauthenticated=dict(type="bool", default=False),
             mariadb_chain_partial=dict(type="bool", default=False),
+            lock=dict(type="str", choices=["check", "take", "release"], default="check"),
+            purpose=dict(type="str", choices=["restore", "drill"], default="restore"),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    if p["lock"] == "release":
+        if module.check_mode:
+            module.exit_json(changed=False, lock="check mode: nothing released")
+        try:
+            done = release_restore_lock(p["backup_root"])
+        except OSError as exc:
+            module.fail_json(msg="cannot remove the restore record: %s; delete it once no restore runs" % exc)
+        module.exit_json(changed=done.startswith("removed"), lock=done)
     try:
         plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"],
                             p["staging_root"], auth_key=p["auth_key"],
@@ -126,9 +195,26 @@ def main():
     if not plan["ok"]:
         module.fail_json(msg="the restore of %s cannot go ahead: %s" % (plan["set_id"], "; ".join(plan["problems"])),
                          plan=plan)
+    plan["active_runs"] = active_runs(p["backup_root"])
+    lock = "not taken (lock=%s)" % p["lock"]
+    if p["lock"] == "take" and module.check_mode:
+        lock = "check mode: not taken"
+    elif p["lock"] == "take":
+        try:
+            taken = take_restore_lock(p["backup_root"], [plan["set_id"]] + list(plan.get("mariadb_chain") or []),
+                                      plan["components"], kind=p["purpose"])
+        except (BackupSetError, OSError) as exc:
+            module.fail_json(msg="the restore of %s cannot start: %s" % (plan["set_id"], exc), plan=plan)
+        lock = "took %s" % taken["path"]
+        if taken["replaced"]:
+            lock += " (replaced the record of a restore that died: %s)" % taken["replaced"]
+            module.warn(lock)
+    elif plan["active_runs"]:
+        module.warn("in progress on %s now: %s. A dry run reads only; a real restore refuses to start until these "
+                    "have ended" % (p["backup_root"], "; ".join(plan["active_runs"])))
     for warning in plan["warnings"]:
         module.warn(warning)
-    module.exit_json(changed=False, plan=plan)
+    module.exit_json(changed=p["lock"] == "take" and not module.check_mode, plan=plan, lock=lock)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,10 @@ class BackupSetError(LlmopsError):
     """A backup set operation cannot be done; the message tells the operator what to do."""
 
 
+class RestoreInProgress(BackupSetError):
+    """A live restore holds the backup root (``take_restore_lock``): no backup may begin."""
+
+
 class SumsFormatError(BackupSetError, ValueError):
     """A SHA256SUMS text has a line that is not ``[\\]<sha256>  <name>`` (also a ``ValueError``)."""
 
@@ -267,6 +271,10 @@ def begin_set(root, name, now=None, owner=None):
     except FileExistsError as exc:
         raise BackupSetError("%s already exists: another run started in the same second" % path) from exc
     try:
+        # written first, checked second (see take_restore_lock): a restore holding the root refuses the backup
+        restore = assess_restore(root, now)
+        if restore is not None and restore["blocks_backups"]:
+            raise RestoreInProgress(restore_busy_msg(restore))
         os.chmod(path, 0o700)
         os.mkdir(os.path.join(path, COMPONENTS_DIR), 0o700)
         record = {"set_id": set_id, "name": name, "host": socket.gethostname(), "boot_id": boot_id(),
@@ -425,8 +433,13 @@ def partial_owner(partial_dir):
         record = read_json(os.path.join(partial_dir, OWNER))
     except (OSError, ValueError) as exc:
         return "unknown", "its owner record %s cannot be read (%s)" % (OWNER, exc.__class__.__name__)
+    return owner_state(record)
+
+
+def owner_state(record, what=OWNER):
+    """``(state, why)`` of the run an owner record names (``partial_owner``; also the restore's record)."""
     if not isinstance(record, dict):
-        return "unknown", "its owner record %s is not a mapping" % OWNER
+        return "unknown", "its owner record %s is not a mapping" % what
     host = record.get("host")
     if host != socket.gethostname():
         return "unknown", "its owner runs on host %s, not this one (%s)" % (host, socket.gethostname())
@@ -526,6 +539,146 @@ def cleanup_partials(root, older_than, now=None, dry_run=False):
     if removed and not dry_run:
         fsync_dir(os.path.abspath(os.fspath(root)))
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# one host-wide rule between backups, restores and retention
+#
+# A real restore takes the restore record (LAYOUT ``restore_owner``) with the same owner identity as a
+# backup's partial (``run_owner``: the outermost ansible-playbook, its start time, the boot): while that run
+# lives, ``begin_set`` refuses, and retention keeps the sets it names; a restore refuses while a backup's
+# partial is active. A record whose owner is dead (killed, the host restarted) is removed by whoever finds
+# it, and that run proceeds. Both sides write first and check second (a partial, then the restore record; the
+# record, then the partials), so that two runs starting at the same instant cannot both miss each other.
+
+RESTORE_STALE_AFTER = 7200  # a record whose owner cannot be checked counts as active this long after it was written
+
+
+def restore_owner_path(root):
+    return os.path.join(os.path.abspath(os.fspath(root)), LAYOUT["restore_owner"])
+
+
+def read_restore_owner(root):
+    """The restore record of ``root`` (a dict), or None when there is none (or it cannot be read)."""
+    try:
+        record = read_json(restore_owner_path(root))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else {}
+
+
+def _same_run(record, owner):
+    return bool(owner) and record.get("host") == socket.gethostname() and record.get("boot_id") == boot_id() \
+        and record.get("pid") == owner.get("pid") and record.get("pid_start") == owner.get("pid_start")
+
+
+def assess_restore(root, now=None, stale_after=RESTORE_STALE_AFTER):
+    """The restore that holds ``root``: None when there is none, else ``{path, record, owner, why, age, active,
+    mine, msg}`` (``active``: its run lives, or cannot be checked and the record is younger than
+    ``stale_after``; ``mine``: it is this run's own record)."""
+    path = restore_owner_path(root)
+    if not os.path.lexists(path):
+        return None
+    record = read_restore_owner(root)
+    if record is None:
+        record = {}
+    state, why = owner_state(record, LAYOUT["restore_owner"])
+    try:
+        age = (utc(now) - parse_time(record["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        try:
+            age = time.time() - os.lstat(path).st_mtime
+        except OSError:
+            age = 0.0
+    active = state == "alive" or (state == "unknown" and age < stale_after)
+    kind = "drill" if record.get("kind") == "drill" else "restore"
+    sets = ", ".join(record.get("sets") or []) or "?"
+    msg = "a %s of %s (components %s, started %s) holds %s: %s" % (
+        kind, sets, ", ".join(record.get("components") or []) or "?", record.get("started") or "?", path, why)
+    return {"path": path, "record": record, "kind": kind, "owner": state, "why": why, "age": age, "active": active,
+            "blocks_backups": active and kind == "restore", "mine": _same_run(record, run_owner()), "msg": msg}
+
+
+def restore_sets_in_use(root, now=None):
+    """The set ids a live restore of ``root`` reads (none when no restore is active)."""
+    state = assess_restore(root, now)
+    if not state or not state["active"]:
+        return []
+    return [s for s in state["record"].get("sets") or [] if isinstance(s, str)]
+
+
+def active_backups(root, stale_after=7200, now=None):
+    """``assess_partial`` of every active ``.partial`` folder of ``root`` (a backup run in progress)."""
+    return [state for state in (assess_partial(p, stale_after, now) for p in list_partials(root)) if state["active"]]
+
+
+def _backup_busy_msg(states):
+    return ("a backup run is in progress in %s: %s. A restore now would replace the stores while they are copied: "
+            "wait for the backup to end (or, if it hangs, stop the process named), then run the restore again" % (
+                os.path.dirname(states[0]["path"]), "; ".join("%s (%s)" % (s["path"], s["why"]) for s in states)))
+
+
+def restore_busy_msg(state):
+    """What a backup that finds the restore ``state`` (``assess_restore``) tells the operator."""
+    return ("%s. A backup now would copy the stores while they are replaced: wait for the restore to end, then run "
+            "the backup again. If no restore runs (the record names a process on another host, or one that cannot "
+            "be checked), delete %s" % (state["msg"], state["path"]))
+
+
+def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kind="restore"):
+    """Record this run as the restore in progress in ``root`` (before anything is stopped or replaced).
+
+    Refuses (``BackupSetError``) while a backup's partial is active or another live restore holds the record;
+    a record whose owner is dead is replaced (and said so). Returns ``{path, record, replaced}``; taken twice
+    by the same run, the record is rewritten. ``kind`` ``drill``: a restore into the drill's scratch stack,
+    which reads the sets (retention keeps them) but replaces no live store: backups go on.
+    """
+    root = _ensure_root(root)
+    now = utc(now)
+    busy = active_backups(root, stale_after, now) if kind == "restore" else []
+    if busy:
+        raise BackupSetError(_backup_busy_msg(busy))
+    replaced = None
+    state = assess_restore(root, now)
+    if state is not None:
+        if state["active"] and not state["mine"]:
+            raise BackupSetError("another restore is in progress: %s. Wait for it to end, then run this restore "
+                                 "again; if no restore runs, delete %s" % (state["msg"], state["path"]))
+        if not state["mine"]:
+            replaced = state["why"]
+        os.unlink(state["path"])
+    record = {"kind": kind, "host": socket.gethostname(), "boot_id": boot_id(), "module_pid": os.getpid(),
+              "started": isoformat(now), "sets": [str(s) for s in set_ids if s],
+              "components": [str(c) for c in components or []]}
+    record.update(run_owner() or {"pid": None, "pid_start": None, "pid_cmd": None})
+    path = restore_owner_path(root)
+    tmp = "%s.tmp-%s" % (path, secrets.token_hex(4))
+    write_file_atomic(tmp, json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
+    try:
+        os.link(tmp, path)  # exclusive: a restore that wrote its record an instant before wins
+    except FileExistsError as exc:
+        raise BackupSetError("another restore took %s an instant before this one: wait for it to end, then run "
+                             "this restore again" % path) from exc
+    finally:
+        os.unlink(tmp)
+    fsync_dir(root)
+    busy = active_backups(root, stale_after, now) if kind == "restore" else []  # began while it was written
+    if busy:
+        release_restore_lock(root)
+        raise BackupSetError(_backup_busy_msg(busy))
+    return {"path": path, "record": record, "replaced": replaced}
+
+
+def release_restore_lock(root):
+    """Remove the restore record when it is this run's (or its owner is dead); returns what was done."""
+    state = assess_restore(root)
+    if state is None:
+        return "no restore record"
+    if state["active"] and not state["mine"]:
+        return "kept %s: it belongs to another run (%s)" % (state["path"], state["why"])
+    os.unlink(state["path"])
+    fsync_dir(os.path.dirname(state["path"]))
+    return "removed %s" % state["path"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,15 +14,20 @@ for every store: ``login_host``, ``login_port``, ``login_user``, ``login_passwor
 ``login_unix_socket``, and ``container`` / ``container_user`` for where the store's tools run. The
 names the modules used before stay as aliases (``host``, ``port``, ``password``).
 
+The restore journal (``journal_*``): what each step of a restore run did to the live data, so that the next run of
+restore.yml can say what a killed restore left (old data, new data, or a mix) and roll it back.
+
 Stdlib only and free of Ansible imports; modules import it as
 ``from ansible.module_utils.llmops_common import LlmopsError``.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
+import tempfile
 
 
 class LlmopsError(Exception):
@@ -132,6 +137,7 @@ def restore_argument_spec(steps, default_step=None):
         staging=dict(type="path", required=True),
         keep_safety_copy=dict(type="bool", default=True),
         safety_tag=dict(type="str", default="pre-restore", aliases=["safety_suffix", "safety_name"]),
+        journal=dict(type="path"),
     )
 
 
@@ -190,14 +196,28 @@ def run_restore_step(module, store, handlers):
     ``StepFailed``, ``LlmopsError`` and ``OSError`` fail the module with the store, the step and what to do
     next (``NEXT_STEP``); any other exception is a bug and keeps its traceback."""
     step = module.params["step"]
+    journal = module.params.get("journal") if not module.check_mode else None
+
+    def note(status):
+        if journal:
+            try:
+                journal_step(journal, journal_component(store, module.params), step, status,
+                             module.params.get("safety_tag"), verified=step in SELF_VERIFYING.get(store[:5], ()))
+            except (LlmopsError, OSError) as exc:
+                module.warn("cannot update the restore journal %s: %s" % (journal, exc))
+
+    note("running")
     try:
         result = dict(handlers[step](module.params, module.check_mode))
     except StepFailed as exc:
+        note("failed")
         module.fail_json(msg="%s restore step %s failed: %s. Next: %s" % (store, step, exc, NEXT_STEP[step]),
                          step=step, **exc.result)
     except (LlmopsError, OSError) as exc:
+        note("failed")
         module.fail_json(msg="%s restore step %s failed: %s. Next: %s" % (store, step, exc, NEXT_STEP[step]),
                          step=step)
+    note("done")
     for warning in result.pop("warnings", None) or []:
         module.warn(warning)
     module.exit_json(step=step, **result)
@@ -229,3 +249,157 @@ def remove_paths(paths, dry_run=False):
             else:
                 os.unlink(path)
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# restore journal: <backup_root>/.restore-journal.json (LAYOUT restore_journal)
+#
+# One record per restore run: ``{version, run, set_id, set_path, safety_tag, started, components: {component:
+# {step, status, live, safety_tag, time}}, original_tags: {component: tag}}``. restore.yml writes the run's header
+# before the first step (``journal_begin``); ``run_restore_step`` updates the component's entry before a step
+# (``running``) and after it (``done`` / ``failed``). ``live`` says what the store holds after that: the old data,
+# the new data (verified or not), or a mix. A run that is killed leaves its journal as it was: the next restore.yml
+# reads it (``journal_interrupted``, ``journal_summary``) and says what to do; ``-e step=rollback`` puts the safety
+# copies back (``journal_rollback_plan``). ``original_tags`` keeps, across runs that were killed one after the other,
+# the tag of the safety copy that holds each store's data from before the first of them.
+
+JOURNAL_VERSION = 1
+LIVE_OLD = "old"
+LIVE_NEW = "new, not verified yet"
+LIVE_VERIFIED = "new, verified"
+LIVE_MIX = "partly replaced (a mix of old and new)"
+LIVE_PUT_BACK = "old (the safety copy was put back)"
+LIVE_PUTTING_BACK = "partly put back (a mix of old and new)"
+LIVE_BAD = "new, but it FAILED verification"
+# the steps that change the live data, and what it is after them
+CHANGING_STEPS = ("swap", "replay", "load")
+# steps that verify what they put in place before they end (files_restore's swap checks every tree hash)
+SELF_VERIFYING = {"files": ("swap",)}
+# run_restore_step's store names -> restore.yml's component names
+JOURNAL_COMPONENTS = {"MariaDB": "mariadb", "PostgreSQL": "postgres", "Redis": "redis", "Qdrant": "qdrant",
+                      "search": "search"}
+
+
+def journal_component(store, params):
+    """The component name restore.yml uses for ``store`` (files_restore: by its ``mode``)."""
+    if store.startswith("files"):
+        return {"tree": "uploads"}.get(params.get("mode"), params.get("mode") or "files")
+    return JOURNAL_COMPONENTS.get(store, store.lower())
+
+
+def journal_live(previous, step, status):
+    """What the live data is after ``step`` ended with ``status`` (running, done, failed), given ``previous``."""
+    if step in CHANGING_STEPS:
+        if status == "done":
+            return LIVE_NEW
+        return LIVE_MIX  # running (killed in it) or failed part-way
+    if step == "verify":
+        return {"done": LIVE_VERIFIED, "failed": LIVE_BAD}.get(status, previous)
+    if step == "rollback":
+        return LIVE_PUT_BACK if status == "done" else LIVE_PUTTING_BACK
+    return previous  # stage and cleanup leave the live data as it is
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def read_journal(path):
+    """The journal at ``path`` (None when there is none); ``LlmopsError`` when it cannot be read."""
+    return load_state(path)
+
+
+def write_journal(path, journal):
+    """Write ``journal`` to ``path`` atomically (0600, fsynced), so that a kill leaves the old or the new record."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".restore-journal.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(journal, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def journal_step(path, component, step, status, tag=None, verified=False):
+    """Record that ``component``'s ``step`` is ``running`` / ``done`` / ``failed`` (a journal that does not exist yet
+    is started: a module run outside restore.yml); ``verified``: the step checked the data it put in place."""
+    journal = read_journal(path) or {"version": JOURNAL_VERSION, "run": None, "safety_tag": tag, "components": {},
+                                     "original_tags": {}, "started": _now()}
+    entry = journal.setdefault("components", {}).setdefault(component, {"live": LIVE_OLD})
+    live = journal_live(entry.get("live", LIVE_OLD), step, status)
+    entry.update(step=step, status=status, live=LIVE_VERIFIED if verified and live == LIVE_NEW else live,
+                 safety_tag=(tag or "").lstrip("._") or journal.get("safety_tag"), time=_now())
+    write_journal(path, journal)
+    return journal
+
+
+def _settled(entry):
+    """Whether a component's entry needs nothing more: restored and verified, put back, or never changed."""
+    return entry.get("live") in (LIVE_VERIFIED, LIVE_PUT_BACK, LIVE_OLD) and entry.get("status") != "running" \
+        or entry.get("live") == LIVE_OLD and entry.get("step") == "stage"
+
+
+def journal_interrupted(journal):
+    """``{component: entry}`` of a journal's components whose restore did not end (killed, or failed without its
+    rollback): live data new but not verified, a mix, or a step still marked running."""
+    return {name: entry for name, entry in sorted(((journal or {}).get("components") or {}).items())
+            if not _settled(entry) or (entry.get("status") == "running" and entry.get("step") != "cleanup")}
+
+
+def journal_begin(old, run, set_id, set_path, tag, components):
+    """The header of a new run's journal; the safety tags of the stores a killed run left changed (``old``) are kept
+    in ``original_tags``, so that a rollback after this run too still finds the data from before them."""
+    original = dict((old or {}).get("original_tags") or {})
+    for name, entry in journal_interrupted(old).items():
+        if entry.get("live") != LIVE_OLD:
+            original.setdefault(name, entry.get("safety_tag") or (old or {}).get("safety_tag"))
+    return {"version": JOURNAL_VERSION, "run": run, "set_id": set_id, "set_path": set_path,
+            "safety_tag": (tag or "").lstrip("._"), "components_planned": list(components or []),
+            "components": {}, "original_tags": original, "started": _now(),
+            "previous": {k: (old or {}).get(k) for k in ("run", "set_id", "safety_tag")} if old else None}
+
+
+def journal_rollback_plan(journal):
+    """``[{component, safety_tag, set_path, step, live}]``: what ``-e step=rollback`` puts back, newest first - each
+    component that a run changed and did not finish, with the tag of the safety copy that holds its old data."""
+    journal = journal or {}
+    out = []
+    for name, entry in journal_interrupted(journal).items():
+        if entry.get("live") == LIVE_OLD:
+            continue  # killed before it changed anything
+        tag = (journal.get("original_tags") or {}).get(name) or entry.get("safety_tag") or journal.get("safety_tag")
+        out.append({"component": name, "safety_tag": tag, "set_path": journal.get("set_path"),
+                    "step": entry.get("step"), "live": entry.get("live"), "time": entry.get("time")})
+    return sorted(out, key=lambda item: item.get("time") or "", reverse=True)
+
+
+def journal_summary(journal):
+    """One line per unfinished component of ``journal`` for the operator: what it holds now and what to do."""
+    lines = []
+    for name, entry in journal_interrupted(journal).items():
+        tag = entry.get("safety_tag") or (journal or {}).get("safety_tag")
+        when = "during" if entry.get("status") == "running" else "after"
+        live = entry.get("live")
+        if live == LIVE_OLD:
+            what = "nothing live was changed yet (the store holds the OLD data); run the restore again to restore it"
+        elif live in (LIVE_NEW, LIVE_BAD):
+            what = ("the store holds the NEW data, %s; run the restore again to finish it, or roll back with "
+                    "-e step=rollback to get the old data back" % ("not yet verified" if live == LIVE_NEW else live))
+        else:
+            what = ("the store's data is %s; do not use it as it is: run the restore again (new data), or roll back "
+                    "with -e step=rollback (old data)" % live.upper())
+        lines.append("a restore of %s (set %s, tag %s) was interrupted %s `%s`: %s (its service may be stopped: "
+                     "either command starts it)" % (name, (journal or {}).get("set_id"), tag, when, entry.get("step"),
+                                                    what))
+    return lines

@@ -12,6 +12,7 @@ Stdlib only and free of Ansible imports; modules import it as
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -26,6 +27,28 @@ class ExecError(LlmopsError):
         super().__init__(message)
         self.rc = rc
         self.stderr_tail = stderr_tail
+
+
+_DOCKER_DOWN = ("Cannot connect to the Docker daemon", "Is the docker daemon running",
+                "error during connect", "permission denied while trying to connect to the Docker daemon")
+
+
+def docker_hint(text, container=None):
+    """What to do about a ``docker`` client error in ``text`` (an engine that does not answer, a container that
+    is not running or does not exist), as ``"; <what to do>"``, or ``""`` when it is no such error."""
+    text = str(text or "")
+    if any(words in text for words in _DOCKER_DOWN):
+        return ("; the Docker engine does not answer (DOCKER_HOST=%s): start it (systemctl start docker) or correct "
+                "DOCKER_HOST / the socket's permissions, check `docker ps`, then run again"
+                % (os.environ.get("DOCKER_HOST") or "unset, the default socket"))
+    name = container or "the container"
+    if re.search(r"Container \S+ is (not running|restarting|paused)", text):
+        return ("; the container %s is not running: start the stack (playbooks/stack.yml) or `docker start %s`, "
+                "look at `docker logs %s` for why it stopped, then run again" % (name, name, name))
+    if "No such container" in text:
+        return ("; there is no container %s: deploy the stack (playbooks/stack.yml) or correct stack_containers in "
+                "the inventory, then run again" % name)
+    return ""
 
 
 class ExecTarget:
@@ -74,7 +97,8 @@ class ExecTarget:
     def _docker_text(self, args):
         proc = subprocess.run([self.docker] + args, capture_output=True, timeout=120, check=False)
         if proc.returncode != 0:
-            raise ExecError("docker %s failed: %s" % (args[0], proc.stderr.decode("utf-8", "replace").strip()))
+            text = proc.stderr.decode("utf-8", "replace").strip()
+            raise ExecError("docker %s failed: %s%s" % (args[0], text, docker_hint(text, self.container)))
         return proc.stdout.decode("utf-8", "replace")
 
     def run(self, tool_argv, env=None, stdin=None, timeout=600, check=True, redact=()):
@@ -90,9 +114,10 @@ class ExecTarget:
             raise ExecError("%s in %s did not finish within %s s" % (tool_argv[0], self.describe(), timeout)) from exc
         if check and proc.returncode != 0:
             tail = redact_text(proc.stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip(), secrets)
-            raise ExecError("%s in %s exited with code %d: %s" % (tool_argv[0], self.describe(), proc.returncode,
-                                                                  tail or "(no error output)"),
-                            rc=proc.returncode, stderr_tail=tail)
+            raise ExecError("%s in %s exited with code %d: %s%s" % (
+                tool_argv[0], self.describe(), proc.returncode, tail or "(no error output)",
+                docker_hint(tail, self.container) if self.container or isinstance(self, ImageTarget) else ""),
+                rc=proc.returncode, stderr_tail=tail)
         return proc.stdout
 
     def text(self, tool_argv, **kwargs):

@@ -15,8 +15,11 @@
         drills/<drill id>/              drill reports, RTO/RPO chart           drill_reports
         .staging/                       scratch of backup runs                 staging
         .restore/                       scratch of restores                    restore_staging
+        .restore-journal.json           what the last restore run did, by step restore_journal
         .drill/                         the drill's scratch stack and data     drill
         .offsite_state.json             off-site sync/check: last success, lag offsite_state
+        .restore-owner.json             the restore in progress (its run, sets) restore_owner
+        .qdrant-snapshots.json          server-side snapshots not yet deleted  qdrant_snapshots
 
 Modules take ``backup_root`` and ask ``backup_layout(backup_root)[key]``; roles read the same dict as
 the ``backup_layout`` variable of ``roles/common`` (the ``llmops_layout`` filter of that role calls
@@ -42,8 +45,17 @@ LAYOUT = {
     "drill_reports": "drills",
     "staging": ".staging",
     "restore_staging": ".restore",
+    # The last restore run's journal (llmops_common.journal_*): per component the step done and whether the live
+    # data was replaced, so that the next restore.yml says what a killed restore left and can roll it back.
+    "restore_journal": ".restore-journal.json",
     "drill": ".drill",
     "offsite_state": ".offsite_state.json",
+    # A real restore's owner record (llmops_backupset.take_restore_lock): while its run lives, no backup
+    # begins and retention keeps the sets it reads.
+    "restore_owner": ".restore-owner.json",
+    # the Qdrant snapshots qdrant_backup created on the server and has not deleted yet (a killed run's are
+    # deleted by the next run)
+    "qdrant_snapshots": ".qdrant-snapshots.json",
 }
 
 

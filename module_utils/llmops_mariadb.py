@@ -23,6 +23,7 @@ import time
 
 from ansible.module_utils.llmops_backupset import (
     BackupSetError,
+    is_no_space,
     list_sets,
     load_manifest,
     parse_time,
@@ -323,11 +324,23 @@ def fingerprint_artefact(image, chain, staging, timeout=None):
 
     ``chain`` is ``[(label, artefact path, sha256)]``, full first (``restore_chain``). The staging
     folder is removed afterwards, whatever happened.
+
+    ``mbstream -x`` and ``mariadb-backup --prepare`` run in a container and name what they could not write
+    relative to it (``Error writing file './ibdata1' (Errcode: 28 "No space left on device")``): a full disk is
+    re-raised naming ``staging`` on this host, so that a staging folder on the backup volume is recognised as
+    the backup volume being full (``llmops_backupset.no_space_on``), not as a failure of the database.
     """
     try:
         prepared = stage_restore(image, chain, staging, timeout=timeout)
         with scratch_server(image, prepared) as scratch:
             return fingerprint(scratch, {"user": "root", "socket": SCRATCH_SOCKET})
+    except (LlmopsError, OSError) as exc:
+        if not is_no_space(exc):
+            raise
+        cause = next((line.strip().lstrip("\a") for line in str(exc).splitlines() if is_no_space(line)), str(exc))
+        raise LlmopsError("the staging folder %s/ (the backup is unpacked and prepared there to check it: its file "
+                          "system needs room for the uncompressed database too) ran out of space: %s"
+                          % (os.path.abspath(staging).rstrip(os.sep), cause)) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -113,9 +113,14 @@ class QdrantClient:
     def _fail(self, method, path, status, error):
         error = self._scrub(error) if error is not None else None
         if status is None:
-            msg = "Qdrant %s %s failed: %s" % (method, path, error)
+            msg = ("Qdrant %s %s failed: %s; Qdrant does not answer at %s: check that it runs (`docker ps`, its "
+                   "container's logs) and that the URL and port (stack_ports.qdrant) are right, then run again"
+                   % (method, path, error, self.url))
         else:
             msg = "Qdrant %s %s failed with HTTP %s: %s" % (method, path, status, error)
+            if status in (401, 403):
+                msg += ("; the API key was refused: check that qdrant_api_key (the vault) is the server's "
+                        "service.api_key (QDRANT__SERVICE__API_KEY), then run again")
         return QdrantError(msg, status=status, error=error, method=method, path=path)
 
     @staticmethod

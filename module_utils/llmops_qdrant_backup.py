@@ -40,12 +40,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import struct
 import tarfile
 import time
 import uuid
 
-from ansible.module_utils.llmops_backupset import BackupSetError, encode_name, run_times, utc
+from ansible.module_utils.llmops_backupset import (
+    BackupSetError,
+    boot_id,
+    encode_name,
+    isoformat,
+    owner_state,
+    process_start_time,
+    read_json,
+    run_times,
+    utc,
+    write_file_atomic,
+)
 from ansible.module_utils.llmops_common import LlmopsError
 from ansible.module_utils.llmops_http import (
     ARTEFACT_SOURCES,
@@ -270,18 +282,114 @@ def _file_names(names, full_storage):
     return files
 
 
+LEDGER_FORMAT = "llmops-qdrant-snapshots/1"
+
+
+class SnapshotLedger:
+    """The server-side snapshots this module created and has not deleted yet, in a file under the backup root
+    (LAYOUT ``qdrant_snapshots``), each with its owner: this module's process (host, boot, pid, start time).
+
+    A run killed between a snapshot's creation and its deletion (SIGKILL, the OOM killer, a crash) leaves the
+    snapshot on the server - a full copy of the collection on Qdrant's disk. Qdrant names snapshots itself
+    (``<collection>-<peer>-<time>.snapshot``, no prefix of ours) and an operator's own snapshots look the same,
+    so the ledger, not the name, says which are ours: ``sweep`` deletes those whose owner process is gone, and
+    only those (a snapshot not in the ledger is never touched). Without a path (no backup root) nothing is kept.
+    """
+
+    def __init__(self, path, url):
+        self.path = path
+        self.url = url
+        self.owner = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
+                      "pid_start": process_start_time(os.getpid()), "pid_cmd": "qdrant_backup"}
+
+    def _load(self):
+        if not self.path:
+            return []
+        try:
+            doc = read_json(self.path)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise QdrantBackupError("cannot read the snapshot ledger %s (%s): delete it, then check the server's "
+                                    "snapshots (GET /collections/<c>/snapshots) for leftovers" % (self.path, exc)) \
+                from exc
+        entries = doc.get("snapshots") if isinstance(doc, dict) else None
+        return [e for e in entries or [] if isinstance(e, dict) and e.get("name")]
+
+    def _save(self, entries):
+        if self.path:
+            write_file_atomic(self.path, json.dumps({"format": LEDGER_FORMAT, "snapshots": entries}, indent=2,
+                                                    sort_keys=True).encode("utf-8"))
+
+    def add(self, collection, name):
+        entries = self._load()
+        entries.append(dict(self.owner, url=self.url, collection=collection, name=name, created=isoformat(utc())))
+        self._save(entries)
+
+    def drop(self, collection, name):
+        entries = self._load()
+        kept = [e for e in entries if not (e.get("url") == self.url and e.get("collection") == collection
+                                           and e.get("name") == name)]
+        if len(kept) != len(entries):
+            self._save(kept)
+
+    def sweep(self, client, warnings):
+        """Delete this server's snapshots whose owner process is gone; returns ``["<collection>/<name>"]``."""
+        entries = self._load()
+        kept, deleted = [], []
+        for entry in entries:
+            state, why = owner_state(entry, "snapshot ledger entry")
+            if entry.get("url") != self.url or state != "dead":
+                kept.append(entry)
+                continue
+            collection, name = entry.get("collection"), entry["name"]
+            label = "%s/%s" % (collection or "(full storage)", name)
+            try:
+                if collection:
+                    client.delete_snapshot(collection, name)
+                else:
+                    client.delete_full_snapshot(name)
+            except QdrantError as exc:
+                if exc.status != 404:  # 404: gone already (deleted by hand, or the collection with it)
+                    warnings.append("could not delete the server-side snapshot %s left by a backup that died: %s; "
+                                    "it is tried again at the next run" % (label, exc))
+                    kept.append(entry)
+                    continue
+            deleted.append(label)
+            warnings.append("deleted the server-side snapshot %s that a backup which died had left (%s)"
+                            % (label, why))
+        if len(kept) != len(entries):
+            self._save(kept)
+        return deleted
+
+
 class _Snapshotter:
     """Takes one collection's snapshot and the fingerprint of what it holds (see the module docstring)."""
 
-    def __init__(self, client, warnings):
+    def __init__(self, client, warnings, ledger=None):
         self.client = client
         self.warnings = warnings
+        self.ledger = ledger or SnapshotLedger(None, client.url)
         self.readable = None  # whether this server's snapshots can be read here (learnt from the first one)
 
     def _take(self, name, path):
         snap = self.client.create_snapshot(name)
+        if isinstance(snap, dict) and snap.get("name"):
+            try:
+                self.ledger.add(name, snap["name"])
+            except OSError:  # not recorded (a full backup volume): not kept on the server either
+                try:
+                    self.client.delete_snapshot(name, snap["name"])
+                except QdrantError:
+                    pass
+                raise
+
+        def delete(snapshot):
+            self.client.delete_snapshot(name, snapshot)
+            self.ledger.drop(name, snapshot)
+
         return _fetch(self.client, path, snap, lambda s, p: self.client.download_snapshot(name, s, p),
-                      lambda s: self.client.delete_snapshot(name, s), "collection %s" % name, self.warnings)
+                      delete, "collection %s" % name, self.warnings)
 
     def collection(self, name, path):
         """``(fetched, fingerprint, source, attempts)`` for collection ``name`` written to ``path``."""
@@ -315,22 +423,28 @@ class _Snapshotter:
                                  "taking it again" % (name, before["points_count"], after["points_count"]))
 
 
-def backup(client, dest, collections=None, full_storage=False):
+def backup(client, dest, collections=None, full_storage=False, ledger_path=None):
     """Snapshot every collection (or ``collections``) into ``dest``; return the manifest entry.
 
     ``dest`` is created 0700. Fails with ``QdrantBackupError``/``QdrantError`` on the first problem;
     the server-side snapshots taken so far are deleted either way. Without ``collections`` (every
     collection of the server), one dropped between the listing and its snapshot is left out and named
     in ``vanished`` (and a warning); a named one that is missing fails the backup.
+
+    ``ledger_path`` (LAYOUT ``qdrant_snapshots`` of the backup root): every snapshot is recorded there from its
+    creation to its deletion, and the snapshots a killed run left are deleted first (``SnapshotLedger``;
+    ``stale_snapshots_deleted``).
     """
     started = utc()
     t0 = time.monotonic()
     version = server_version(client)
+    warnings = []
+    ledger = SnapshotLedger(ledger_path, client.url)
+    stale = ledger.sweep(client, warnings)
     names = list(collections) if collections else client.list_collections()
     if len(set(names)) != len(names):
         raise QdrantBackupError("collections lists a name twice: %s" % ", ".join(names))
     file_names = _file_names(names, full_storage)
-    warnings = []
     vanished = []
     for name in list(names):
         try:
@@ -344,7 +458,7 @@ def backup(client, dest, collections=None, full_storage=False):
     files = []
     details = {}
     fingerprint = {}
-    snapshotter = _Snapshotter(client, warnings)
+    snapshotter = _Snapshotter(client, warnings, ledger)
     for name in names:
         path = os.path.join(dest, file_names[name])
         try:
@@ -364,9 +478,16 @@ def backup(client, dest, collections=None, full_storage=False):
     full = None
     if full_storage:
         snap = client.create_full_snapshot()
+        if isinstance(snap, dict) and snap.get("name"):
+            ledger.add(None, snap["name"])
+
+        def delete_full(snapshot):
+            client.delete_full_snapshot(snapshot)
+            ledger.drop(None, snapshot)
+
         path = os.path.join(dest, FULL_STORAGE_FILE)
-        full = _fetch(client, path, snap, client.download_full_snapshot, client.delete_full_snapshot,
-                      "full-storage snapshot", warnings)
+        full = _fetch(client, path, snap, client.download_full_snapshot, delete_full, "full-storage snapshot",
+                      warnings)
         full.update(file=FULL_STORAGE_FILE, compressed=False)
         files.append({"path": path, "sha256": full["sha256"], "size": full["size"]})
     return {
@@ -385,6 +506,7 @@ def backup(client, dest, collections=None, full_storage=False):
         "fingerprint": fingerprint,
         "fingerprint_stable": all(d["fingerprint_source"] in ARTEFACT_SOURCES for d in details.values()),
         "vanished": vanished,
+        "stale_snapshots_deleted": stale,
         "warnings": warnings + ["collection %s was dropped during the backup: not in the set" % name
                                 for name in vanished],
     }

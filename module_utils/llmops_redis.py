@@ -91,7 +91,9 @@ def _check(text, what):
         except ValueError:
             pass
         if any(marker in message for marker in _AUTH_ERRORS):
-            raise RedisError("authentication to Redis failed (wrong or missing password): %s" % message)
+            raise RedisError("authentication to Redis failed (wrong or missing password): %s; check that "
+                             "redis_password (the vault) is the server's requirepass (its redis.conf), then run "
+                             "again" % message)
         raise RedisError("%s failed: %s" % (what, message))
     return text
 

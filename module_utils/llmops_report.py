@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 
-from ansible.module_utils.llmops_backupset import human_bytes, isoformat, parse_time, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import (
+    human_bytes,
+    is_no_space,
+    isoformat,
+    parse_time,
+    read_json,
+    utc,
+    write_file_atomic,
+)
 from ansible.module_utils.llmops_layout import layout_path
 
 
@@ -95,7 +103,14 @@ def update_state(root, manifest=None, verification=None, now=None):
         if record["result"] == "passed" and (not newest.get("set_ended") or (
                 record["set_ended"] and parse_time(record["set_ended"]) >= parse_time(newest["set_ended"]))):
             tests["newest_passed"] = record
-    write_file_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
+    try:
+        write_file_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        # the backup volume is too full for the state file too (a run that could not even open its set): the
+        # metrics (written elsewhere) and the alerts still come from the merged state
+        return dict(state, state_not_written="%s: %s" % (path, exc))
     return state
 
 

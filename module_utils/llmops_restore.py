@@ -31,10 +31,10 @@ from ansible.module_utils.llmops_mariadb import MariaDBError, binlogs_to_replay,
 
 # The Compose service each component's restore stops (files restore without stopping anything, and
 # PostgreSQL keeps running: its databases are renamed aside inside the server and restored with pg_restore).
-# PostgreSQL and Qdrant keep running: their safety copies are taken inside the server.
+# PostgreSQL, Qdrant and the search engine keep running: their safety copies are taken inside the server.
 SERVICES = {"mariadb": "mariadb", "redis": "redis"}
 # Restore order: databases first, then caches and vectors, then files.
-ORDER = ["mariadb", "postgres", "redis", "qdrant", "uploads", "models", "configs"]
+ORDER = ["mariadb", "postgres", "redis", "qdrant", "search", "uploads", "models", "configs"]
 STAGING_FACTOR = 1.2  # unpacked size plus headroom
 
 
@@ -57,8 +57,10 @@ def pick_set(backup_root, ref=None, target_time=None, component="mariadb"):
 
 
 def _verified(path, problems, seen, auth=None):
+    """Verify the set at ``path`` once (``seen``); a failure is appended to ``problems``. Returns
+    ``verify_set``'s result (None when the set was verified before)."""
     if path in seen:
-        return
+        return None
     seen.add(path)
     auth = auth if auth is not None else {}
     result = verify_set(path, auth.get("key"), auth.get("allow_unauthenticated", False))
@@ -67,6 +69,17 @@ def _verified(path, problems, seen, auth=None):
         detail = result["errors"] + ["missing %s" % p for p in result["missing"]] + \
             ["checksum mismatch %s" % p for p in result["mismatched"]] + ["unlisted %s" % p for p in result["extra"]]
         problems.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
+    return result
+
+
+def _only_mariadb_damaged(result, entry):
+    """Whether the set's verification failed only on files of its MariaDB component (``entry``): it is then the
+    last incremental of the chain that is broken, which ``mariadb_chain_partial`` may leave out."""
+    if not result or result["ok"] or result["errors"] or result["extra"] or result["auth"].get("problem"):
+        return False
+    own = {f.get("path") for f in (entry or {}).get("files") or [] if isinstance(f, dict)}
+    bad = result["missing"] + result["mismatched"]
+    return bool(bad) and all(p in own for p in bad)
 
 
 def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None, auth_key=None,
@@ -90,9 +103,19 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
     set_path = pick_set(backup_root, ref, target_time)
     manifest = load_manifest(set_path)
     set_id = manifest.get("id") or os.path.basename(set_path)
-    _verified(set_path, problems, seen, auth)
     available = manifest.get("components") or {}
     selected = list(components) if components else [c for c in ORDER if c in available]
+    own = []
+    own_result = _verified(set_path, own, seen, auth)
+    # the set's own MariaDB artefact broken (the last incremental of its chain): with mariadb_chain_partial the
+    # chain stops before the set itself, below; any other damage of the set refuses the restore
+    own_cut = None
+    if (own and mariadb_chain_partial and "mariadb" in selected
+            and (available.get("mariadb") or {}).get("chain")
+            and _only_mariadb_damaged(own_result, available.get("mariadb"))):
+        own_cut = "; ".join(own)
+    else:
+        problems.extend(own)
     for name in selected:
         if name not in available:
             problems.append("component %s is not in set %s (it holds: %s)" % (name, set_id,
@@ -121,6 +144,8 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
             cut = None
             if chain and chain[-1][0] != set_id:  # restore_chain stopped before a missing set
                 cut = (len(chain), "set %s of the chain is missing or unreadable" % ids[len(chain)])
+            elif own_cut and len(chain) > 1:  # the set's own incremental is broken: stop before it
+                cut = (len(chain) - 1, own_cut)
             for index, link in enumerate(chain):
                 if link[0] == set_id:
                     continue
@@ -165,6 +190,10 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         elif name == "qdrant":
             steps.append("qdrant: snapshot each collection it replaces (safety copy, Qdrant keeps running), check each "
                          "snapshot's sha256, recover it with priority=snapshot, verify points and ids")
+        elif name == "search":
+            steps.append("search: check the repository copy's sha256, unpack it under path.repo and register it "
+                         "read-only, snapshot each index it replaces (safety copy, the search engine keeps running), "
+                         "delete and restore them, wait for green/yellow, verify document counts and fingerprints")
         elif name in SERVICES:
             steps.append("%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
                          "verify against the manifest's fingerprint" % (name, SERVICES[name]))
@@ -177,6 +206,8 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         else:
             steps.append("%s: move the folder aside (safety copy), copy the set's tree back, verify its tree hash"
                          % name)
+    if own_cut and chain_partial is None:  # the chain was not cut before the set after all: its damage refuses
+        problems.append(own_cut)
     staging_root = staging_root or layout["restore_staging"]
     free = shutil.disk_usage(staging_root if os.path.isdir(staging_root) else backup_root).free
     needed = int(needed * STAGING_FACTOR)

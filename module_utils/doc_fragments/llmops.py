@@ -235,6 +235,13 @@ options:
     type: str
     default: pre-restore
     aliases: [safety_suffix, safety_name]
+  journal:
+    description:
+      - The restore journal (C(<backup_root>/.restore-journal.json), restore.yml's C(restore_journal)). The step
+        records itself there before it runs and after it ends (running, done, failed), with the safety tag and what
+        the live data is then (old, new, verified, or a mix), so that the next run of restore.yml says what a killed
+        restore left and C(-e step=rollback) can undo it. Not written in check mode. Unset - no journal.
+    type: path
 notes:
   - C(restore_plan) verifies the set's checksums before the playbook calls this module.
 """

@@ -210,3 +210,60 @@ def mount_tmpfs(path: Path, size: str) -> None:
 
 def umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def start_playbook(playbook: str, log: Path, token: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """``ansible-playbook playbooks/<playbook> <extra>`` in a session of its own, marked ``token`` like
+    ``start_backup``, output to ``log``; ``env``: more environment variables."""
+    cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), *extra]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=REPO, env=ansible_env(**{MARK: token}, **(env or {})), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_playbook(playbook: str, log: Path, token: str, *extra: str, timeout: float = 600,
+                 env: dict | None = None) -> tuple[int, str]:
+    """A playbook run to its end: ``(returncode, output)``."""
+    proc = start_playbook(playbook, log, token, *extra, env=env)
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill_run(proc, token)
+    return rc, log.read_text(errors="replace")
+
+
+def pause_run(proc: subprocess.Popen) -> None:
+    """SIGSTOP the run's process group: ansible-playbook stays alive (its owner records stay live) but does
+    nothing until ``resume_run`` - a run caught in the middle, for as long as the test needs."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+
+
+def resume_run(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def restore_journal(root: Path) -> dict:
+    """The restore journal of ``root`` (``{}`` while there is none, or while it is being replaced)."""
+    from module_utils.llmops_layout import layout_path
+
+    try:
+        return json.loads(Path(layout_path(root, "restore_journal")).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def containers_mounting(path: Path) -> list[str]:
+    """Running throw-away containers (not the stack's ``llmops-*`` services) that mount ``path``: a tool container
+    that a killed run left behind."""
+    out = subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", f"volume={path}"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    return [name for name in out if not name.startswith("llmops-")]
+
+
+def wait_containers_gone(path: Path, timeout: float = 120) -> None:
+    """Wait until no container mounts ``path`` any more (``docker run --rm`` tools outlive a killed client)."""
+    wait_for(lambda: not containers_mounting(path), timeout, f"the containers that mount {path} to end")

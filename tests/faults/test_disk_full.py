@@ -45,7 +45,7 @@ def assert_message_says_what_to_do(text: str, root) -> None:
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("component", ["uploads", "mariadb"])
+@pytest.mark.parametrize("component", ["uploads", "mariadb", "mariadb-staging"])
 def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
     root = volume
     metrics = tmp_path / "metrics"
@@ -62,9 +62,12 @@ def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
         with open(src / "big.bin", "wb") as handle:  # more than the volume holds
             handle.truncate(40 * 1024 * 1024)
         extra = ["-e", "components=uploads", *base]
-    else:  # the MariaDB stream (about 1 MiB compressed) into a volume with less than that left
+    elif component == "mariadb":  # the MariaDB stream (about 1 MiB compressed) into a volume with less than that left
         with open(root / "other-data.bin", "wb") as handle:
             handle.write(b"\0" * (bs.shutil.disk_usage(root).free - 256 * 1024))
+        extra = ["-e", "components=mariadb", "-e", "backup_type=full", *base]
+    else:  # the stream fits, unpacking it in the staging folder (mbstream: "Error writing file './...'") does not
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
         extra = ["-e", "components=mariadb", "-e", "backup_type=full", *base]
     hook = fk.Webhook()
     try:
@@ -77,6 +80,8 @@ def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
     failure = [line for line in out.splitlines() if "FAILED" in line and "ran out of space" in line]
     assert failure, out[-6000:]
     assert_message_says_what_to_do(failure[-1], root)
+    if component == "mariadb-staging":  # recognised as the backup volume being full, naming the staging folder
+        assert "mbstream" in failure[-1] and f"{root}/.staging/mariadb-fingerprint-" in failure[-1], failure[-1]
     # the partial is gone, the older set intact and still latest
     assert fk.partials(root) == []
     assert fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
@@ -99,7 +104,8 @@ def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
     if component == "uploads":
         (src / "big.bin").unlink()
     else:
-        (root / "other-data.bin").unlink()
+        if component == "mariadb":
+            (root / "other-data.bin").unlink()
         subprocess.run(["mount", "-o", "remount,size=600m", str(root)], check=True)
     rc, out = fk.run_backup(root, tmp_path / "after.log", secrets.token_hex(8), *extra, metrics=metrics)
     assert rc == 0, out[-5000:]
@@ -154,3 +160,46 @@ def test_finalize_that_hits_a_full_volume_removes_its_partial(tmp_path, volume):
     assert not os.path.exists(result["begun"]["path"]) and fk.partials(root) == []
     assert fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
     assert bs.verify_set(root / older)["ok"]
+
+
+@pytest.mark.lab
+def test_a_run_that_begins_on_a_full_volume_reports_it_like_a_fill_during_the_run(lab, tmp_path, volume):
+    """The volume is already full when the run begins (begin cannot write the partial's owner record): the run
+    fails saying what to free, no partial is left, the older set stays latest, and the storage-full metric
+    (with the bytes needed), the Critical alert and the failed-run metric are emitted as for a fill during
+    the run; the state file, which the full volume cannot take either, is named in a warning."""
+    root = volume
+    metrics = tmp_path / "metrics"
+    src = tmp_path / "uploads-src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_text("a document\n" * 4096)
+    extra = ["-e", "components=uploads", "-e", f"app_uploads_path={src}"]
+    rc, out = fk.run_backup(root, tmp_path / "first.log", secrets.token_hex(8), *extra, metrics=metrics)
+    assert rc == 0, out[-5000:]
+    older = os.readlink(root / "latest")
+    subprocess.run([sys.executable, "-c", FILL, f"{root}/filler.bin"], check=True)
+    assert bs.shutil.disk_usage(root).free == 0
+    hook = fk.Webhook()
+    try:
+        rc, out = fk.run_backup(root, tmp_path / "full.log", secrets.token_hex(8), *extra, "-e",
+                                f"alert_webhook_url={hook.url}", metrics=metrics)
+    finally:
+        hook.close()
+    assert rc != 0, out[-5000:]
+    failure = [line for line in out.splitlines() if "FAILED" in line and "cannot open backup set" in line]
+    assert failure, out[-6000:]
+    assert_message_says_what_to_do(failure[-1], root)
+    assert "the backup state file could not be written (the backup volume is full)" in out
+    assert fk.partials(root) == [] and fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
+    prom = (metrics / "llmops_backup.prom").read_text()
+    assert metric(prom, "llmops_backup_storage_full") == 1.0
+    assert metric(prom, "llmops_backup_storage_needed_bytes") > 0
+    assert metric(prom, "llmops_backup_set_last_run_success") == 0.0
+    critical = [m["text"] for m in hook.received if m["text"].startswith("CRITICAL") and "is FULL" in m["text"]]
+    assert len(critical) == 1 and str(root) in critical[0] and "run the backup again" in critical[0], hook.received
+    # space freed: the next run succeeds and the metric goes back to 0
+    (root / "filler.bin").unlink()
+    rc, out = fk.run_backup(root, tmp_path / "after.log", secrets.token_hex(8), *extra, metrics=metrics)
+    assert rc == 0, out[-5000:]
+    assert os.readlink(root / "latest") != older
+    assert metric((metrics / "llmops_backup.prom").read_text(), "llmops_backup_storage_full") == 0.0

@@ -743,3 +743,25 @@ def test_mariadb_chain_partial_restores_to_the_last_complete_point_and_says_so(t
     with open(os.path.join(full, "mariadb", "mariadb.mbstream.zst"), "r+b") as handle:
         handle.write(b"X")  # a broken full refuses whatever the option says
     assert not plan_restore(str(root), ids[3], mariadb_chain_partial=True)["ok"]
+
+
+def test_mariadb_chain_partial_leaves_out_the_sets_own_broken_incremental(tmp_path):
+    """The last incremental (the set restored) has lost its MariaDB artefact: refused unless told; with
+    mariadb_chain_partial the chain stops at the incremental before it. Other damage of the set still refuses."""
+    from ansible.module_utils.llmops_restore import plan_restore
+
+    root, full, inc1, inc2 = _chain(tmp_path)
+    ids = [os.path.basename(p) for p in (full, inc1, inc2)]
+    os.unlink(os.path.join(inc2, "mariadb", "mariadb.mbstream.zst"))
+    refused = plan_restore(str(root), ids[2])
+    assert not refused["ok"]
+    assert any(ids[2] in p and "missing mariadb/mariadb.mbstream.zst" in p for p in refused["problems"])
+    plan = plan_restore(str(root), ids[2], mariadb_chain_partial=True)
+    assert plan["ok"], plan["problems"]
+    assert plan["mariadb_chain"] == ids[:2]
+    info = plan["mariadb_chain_partial"]
+    assert info["restores_to"] == ids[1] and info["skipped"] == ids[2:]
+    assert "missing mariadb/mariadb.mbstream.zst" in info["why"]
+    with open(os.path.join(inc2, "backup_manifest.json"), "a", encoding="utf-8") as handle:
+        handle.write(" ")  # the manifest itself damaged too: not only the MariaDB artefact
+    assert not plan_restore(str(root), ids[2], mariadb_chain_partial=True)["ok"]

@@ -289,3 +289,107 @@ def test_a_run_that_died_is_cleaned_up_by_the_next_begin(tmp_path):
     ])
     assert cleaned["dry"]["would_delete"] == [second["opened"]["path"]] and cleaned["dry"]["deleted"] == []
     assert cleaned["cleaned"]["deleted"] == [second["opened"]["path"]] and bs.list_partials(root) == []
+
+
+# --------------------------------------------------------------------------------------------
+# one host-wide rule between backups, restores and retention (take_restore_lock, begin_set, retention)
+
+
+def restore_record(root, pid, start, kind="restore", sets=("llmops_20260101_000000",)):
+    """A restore record as take_restore_lock writes it, for the run ``pid`` started at ``start``."""
+    record = {"kind": kind, "host": socket.gethostname(), "boot_id": bs.boot_id(), "module_pid": pid,
+              "started": bs.isoformat(NOW), "sets": list(sets), "components": ["uploads"], "pid": pid,
+              "pid_start": start, "pid_cmd": "ansible-playbook"}
+    os.makedirs(root, exist_ok=True)
+    with open(bs.restore_owner_path(root), "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+    return record
+
+
+def test_a_live_restore_refuses_a_backup_and_a_dead_one_does_not(tmp_path):
+    root = str(tmp_path / "backups")
+    live = sleeper()
+    try:
+        restore_record(root, live.pid, bs.process_start_time(live.pid))
+        state = bs.assess_restore(root)
+        assert state["owner"] == "alive" and state["active"] and state["blocks_backups"] and not state["mine"]
+        with pytest.raises(bs.RestoreInProgress, match="wait for the restore to end, then run the backup again"):
+            bs.begin_set(root, "llmops", NOW)
+        assert bs.list_partials(root) == []  # the partial begin made is gone again
+        assert bs.restore_sets_in_use(root) == ["llmops_20260101_000000"]
+        # a drill reads the sets (retention keeps them) but does not stop backups
+        restore_record(root, live.pid, bs.process_start_time(live.pid), kind="drill")
+        assert not bs.assess_restore(root)["blocks_backups"] and bs.restore_sets_in_use(root)
+        bs.remove_partial(bs.begin_set(root, "llmops", NOW))
+    finally:
+        live.kill()
+        live.wait()
+    pid, start = gone_pid()
+    restore_record(root, pid, start)
+    state = bs.assess_restore(root)
+    assert state["owner"] == "dead" and not state["active"] and "is gone" in state["why"]
+    assert bs.restore_sets_in_use(root) == []
+    assert os.path.isdir(bs.begin_set(root, "llmops", NOW))
+
+
+def test_take_restore_lock_refuses_while_a_backup_runs_and_replaces_a_dead_record(tmp_path):
+    root = str(tmp_path / "backups")
+    live = sleeper()
+    try:
+        partial = owned_partial(root, {"pid": live.pid, "pid_start": bs.process_start_time(live.pid)})
+        with pytest.raises(bs.BackupSetError, match="a backup run is in progress .*then run the restore again"):
+            bs.take_restore_lock(root, ["s"], ["uploads"])
+        assert not os.path.exists(bs.restore_owner_path(root))
+        # a drill does not wait for backups
+        taken = bs.take_restore_lock(root, ["s"], ["uploads"], kind="drill")
+        assert taken["record"]["kind"] == "drill"
+        os.unlink(taken["path"])
+        bs.remove_partial(partial)
+        # another live restore holds the record
+        restore_record(root, live.pid, bs.process_start_time(live.pid))
+        with pytest.raises(bs.BackupSetError, match="another restore is in progress"):
+            bs.take_restore_lock(root, ["s"], ["uploads"])
+        assert bs.release_restore_lock(root).startswith("kept")  # not this run's: never removed
+    finally:
+        live.kill()
+        live.wait()
+    pid, start = gone_pid()
+    restore_record(root, pid, start)
+    taken = bs.take_restore_lock(root, ["a", "b"], ["mariadb"])
+    assert "is gone" in taken["replaced"] and taken["record"]["sets"] == ["a", "b"]
+    assert bs.read_restore_owner(root)["components"] == ["mariadb"]
+    # a record without a run process (taken here, outside ansible-playbook) counts as active while young
+    state = bs.assess_restore(root)
+    assert state["owner"] == "unknown" and state["active"]
+    assert not bs.assess_restore(root, now=NOW + datetime.timedelta(hours=3))["active"]
+    os.unlink(taken["path"])
+    assert bs.release_restore_lock(root) == "no restore record"
+
+
+def test_retention_keeps_the_sets_a_live_restore_reads(tmp_path):
+    root = str(tmp_path / "backups")
+    old = []
+    for days in (90, 60):
+        partial = bs.begin_set(root, "llmops", NOW - datetime.timedelta(days=days))
+        os.unlink(os.path.join(partial, bs.OWNER))
+        os.rmdir(os.path.join(partial, bs.COMPONENTS_DIR))
+        bs.write_manifest(partial, {"status": "success", "started": bs.isoformat(NOW), "ended": bs.isoformat(
+            NOW - datetime.timedelta(days=days)), "components": {}})
+        old.append(os.path.basename(bs.finalize_set(partial, root, "success")))
+    live = sleeper()
+    try:
+        restore_record(root, live.pid, bs.process_start_time(live.pid), sets=[old[0]])
+        policy = {"daily_days": 0, "weekly": 0, "monthly": 0}
+        kept, _ = playbook(tmp_path, "retention", [task("kept", {"command": "retention", "root": root,
+                                                                 "policy": policy})])
+        assert kept["kept"]["in_use_by_restore"] == [old[0]] and kept["kept"]["deleted"] == []
+        assert old[0] in kept["kept"]["keep"] and any("a restore in progress reads" in w
+                                                      for w in kept["kept"]["warnings"])
+        assert os.path.isdir(os.path.join(root, old[0]))
+    finally:
+        live.kill()
+        live.wait()
+    gone, _ = playbook(tmp_path, "retention-after", [task("gone", {"command": "retention", "root": root,
+                                                                   "policy": {"daily_days": 0, "weekly": 0,
+                                                                              "monthly": 0}})])
+    assert gone["gone"]["deleted"] == [old[0]] and not os.path.exists(os.path.join(root, old[0]))
