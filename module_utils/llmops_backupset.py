@@ -63,11 +63,11 @@ import socket
 import time
 
 try:
-    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError
+    from ansible.module_utils.llmops_common import InvalidValueError, LlmopsError, write_file_atomic, write_json
     from ansible.module_utils.llmops_layout import LAYOUT
     from ansible.module_utils.llmops_pipeline import fsync_dir, hash_file
 except ImportError:  # imported directly (tests) rather than through Ansible
-    from module_utils.llmops_common import InvalidValueError, LlmopsError
+    from module_utils.llmops_common import InvalidValueError, LlmopsError, write_file_atomic, write_json
     from module_utils.llmops_layout import LAYOUT
     from module_utils.llmops_pipeline import fsync_dir, hash_file
 
@@ -204,28 +204,6 @@ def encode_name(name):
 
 # --------------------------------------------------------------------------------------------
 # durable file helpers
-
-
-def write_file_atomic(path, data, mode=0o600):
-    """Write ``data`` (bytes) to ``path`` via a 0600 temp file, fsync and rename."""
-    tmp = "%s.tmp-%s" % (path, secrets.token_hex(6))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-
-
-def write_json(path, obj):
-    """Write ``obj`` as sorted, indented JSON (0600, atomic)."""
-    write_file_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_json(path):

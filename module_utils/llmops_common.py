@@ -26,8 +26,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import secrets
 import shutil
-import tempfile
 
 
 class LlmopsError(Exception):
@@ -252,6 +252,32 @@ def remove_paths(paths, dry_run=False):
 
 
 # --------------------------------------------------------------------------------------------
+# durable file helpers
+
+
+def write_file_atomic(path, data, mode=0o600):
+    """Write ``data`` (bytes) to ``path`` via a 0600 temp file, fsync and rename."""
+    tmp = "%s.tmp-%s" % (path, secrets.token_hex(6))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+
+
+def write_json(path, obj):
+    """Write ``obj`` as sorted, indented JSON (0600, atomic)."""
+    write_file_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
 # restore journal: <backup_root>/.restore-journal.json (LAYOUT restore_journal)
 #
 # One record per restore run: ``{version, run, set_id, set_path, safety_tag, started, components: {component:
@@ -310,20 +336,11 @@ def read_journal(path):
 
 
 def write_journal(path, journal):
-    """Write ``journal`` to ``path`` atomically (0600, fsynced), so that a kill leaves the old or the new record."""
+    """Write ``journal`` to ``path`` atomically (0600, fsynced, its folder too), so that a kill leaves the old or the
+    new record."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".restore-journal.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(journal, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, journal)
     dirfd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dirfd)

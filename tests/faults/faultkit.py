@@ -22,26 +22,21 @@ from tests.conftest import REPO, VENV_BIN, ansible_env
 MARK = "LLMOPS_FAULT_RUN"
 
 
+def backup_args(root: Path, metrics: Path | None = None) -> list[str]:
+    """The extra vars of a backup into ``root`` (its metrics beside it unless ``metrics``)."""
+    return ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={metrics or root.parent / 'metrics'}"]
+
+
 def start_backup(root: Path, log: Path, token: str, *extra: str, metrics: Path | None = None) -> subprocess.Popen:
     """``ansible-playbook playbooks/backup.yml -e backup_root=<root>`` in a session of its own (its pid is
     the process group), output to ``log``."""
-    cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / "backup.yml"), "-e", f"backup_root={root}",
-           "-e", f"backup_metrics_dir={metrics or root.parent / 'metrics'}", *extra]
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=REPO, env=ansible_env(**{MARK: token}), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    return start_playbook("backup.yml", log, token, *backup_args(root, metrics), *extra)
 
 
 def run_backup(root: Path, log: Path, token: str, *extra: str, metrics: Path | None = None,
                timeout: float = 600) -> tuple[int, str]:
     """A backup run to its end: ``(returncode, output)``."""
-    proc = start_backup(root, log, token, *extra, metrics=metrics)
-    try:
-        rc = proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            kill_run(proc, token)
-    return rc, log.read_text(errors="replace")
+    return run_playbook("backup.yml", log, token, *backup_args(root, metrics), *extra, timeout=timeout)
 
 
 def run_pids(token: str) -> list[int]:

@@ -1,8 +1,13 @@
-"""``llmops_layout``: the backup root's layout, as the modules see it (module_utils/llmops_layout.py).
+"""The filters of the bundle's roles, over logic defined once in module_utils (loaded by path: the controller does not
+import project module_utils by package name).
 
 ``{{ backup_root | llmops_layout }}`` is a dict of absolute paths (binlogs, audit_log, state_file...);
-roles/common's ``backup_layout`` variable is that dict. The layout is defined once, in module_utils,
-which this filter loads by path: the controller does not import project module_utils by package name.
+roles/common's ``backup_layout`` variable is that dict (module_utils/llmops_layout.py).
+
+The restore journal (module_utils/llmops_common.py ``journal_*``), for roles/restore:
+``{{ old | restore_journal_begin(run, set_id, set_path, tag, components) }}`` the header of a new run's journal;
+``{{ journal | restore_journal_summary }}`` one line per store a killed run left unfinished;
+``{{ journal | restore_journal_rollback }}`` what ``-e step=rollback`` puts back.
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ from __future__ import annotations
 import importlib.util
 import os
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "module_utils", "llmops_layout.py")
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "module_utils")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("llmops_layout", os.path.normpath(_SOURCE))
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.normpath(os.path.join(_MODULE_UTILS, name + ".py")))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_LAYOUT = _load()
+_LAYOUT = _load("llmops_layout")
+_COMMON = _load("llmops_common")
 
 
 def llmops_layout(backup_root):
@@ -28,8 +34,26 @@ def llmops_layout(backup_root):
     return _LAYOUT.backup_layout(backup_root)
 
 
+def restore_journal_begin(old, run, set_id, set_path, tag, components):
+    """The header of a new restore run's journal (``journal_begin``)."""
+    return _COMMON.journal_begin(old or None, run, set_id, set_path, tag, components)
+
+
+def restore_journal_summary(journal):
+    """What a killed restore left, per store, and what to do (``journal_summary``)."""
+    return _COMMON.journal_summary(journal or None)
+
+
+def restore_journal_rollback(journal):
+    """The stores ``-e step=rollback`` puts back, newest first (``journal_rollback_plan``)."""
+    return _COMMON.journal_rollback_plan(journal or None)
+
+
 class FilterModule:
     """The llmops filters."""
 
     def filters(self):
-        return {"llmops_layout": llmops_layout}
+        return {"llmops_layout": llmops_layout,
+                "restore_journal_begin": restore_journal_begin,
+                "restore_journal_summary": restore_journal_summary,
+                "restore_journal_rollback": restore_journal_rollback}
