@@ -1,5 +1,5 @@
-"""Fault: runs that overlap on one backup root - two backups, a backup during a restore, a restore during a
-backup, retention during a restore - each with real ansible-playbook processes.
+"""Fault matrix, runs that overlap on one backup root (issue 13, item 6): two backups, a backup during a restore, a
+restore during a backup, retention during a restore - each with real ansible-playbook processes.
 
 One host-wide rule, with the owner identity of the backup's partial sets (the outermost ansible-playbook, its
 start time, the boot): the second run exits at once saying what runs and what to do; the first one is caught in

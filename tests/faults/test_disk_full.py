@@ -1,4 +1,5 @@
-"""Fault: the backup volume fills during a run (a small tmpfs mounted as the backup root).
+"""Fault matrix, the backup volume fills (issue 13, item 2): a small tmpfs mounted as the backup root, full
+during a run or before it begins.
 
 The run fails with a message naming the lack of space, the volume and what to do next (how much to free);
 its partial set is removed (an artefact cut short by a full disk cannot be trusted, and it holds the space

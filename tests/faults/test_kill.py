@@ -1,5 +1,5 @@
-"""Fault: a backup run killed with SIGKILL (a crash, the OOM killer), in the middle of a component's stream and
-during the finalize step.
+"""Fault matrix, a backup run killed with SIGKILL (issue 13, item 1): a crash or the OOM killer, in the middle of a
+component's stream and during the finalize step.
 
 Each time: nothing is left that looks like a complete set (no new folder without a leading dot, ``latest``
 unchanged), the owner record of the partial names a process that is gone, and the next run proceeds at once

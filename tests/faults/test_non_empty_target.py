@@ -1,4 +1,5 @@
-"""Fault: a restore onto a target that holds data, without the explicit switch (``-e confirm=yes``).
+"""Fault matrix, a restore onto a target that holds data (issue 13, item 11): without the explicit switch
+(``-e confirm=yes``).
 
 ``playbooks/restore.yml`` verifies and plans, then refuses before anything is stopped, moved or written, and
 says how to go ahead; for each store the live data's fingerprint and its container's start time are the same

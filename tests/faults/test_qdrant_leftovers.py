@@ -1,5 +1,5 @@
-"""Fault: a backup killed while Qdrant held its snapshot leaves that snapshot on the server (a full copy of the
-collection on Qdrant's disk).
+"""Fault matrix, Qdrant snapshots a killed backup left (issue 13, item 1): a backup killed while Qdrant held its
+snapshot leaves that snapshot on the server (a full copy of the collection on Qdrant's disk).
 
 qdrant_backup records every server-side snapshot it creates in the backup root's ledger (LAYOUT
 ``qdrant_snapshots``) with its own process until it deletes it; the next run deletes the snapshots whose

@@ -1,5 +1,5 @@
-"""Fault: a store the backup cannot use - wrong credentials, a store that is down, Qdrant unreachable, a Docker
-engine that cannot be reached - through ``ansible-playbook playbooks/backup.yml``.
+"""Fault matrix, a store the backup cannot use (issue 13, item 5): wrong credentials, a store that is down, Qdrant
+unreachable, a Docker engine that cannot be reached - through ``ansible-playbook playbooks/backup.yml``.
 
 The run fails with a message that names the component and says what to do; the other components are still
 backed up (their artefacts in the set, checksummed); the set is finalized as failed and ``latest`` stays on the
