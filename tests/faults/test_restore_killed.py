@@ -28,16 +28,20 @@ from ansible.module_utils.llmops_mariadb import fingerprint as mariadb_fingerpri
 from ansible.module_utils.llmops_postgres import fingerprint as pg_fingerprint
 from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
 from ansible.module_utils.llmops_redis import fingerprint as redis_fingerprint
+from ansible.module_utils.llmops_search import SearchClient, fingerprint_docs
 
 from tests.conftest import LAB_STATE, make_set, run_module
 from tests.faults import faultkit as fk
 
 pytestmark = pytest.mark.lab
 
-STORES = ["mariadb", "postgres", "redis", "qdrant", "uploads"]
-POINTS = ["before", "replacing"]
+STORES = ["mariadb", "postgres", "redis", "qdrant", "search", "uploads"]
+# every store killed while it replaces the data; killed before (nothing live changed yet: the same path for every
+# store, through the journal only) once
+CASES = [("mariadb", "before")] + [(name, "replacing") for name in STORES]
 # the step of each store's restore that replaces the live data
-CHANGING = {"mariadb": "swap", "redis": "swap", "postgres": "load", "qdrant": "load", "uploads": "swap"}
+CHANGING = {"mariadb": "swap", "redis": "swap", "postgres": "load", "qdrant": "load", "search": "swap",
+            "uploads": "swap"}
 DATA = LAB_STATE / "data" / "appdb"
 
 
@@ -52,6 +56,9 @@ class Store:
         if name == "qdrant":
             self.client = QdrantClient(f"http://127.0.0.1:{lab.ports['qdrant']}", api_key=lab.secret("qdrant_api_key"),
                                        timeout=60)
+        if name == "search":
+            self.client = SearchClient(f"http://127.0.0.1:{lab.ports['search']}",
+                                       password=lab.secret("search_password"), timeout=60, retries=2)
         if name == "uploads":
             self.uploads = tmp / "live" / "uploads"
             self.extra = ["-e", f"app_uploads_path={self.uploads}"]
@@ -72,6 +79,9 @@ class Store:
             self.client.create_collection(self.tag, 4, "Cosine")
             self.client.upsert_points(self.tag, [{"id": i, "vector": [1.0, i, 0.5, 0.25], "payload": {"v": f"new {i}"}}
                                                  for i in range(1, 201)])
+        elif self.name == "search":
+            self.client.create_index(self.tag, settings={"number_of_shards": 1, "number_of_replicas": 0})
+            self.client.bulk([("index", self.tag, f"문서-{i}", {"v": f"new {i}", "n": i}) for i in range(1, 201)])
         else:
             shutil.copytree(DATA / "uploads", self.uploads, symlinks=True)
             (self.uploads / f"{self.tag}.txt").write_text("new\n")
@@ -90,6 +100,9 @@ class Store:
         elif self.name == "qdrant":
             self.client.upsert_points(self.tag, [{"id": i, "vector": [0.0, 1.0, 0.0, i], "payload": {"v": f"old {i}"}}
                                                  for i in [*range(1, 101), 9001]])
+        elif self.name == "search":
+            self.client.bulk([("index", self.tag, f"문서-{i}", {"v": f"old {i}", "n": i})
+                              for i in [*range(1, 101), 9001]])
         else:
             (self.uploads / f"{self.tag}.txt").write_text("old\n")
             (self.uploads / "only-in-the-old-data.txt").write_text("old\n")
@@ -105,6 +118,9 @@ class Store:
         if self.name == "qdrant":
             return sorted((json.dumps(p["id"]), json.dumps(p["payload"], sort_keys=True))
                           for p in self.client.scroll_all(self.tag))
+        if self.name == "search":
+            self.client.refresh([self.tag])
+            return fingerprint_docs(self.client.iter_docs(self.tag, page=50))
         return tree_hash(self.uploads)
 
     def backup(self) -> dict:
@@ -117,6 +133,10 @@ class Store:
         if self.name == "qdrant":
             return {"qdrant": ("qdrant_backup", {"url": f"http://127.0.0.1:{self.lab.ports['qdrant']}",
                                                  "api_key": "{{ qdrant_api_key }}", "collections": [self.tag]})}
+        if self.name == "search":
+            return {"search": ("search_backup", {"url": f"http://127.0.0.1:{self.lab.ports['search']}",
+                                                 "login_password": "{{ search_password }}",
+                                                 "repo_path": str(DATA / "search-snapshots"), "indices": [self.tag]})}
         return {"uploads": ("files_backup", {"mode": "tree", "src": str(self.uploads)})}
 
     def drop(self) -> None:
@@ -134,6 +154,13 @@ class Store:
                 self.client.delete_collection(self.tag)
             except QdrantError:
                 pass
+        elif self.name == "search":
+            if self.client.index_exists(self.tag):
+                self.client.delete_index(self.tag)
+            if self.client.get_repository("llmops_safety") is not None:  # the killed runs' safety snapshots
+                for snap in self.client.request("GET", "/_snapshot/llmops_safety/_all")[1].get("snapshots") or []:
+                    if snap.get("indices") == [self.tag]:
+                        self.client.delete_snapshot("llmops_safety", snap["snapshot"])
 
 
 def ensure_running(lab, service: str) -> None:
@@ -150,7 +177,9 @@ def ensure_running(lab, service: str) -> None:
 def remove_safety_copies(tags: set[str]) -> None:
     """The safety copies the test's runs left in the lab's data folders (the killed runs' own)."""
     for tag in tags:
-        for path in (DATA / f"mariadb.{tag}", DATA / "redis" / f".{tag}"):
+        # the search engine's copy a killed restore unpacked under path.repo (search_restore's staged_location)
+        for path in (DATA / f"mariadb.{tag}", DATA / "redis" / f".{tag}",
+                     DATA / "search-snapshots" / f"llmops_restore_{tag}"):
             if path.is_dir():
                 shutil.rmtree(path)
 
@@ -192,8 +221,7 @@ def run(root: Path, store: Store, *extra: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("store_name", STORES)
+@pytest.mark.parametrize(("store_name", "point"), CASES)
 def test_a_killed_restore_ends_with_the_old_or_the_new_data_never_a_mix(lab, tmp_path, store_name, point):
     """The rollback gives the old data back, a run again the new data; both say what the killed run left."""
     store = Store(lab, store_name, tmp_path)

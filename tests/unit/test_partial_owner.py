@@ -132,7 +132,8 @@ def test_partial_owner_states(tmp_path, case):
     # active: owner alive, or unknown and young; dead owners are abandoned at once, whatever their age
     assert verdict["active"] == (state == "alive" or state == "unknown")
     assert verdict["abandoned"] == (state == "dead")
-    later = NOW + datetime.timedelta(hours=3)
+    # three hours after now (not after NOW, the time this module was imported: a long session runs it much later)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
     assert bs.assess_partial(partial, 7200, later)["abandoned"] == (state != "alive")
 
 
@@ -361,7 +362,7 @@ def test_take_restore_lock_refuses_while_a_backup_runs_and_replaces_a_dead_recor
     # a record without a run process (taken here, outside ansible-playbook) counts as active while young
     state = bs.assess_restore(root)
     assert state["owner"] == "unknown" and state["active"]
-    assert not bs.assess_restore(root, now=NOW + datetime.timedelta(hours=3))["active"]
+    assert not bs.assess_restore(root, now=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3))["active"]
     os.unlink(taken["path"])
     assert bs.release_restore_lock(root) == "no restore record"
 
