@@ -9,6 +9,7 @@ daemonises, their pipelines), so a test kills exactly its own run and never anot
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -262,3 +263,19 @@ def containers_mounting(path: Path) -> list[str]:
 def wait_containers_gone(path: Path, timeout: float = 120) -> None:
     """Wait until no container mounts ``path`` any more (``docker run --rm`` tools outlive a killed client)."""
     wait_for(lambda: not containers_mounting(path), timeout, f"the containers that mount {path} to end")
+
+
+def tree_digest(path: Path) -> str:
+    """A fingerprint of a folder: each file's relative name, mode, size and content (a link's, not its target's)."""
+    digest = hashlib.sha256()
+    for dirpath, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(dirpath, name)
+            st = full.lstat()
+            digest.update(f"{full.relative_to(path)}\0{st.st_mode:o}\0{st.st_size}\0".encode())
+            if not full.is_symlink():
+                with open(full, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+    return digest.hexdigest()

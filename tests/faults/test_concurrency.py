@@ -10,7 +10,6 @@ restore reads; a record whose run died is removed and the next run proceeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -41,20 +40,6 @@ def source(tmp_path: Path, big: int = 0) -> Path:
         with open(src / "big.bin", "wb") as handle:
             handle.truncate(big)
     return src
-
-
-def tree_digest(path: Path) -> str:
-    """A fingerprint of a folder: relative names, sizes and contents."""
-    digest = hashlib.sha256()
-    for dirpath, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = Path(dirpath, name)
-            digest.update(str(full.relative_to(path)).encode() + b"\0")
-            with open(full, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backup_args(root: Path, src: Path) -> list[str]:
@@ -160,7 +145,7 @@ def test_a_backup_during_a_restore(tmp_path):
         assert "wait for the restore to end, then run the backup again" in out
         assert fk.partials(root) == [] and os.readlink(root / "latest") == set_id
     assert not lock.exists()
-    assert tree_digest(target) == tree_digest(src)
+    assert fk.tree_digest(target) == fk.tree_digest(src)
     rc, out = fk.run_playbook("backup.yml", tmp_path / "after.log", secrets.token_hex(8), *backup_args(root, src))
     assert rc == 0, out[-5000:]
     assert os.readlink(root / "latest") != set_id
@@ -175,7 +160,7 @@ def test_a_restore_during_a_backup(tmp_path):
     (src / "big.bin").write_bytes(b"")
     os.truncate(src / "big.bin", 512 * 1024 ** 2)
     target = target_with_data(tmp_path)
-    before = tree_digest(target)
+    before = fk.tree_digest(target)
     lock = Path(layout_path(str(root), "restore_owner"))
     with Paused(tmp_path, "backup.yml", lambda: fk.partials(root), "the backup's partial",
                 *backup_args(root, src)) as first:
@@ -185,12 +170,12 @@ def test_a_restore_during_a_backup(tmp_path):
         assert rc != 0, out[-5000:]
         assert "cannot start: a backup run is in progress" in out and str(partial) in out
         assert "wait for the backup to end" in out and "then run the restore again" in out
-        assert tree_digest(target) == before and not lock.exists()
+        assert fk.tree_digest(target) == before and not lock.exists()
         rc, out = fk.run_playbook("restore.yml", tmp_path / "dry.log", secrets.token_hex(8),
                                   *restore_args(root, target, set_id, "-e", "dry_run=true"))
         assert rc == 0, out[-5000:]
         assert "in progress on" in out and str(partial) in out and "a real restore refuses to start" in out
-        assert not lock.exists() and tree_digest(target) == before
+        assert not lock.exists() and fk.tree_digest(target) == before
     assert first.rc == 0, first.out[-5000:]
     assert_set_verifies(root, os.readlink(root / "latest"))
     rc, out = fk.run_playbook("restore.yml", tmp_path / "after.log", secrets.token_hex(8),
@@ -218,7 +203,7 @@ def test_retention_during_a_restore_keeps_the_set_being_restored(tmp_path):
         assert f"kept {older}, which a restore in progress reads" in out
         assert (root / older / bs.MANIFEST).exists() and fk.looks_complete(root) == [older, newer]
     assert restore.rc == 0, restore.out[-5000:]
-    assert tree_digest(target) == tree_digest(src)
+    assert fk.tree_digest(target) == fk.tree_digest(src)
     assert_set_verifies(root, older)
     rc, out = fk.run_playbook("cleanup.yml", tmp_path / "cleanup-after.log", secrets.token_hex(8), "-e", policy)
     assert rc == 0, out[-5000:]

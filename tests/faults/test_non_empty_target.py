@@ -11,7 +11,6 @@ playbook's.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -38,19 +37,6 @@ FOLDERS = {"uploads": LAB_DATA / "data" / "appdb" / "uploads", "models": LAB_DAT
            "configs": LAB_DATA / "etc" / "llmops"}
 
 
-def tree_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for dirpath, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = Path(dirpath, name)
-            st = full.lstat()
-            digest.update(f"{full.relative_to(path)}\0{st.st_mode:o}\0{st.st_size}\0".encode())
-            if not full.is_symlink():
-                digest.update(full.read_bytes())
-    return digest.hexdigest()
-
-
 def started_at(container: str) -> str:
     return subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", container], capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -59,7 +45,7 @@ def started_at(container: str) -> str:
 def live(lab, store: str):
     """The fingerprint of what ``store`` holds now (the seeded data), with its container's start time."""
     if store in FOLDERS:
-        return tree_digest(FOLDERS[store])
+        return fk.tree_digest(FOLDERS[store])
     container = lab.containers[store]
     if store == "mariadb":
         data = mariadb_fingerprint(ExecTarget(container), {"user": "root"}, databases=["llmops_app"])
