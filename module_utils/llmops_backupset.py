@@ -1245,7 +1245,8 @@ def check_set_auth(path, auth_key=None, allow_unauthenticated=False, set_id=None
     return result
 
 
-def _update_latest(root, set_id):
+def update_latest(root, set_id):
+    """Point ``<root>/latest`` at ``set_id`` (a relative link, replaced atomically, the folder fsynced)."""
     tmp = os.path.join(root, ".latest.tmp-%s" % secrets.token_hex(6))
     os.symlink(set_id, tmp)
     try:
@@ -1309,7 +1310,7 @@ def finalize_set(partial_dir, root, status, auth_key=None):
     os.rename(partial_dir, final)
     fsync_dir(root)
     if status == "success":
-        _update_latest(root, set_id)
+        update_latest(root, set_id)
     return final
 
 

@@ -42,6 +42,7 @@ from ansible.module_utils.llmops_backupset import (
     parse_time,
     read_json,
     resolve_set,
+    update_latest,
     utc,
     verify_set,
     write_file_atomic,
@@ -598,16 +599,6 @@ def _read_text(path):
         return None
 
 
-def _atomic_symlink(target, link):
-    tmp = "%s.tmp-%s" % (link, os.urandom(6).hex())
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=None, allow_unauthenticated=False,
           check_mode=False):
     """Bring a restore point back from the off-site repository into ``root`` (a new or existing backup root).
@@ -791,7 +782,7 @@ def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=N
         link = layout["latest"]
         current = os.readlink(link) if os.path.islink(link) else None
         if current != good[-1]["id"]:
-            _atomic_symlink(good[-1]["id"], link)
+            update_latest(root, good[-1]["id"])
             result["changed"] = True
         result["latest"] = good[-1]["id"]
     return result
