@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,26 @@ def assert_message_says_what_to_do(text: str, root) -> None:
         assert words in text, f"{words!r} missing from: {text[-3000:]}"
     assert str(root) in text
 
+def backup_on_full_volume(root: Path, tmp_path: Path, extra: list[str], metrics: Path) -> tuple[int, str, list]:
+    """A backup run into ``root`` with alerts sent to a webhook of the test: ``(returncode, output, alerts)``."""
+    hook = fk.Webhook()
+    try:
+        rc, out = fk.run_backup(root, tmp_path / "full.log", secrets.token_hex(8), *extra, "-e",
+                                f"alert_webhook_url={hook.url}", metrics=metrics)
+    finally:
+        hook.close()
+    return rc, out, hook.received
+
+
+def assert_storage_full_reported(metrics: Path, alerts: list, root: Path) -> None:
+    """The storage-full metric with the bytes needed, the failed-run metric and one Critical alert naming ``root``."""
+    prom = (metrics / "llmops_backup.prom").read_text()
+    assert metric(prom, "llmops_backup_storage_full") == 1.0
+    assert metric(prom, "llmops_backup_storage_needed_bytes") > 0
+    assert metric(prom, "llmops_backup_set_last_run_success") == 0.0
+    critical = [m["text"] for m in alerts if m["text"].startswith("CRITICAL") and "is FULL" in m["text"]]
+    assert len(critical) == 1 and str(root) in critical[0] and "run the backup again" in critical[0], alerts
+
 
 @pytest.mark.lab
 @pytest.mark.parametrize("component", ["uploads", "mariadb", "mariadb-staging"])
@@ -70,12 +91,7 @@ def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
     else:  # the stream fits, unpacking it in the staging folder (mbstream: "Error writing file './...'") does not
         subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
         extra = ["-e", "components=mariadb", "-e", "backup_type=full", *base]
-    hook = fk.Webhook()
-    try:
-        rc, out = fk.run_backup(root, tmp_path / "full.log", secrets.token_hex(8), *extra, "-e",
-                                f"alert_webhook_url={hook.url}", metrics=metrics)
-    finally:
-        hook.close()
+    rc, out, alerts = backup_on_full_volume(root, tmp_path, extra, metrics)
     assert rc != 0, out[-5000:]
     assert "No space left on device" in out
     failure = [line for line in out.splitlines() if "FAILED" in line and "ran out of space" in line]
@@ -88,16 +104,11 @@ def test_the_backup_volume_fills_during_a_run(lab, tmp_path, volume, component):
     assert fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
     assert fk.sha256sum_ok(root / older).returncode == 0 and bs.verify_set(root / older)["ok"]
     # metric, state, audit line and the Critical alert
-    prom = (metrics / "llmops_backup.prom").read_text()
-    assert metric(prom, "llmops_backup_storage_full") == 1.0
-    assert metric(prom, "llmops_backup_storage_needed_bytes") > 0
-    assert metric(prom, "llmops_backup_set_last_run_success") == 0.0
+    assert_storage_full_reported(metrics, alerts, root)
     state = json.loads((root / ".backup_state.json").read_text())
     assert state["storage_full"]["root"] == str(root) and state["last_successful_set"]["id"] == older
     audit = json.loads((root / "audit.log").read_text().splitlines()[-1])
     assert audit["result"] == "failed" and audit["set"] == state["storage_full"]["set_id"]
-    critical = [m["text"] for m in hook.received if m["text"].startswith("CRITICAL") and "is FULL" in m["text"]]
-    assert len(critical) == 1 and str(root) in critical[0] and "run the backup again" in critical[0], hook.received
     assert "ALERT: backup storage" in out
 
     # space freed (uploads: the big file is gone again; MariaDB: the volume grown, as its backup also unpacks the
@@ -180,24 +191,14 @@ def test_a_run_that_begins_on_a_full_volume_reports_it_like_a_fill_during_the_ru
     older = os.readlink(root / "latest")
     subprocess.run([sys.executable, "-c", FILL, f"{root}/filler.bin"], check=True)
     assert bs.shutil.disk_usage(root).free == 0
-    hook = fk.Webhook()
-    try:
-        rc, out = fk.run_backup(root, tmp_path / "full.log", secrets.token_hex(8), *extra, "-e",
-                                f"alert_webhook_url={hook.url}", metrics=metrics)
-    finally:
-        hook.close()
+    rc, out, alerts = backup_on_full_volume(root, tmp_path, extra, metrics)
     assert rc != 0, out[-5000:]
     failure = [line for line in out.splitlines() if "FAILED" in line and "cannot open backup set" in line]
     assert failure, out[-6000:]
     assert_message_says_what_to_do(failure[-1], root)
     assert "the backup state file could not be written (the backup volume is full)" in out
     assert fk.partials(root) == [] and fk.looks_complete(root) == [older] and os.readlink(root / "latest") == older
-    prom = (metrics / "llmops_backup.prom").read_text()
-    assert metric(prom, "llmops_backup_storage_full") == 1.0
-    assert metric(prom, "llmops_backup_storage_needed_bytes") > 0
-    assert metric(prom, "llmops_backup_set_last_run_success") == 0.0
-    critical = [m["text"] for m in hook.received if m["text"].startswith("CRITICAL") and "is FULL" in m["text"]]
-    assert len(critical) == 1 and str(root) in critical[0] and "run the backup again" in critical[0], hook.received
+    assert_storage_full_reported(metrics, alerts, root)
     # space freed: the next run succeeds and the metric goes back to 0
     (root / "filler.bin").unlink()
     rc, out = fk.run_backup(root, tmp_path / "after.log", secrets.token_hex(8), *extra, metrics=metrics)
