@@ -150,9 +150,15 @@ def undo(journal):
                     os.symlink(entry["before"], tmp)
                     os.replace(tmp, entry["path"])
                 restored.append(entry["path"])
-            elif entry["moved"] or not entry["existed"]:
+            else:
+                # killed between the rename and the journal's save: the rename is atomic, so the live path
+                # gone and the safety copy there means it was moved (nothing was placed yet)
+                moved = entry["moved"] or (entry["existed"] and not os.path.lexists(entry["path"])
+                                           and os.path.lexists(entry["safety"]))
+                if not (moved or not entry["existed"]):
+                    continue
                 _remove(entry["path"])
-                if entry["moved"]:
+                if moved:
                     os.rename(entry["safety"], entry["path"])
                 restored.append(entry["path"])
         except OSError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from ansible.module_utils import llmops_common as c
 from ansible.module_utils.llmops_layout import layout_path
 
@@ -73,3 +75,27 @@ def test_the_component_names_are_restore_ymls():
     assert c.journal_component("files (mode=tree)", {"mode": "tree"}) == "uploads"
     assert c.journal_component("files (mode=configs)", {"mode": "configs"}) == "configs"
     assert c.journal_component("Qdrant", {}) == "qdrant"
+
+
+@pytest.mark.parametrize("killed_after", ["journal_entry", "rename", "moved_saved", "placed"])
+def test_a_file_swap_killed_at_any_point_rolls_back_to_the_old_tree(tmp_path, killed_after):
+    """files_restore's swap (``swap_in``) replayed up to each point a SIGKILL can land between two of its writes;
+    ``undo`` must give the old tree back every time (the rename is atomic: the disk says whether it happened)."""
+    from ansible.module_utils.llmops_files_restore import Journal, undo
+
+    live, safety, staging = tmp_path / "uploads", tmp_path / "uploads.pre-restore-1", tmp_path / "staging"
+    live.mkdir()
+    (live / "old.txt").write_text("old\n")
+    journal = Journal(str(staging))
+    entry = journal.add(op="swap", path=str(live), safety=str(safety), existed=True, moved=False, placed=False)
+    if killed_after != "journal_entry":
+        os.rename(live, safety)
+    if killed_after in ("moved_saved", "placed"):
+        entry["moved"] = True
+        journal.save()
+    if killed_after == "placed":
+        live.mkdir()
+        (live / "new.txt").write_text("new\n")
+    assert undo(Journal.load(str(staging))) == ([] if killed_after == "journal_entry" else [str(live)])
+    assert sorted(p.name for p in live.iterdir()) == ["old.txt"] and not safety.exists()
+    assert Journal.load(str(staging)).entries == []
