@@ -11,8 +11,13 @@ DOCUMENTATION = r"""
 module: restore_plan
 short_description: Verify a backup set and plan its restore before anything is stopped
 description:
-  - Picks the set (O(backup_id), or for a point-in-time restore the newest set whose MariaDB backup ended before
-    O(target_time)), re-hashes it against its C(SHA256SUMS) and manifest, checks every set a MariaDB incremental
+  - Picks the restore point - by default (O(backup_id=newest)) every component at its newest good state: per
+    component the newest complete set whose backup of it succeeded and verifies (a schedule writes MariaDB and the
+    other stores into separate sets, so no one set holds everything); a newer set passed over is a warning, and
+    C(plan.sources) says per component which set it comes from, the time its data is from and its RPO. One set
+    (O(backup_id=latest), a set id or a path; for a point-in-time restore the newest set whose MariaDB backup ended
+    before O(target_time)) or a composition by hand (V(mariadb=<set id>,uploads=<set id>)) are restored as named.
+  - Re-hashes every set it reads against its C(SHA256SUMS) and manifest, checks every set a MariaDB incremental
     chain needs and the archived binary logs a point-in-time restore replays, and compares the disk the
     restore needs with the free space of the staging area.
   - With O(auth_key) every set the restore reads (the set and each set of its MariaDB chain) must be
@@ -44,9 +49,15 @@ options:
     type: path
     required: true
   backup_id:
-    description: V(latest), a set id or a set's path. Ignored when O(target_time) is given.
+    description:
+      - V(newest) - each component from the newest set holding a good backup of it (with O(target_time), ended
+        before it; MariaDB replayed to it).
+      - V(latest), a set id or a set's path - that one set (with O(target_time), the newest set whose MariaDB backup
+        ended before it).
+      - V(<component>=<set id>,...) - each component from the set named (what C(plan.backup_id) returns, so that a
+        later run restores the same point).
     type: str
-    default: latest
+    default: newest
   components:
     description: Components to restore; all those in the set when empty.
     type: list
@@ -124,8 +135,13 @@ plan:
     V(unauthenticated_allowed), V(not_checked) or V(failed)), C(set_id), C(set_path), C(components),
     C(services_to_stop), C(mariadb_chain_partial) (None, or C(restores_to), C(ended), C(instead_of), C(skipped), C(why)
     when the restore of MariaDB stops at the last complete point of a broken chain),
-    C(mariadb_chain), C(binlogs), C(bytes_needed), C(bytes_free), the ordered C(steps) and C(active_runs) (what
-    is in progress on the backup root - a backup's C(.partial) folder, a restore - each with why).
+    C(mariadb_chain), C(binlogs), C(composed) (the restore point is composed per component - O(backup_id=newest)
+    or a composition; C(set_id) is then V(composed) unless one set holds them all), C(sources) (per component
+    C(set_id), C(set_path), C(set_ended), C(point) - the time its data is from -, C(rpo_s) and C(restore_tested)),
+    C(restore_point) (the same, one line per component, for people), C(missing) (components asked for that no
+    good set holds),
+    C(backup_id) (the plan's sets, for a later run), C(bytes_needed), C(bytes_free), the ordered C(steps) and
+    C(active_runs) (what is in progress on the backup root - a backup's C(.partial) folder, a restore - each with why).
   returned: always
   type: dict
   sample: {ok: true, problems: [], set_id: llmops_20260131_020000, set_path: /backup/llmops_20260131_020000,
@@ -164,7 +180,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             backup_root=dict(type="path", required=True),
-            backup_id=dict(type="str", default="latest"),
+            backup_id=dict(type="str", default="newest"),
             components=dict(type="list", elements="str", default=[]),
             target_time=dict(type="str"),
             staging_root=dict(type="path"),
@@ -192,19 +208,20 @@ def main():
                             mariadb_chain_partial=p["mariadb_chain_partial"])
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot plan the restore: %s" % exc)
+    what = plan["set_id"] if not plan["composed"] else "the restore point %s" % (plan["backup_id"] or p["backup_id"])
     if not plan["ok"]:
-        module.fail_json(msg="the restore of %s cannot go ahead: %s" % (plan["set_id"], "; ".join(plan["problems"])),
-                         plan=plan)
+        module.fail_json(msg="the restore of %s cannot go ahead: %s" % (what, "; ".join(plan["problems"])), plan=plan)
     plan["active_runs"] = active_runs(p["backup_root"])
     lock = "not taken (lock=%s)" % p["lock"]
     if p["lock"] == "take" and module.check_mode:
         lock = "check mode: not taken"
     elif p["lock"] == "take":
         try:
-            taken = take_restore_lock(p["backup_root"], [plan["set_id"]] + list(plan.get("mariadb_chain") or []),
+            sets = sorted({s["set_id"] for s in plan["sources"].values()} | set(plan.get("mariadb_chain") or []))
+            taken = take_restore_lock(p["backup_root"], sets,
                                       plan["components"], kind=p["purpose"])
         except (BackupSetError, OSError) as exc:
-            module.fail_json(msg="the restore of %s cannot start: %s" % (plan["set_id"], exc), plan=plan)
+            module.fail_json(msg="the restore of %s cannot start: %s" % (what, exc), plan=plan)
         lock = "took %s" % taken["path"]
         if taken["replaced"]:
             lock += " (replaced the record of a restore that died: %s)" % taken["replaced"]

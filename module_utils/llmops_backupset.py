@@ -1610,6 +1610,26 @@ def list_sets(root, complete_only=False):
     return out
 
 
+def unreadable_sets(root):
+    """``[(set id, why)]``, newest first: folders named like a finalized set that cannot be used - the manifest
+    missing, unreadable or refused by ``load_manifest``, or no SHA256SUMS. A crash leaves a ``.partial`` folder, never
+    one of these: each is a set damaged or tampered with after it was finalized."""
+    root = os.path.abspath(os.fspath(root))
+    out = []
+    for entry in sorted(os.listdir(root) if os.path.isdir(root) else [], reverse=True):
+        path = os.path.join(root, entry)
+        if not _SET_RE.match(entry) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            load_manifest(path)
+        except BackupSetError as exc:
+            out.append((entry, str(exc)))
+            continue
+        if not os.path.isfile(os.path.join(path, SUMS)):
+            out.append((entry, "%s has no %s: it was damaged after it was finalized" % (path, SUMS)))
+    return out
+
+
 def newest_restore_tested(root):
     """``(set_id, restore_tested_time)`` of the newest complete, successful set whose newest ``restore``
     verification record passed, or None."""

@@ -374,15 +374,19 @@ def journal_interrupted(journal):
             if not _settled(entry) or (entry.get("status") == "running" and entry.get("step") != "cleanup")}
 
 
-def journal_begin(old, run, set_id, set_path, tag, components):
+def journal_begin(old, run, set_id, set_path, tag, components, sources=None):
     """The header of a new run's journal; the safety tags of the stores a killed run left changed (``old``) are kept
-    in ``original_tags``, so that a rollback after this run too still finds the data from before them."""
+    in ``original_tags``, so that a rollback after this run too still finds the data from before them. ``sources``:
+    the set each component is restored from (a composed restore point; its path, or the plan's source entry with
+    ``set_path``), else ``set_path`` for all."""
     original = dict((old or {}).get("original_tags") or {})
     for name, entry in journal_interrupted(old).items():
         if entry.get("live") != LIVE_OLD:
             original.setdefault(name, entry.get("safety_tag") or (old or {}).get("safety_tag"))
     return {"version": JOURNAL_VERSION, "run": run, "set_id": set_id, "set_path": set_path,
             "safety_tag": (tag or "").lstrip("._"), "components_planned": list(components or []),
+            "sources": {name: src.get("set_path") if isinstance(src, dict) else src
+                        for name, src in (sources or {}).items()},
             "components": {}, "original_tags": original, "started": _now(),
             "previous": {k: (old or {}).get(k) for k in ("run", "set_id", "safety_tag")} if old else None}
 
@@ -396,7 +400,8 @@ def journal_rollback_plan(journal):
         if entry.get("live") == LIVE_OLD:
             continue  # killed before it changed anything
         tag = (journal.get("original_tags") or {}).get(name) or entry.get("safety_tag") or journal.get("safety_tag")
-        out.append({"component": name, "safety_tag": tag, "set_path": journal.get("set_path"),
+        set_path = (journal.get("sources") or {}).get(name) or journal.get("set_path")
+        out.append({"component": name, "safety_tag": tag, "set_path": set_path,
                     "step": entry.get("step"), "live": entry.get("live"), "time": entry.get("time")})
     return sorted(out, key=lambda item: item.get("time") or "", reverse=True)
 

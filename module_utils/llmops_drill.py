@@ -59,13 +59,15 @@ def newest_binlog_time(binlog_dir):
     return max(times) if times else None
 
 
-def measure(started, ended, timings, set_ended, binlog_time=None, components=()):
-    """RTO per component and in total, and RPO per component and overall (seconds)."""
+def measure(started, ended, timings, set_ended, binlog_time=None, components=(), sources=None):
+    """RTO per component and in total, and RPO per component and overall (seconds). ``sources`` (a composed restore
+    point: component to ``{set_id, set_ended}``) gives each component the end of its own set."""
     start = parse_time(started)
     set_end = parse_time(set_ended).timestamp()
     rpo = {}
     for name in components:
-        point = set_end
+        own = ((sources or {}).get(name) or {}).get("set_ended")
+        point = parse_time(own).timestamp() if own else set_end
         if name == "mariadb" and binlog_time and binlog_time > point:
             point = binlog_time
         rpo[name] = round(max(0.0, start.timestamp() - point), 1)
@@ -81,7 +83,7 @@ def build_report(drill):
     """The report dict: the drill's facts, the measures and the verdict against the targets."""
     drill = check_drill(drill)
     measures = measure(drill["started"], drill["ended"], drill.get("timings"), drill["set_ended"],
-                       drill.get("binlog_time"), drill.get("components", ()))
+                       drill.get("binlog_time"), drill.get("components", ()), drill.get("sources"))
     misses = []
     if drill.get("result") != "success":
         misses.append("the restore failed: %s" % (drill.get("failure") or "unknown"))
@@ -103,18 +105,20 @@ def markdown(report):
         "",
         "- Host: %s" % report.get("host"),
         "- Started: %s, ended: %s" % (report["started"], report["ended"]),
-        "- Backup set restored: %s (ended %s)" % (report["set_id"], report["set_ended"]),
+        "- Backup set restored: %s (ended %s)" % (report["set_id"], report["set_ended"]) if not report.get("sources")
+        else "- Restore point: each component's newest good set (the oldest ended %s)" % report["set_ended"],
         "- Into: an isolated scratch stack (Compose projects %s-*), the live stack kept running" % report.get(
             "project_prefix", "llmops-drill"),
         "- RTO: %.1f s (target %s s)" % (report["rto_seconds"], report["rto_target_seconds"]),
         "- RPO: %s s (target %s s)" % (report["rpo_seconds"], report["rpo_target_seconds"]),
         "",
-        "| component | restored and verified after (s) | RPO (s) |",
-        "| --- | --- | --- |",
+        "| component | set | restored and verified after (s) | RPO (s) |",
+        "| --- | --- | --- | --- |",
     ]
     for name in report.get("components", []):
         rto, rpo = report["rto_by_component"].get(name, "-"), report["rpo_by_component"].get(name, "-")
-        lines.append("| %s | %s | %s |" % (name, rto, rpo))
+        source = ((report.get("sources") or {}).get(name) or {}).get("set_id") or report["set_id"]
+        lines.append("| %s | %s | %s | %s |" % (name, source, rto, rpo))
     lines += ["", "## Findings", ""]
     lines += ["- %s" % f for f in report["findings"]] or ["- none: every component verified within the targets"]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,8 @@ from ansible.module_utils.llmops_backupset import (
     load_manifest,
     parse_time,
     resolve_set,
+    unreadable_sets,
+    utc,
     verification_state,
     verify_set,
 )
@@ -36,6 +38,9 @@ SERVICES = {"mariadb": "mariadb", "redis": "redis"}
 # Restore order: databases first, then caches and vectors, then files.
 ORDER = ["mariadb", "postgres", "redis", "qdrant", "search", "uploads", "models", "configs"]
 STAGING_FACTOR = 1.2  # unpacked size plus headroom
+
+
+NEWEST = "newest"  # the composed restore point: each component at its newest good set
 
 
 def pick_set(backup_root, ref=None, target_time=None, component="mariadb"):
@@ -56,19 +61,22 @@ def pick_set(backup_root, ref=None, target_time=None, component="mariadb"):
     return best
 
 
-def _verified(path, problems, seen, auth=None):
-    """Verify the set at ``path`` once (``seen``); a failure is appended to ``problems``. Returns
-    ``verify_set``'s result (None when the set was verified before)."""
-    if path in seen:
-        return None
-    seen.add(path)
+def _verified(path, problems, cache, auth=None):
+    """Verify the set at ``path`` once (``cache``: path to result and problems); its problems are appended to
+    ``problems`` at every call. Returns ``verify_set``'s result."""
     auth = auth if auth is not None else {}
-    result = verify_set(path, auth.get("key"), auth.get("allow_unauthenticated", False))
-    auth.setdefault("states", {})[os.path.basename(path)] = result["auth"]["state"]
-    if not result["ok"]:
-        detail = result["errors"] + ["missing %s" % p for p in result["missing"]] + \
-            ["checksum mismatch %s" % p for p in result["mismatched"]] + ["unlisted %s" % p for p in result["extra"]]
-        problems.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
+    if path not in cache:
+        result = verify_set(path, auth.get("key"), auth.get("allow_unauthenticated", False))
+        auth.setdefault("states", {})[os.path.basename(path)] = result["auth"]["state"]
+        found = []
+        if not result["ok"]:
+            detail = result["errors"] + ["missing %s" % p for p in result["missing"]] + \
+                ["checksum mismatch %s" % p for p in result["mismatched"]] + \
+                ["unlisted %s" % p for p in result["extra"]]
+            found.append("set %s fails verification: %s" % (os.path.basename(path), "; ".join(detail)))
+        cache[path] = (result, found)
+    result, found = cache[path]
+    problems.extend(found)
     return result
 
 
@@ -82,31 +90,17 @@ def _only_mariadb_damaged(result, entry):
     return bool(bad) and all(p in own for p in bad)
 
 
-def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None, auth_key=None,
-                 allow_unauthenticated=False, mariadb_chain_partial=False):
-    """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``.
-
-    A MariaDB incremental chain with a missing or damaged set refuses the restore; with
-    ``mariadb_chain_partial`` the plan restores MariaDB to the last complete point of the chain instead (the
-    full and the incrementals before the break), says so in ``warnings`` and in ``mariadb_chain_partial``
-    (``restores_to``, ``ended``, ``instead_of``, ``skipped``, ``why``; None when the chain is whole). The
-    set itself must verify in any case; a broken full refuses whatever this says.
-
-    ``authentication`` maps each set read to its ``check_set_auth`` state; ``warnings`` lists what the operator
-    must know (no key configured, a set accepted without authentication).
-    """
+def _plan_set(backup_root, set_path, components, target_time, auth, cache, mariadb_chain_partial, layout):
+    """Plan the restore of ``components`` (all the set holds when empty) from the one set at ``set_path``: the
+    set's and its MariaDB chain's verification, the steps (``(component, text)``), the bytes needed."""
     problems = []
     warnings = []
-    seen = set()
-    auth = {"key": auth_key or None, "allow_unauthenticated": bool(allow_unauthenticated)}
-    layout = backup_layout(backup_root)
-    set_path = pick_set(backup_root, ref, target_time)
     manifest = load_manifest(set_path)
     set_id = manifest.get("id") or os.path.basename(set_path)
     available = manifest.get("components") or {}
     selected = list(components) if components else [c for c in ORDER if c in available]
     own = []
-    own_result = _verified(set_path, own, seen, auth)
+    own_result = _verified(set_path, own, cache, auth)
     # the set's own MariaDB artefact broken (the last incremental of its chain): with mariadb_chain_partial the
     # chain stops before the set itself, below; any other damage of the set refuses the restore
     own_cut = None
@@ -150,7 +144,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
                 if link[0] == set_id:
                     continue
                 found = []
-                _verified(os.path.join(backup_root, link[0]), found, seen, auth)
+                _verified(os.path.join(backup_root, link[0]), found, cache, auth)
                 if found and mariadb_chain_partial and index > 0:
                     cut = (index, "; ".join(found))
                     break
@@ -173,41 +167,225 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
                                     "to a point in time from an earlier set (target_time before %s)"
                                     % (set_id, ended))
             chain_ids = [c[0] for c in chain]
-            steps.append("mariadb: unpack and prepare %s (%s), checksums checked while unpacking" % (
-                " + ".join(chain_ids), "full" if len(chain) == 1 else "full and %d incremental(s)" % (len(chain) - 1)))
+            steps.append(("mariadb", "mariadb: unpack and prepare %s (%s), checksums checked while unpacking" % (
+                " + ".join(chain_ids), "full" if len(chain) == 1 else "full and %d incremental(s)" % (len(chain) - 1))))
             if target_time:
                 binlog = entry.get("binlog") or {}
                 try:
                     replay = binlogs_to_replay(layout["binlogs"], binlog.get("file", ""))
                 except MariaDBError as exc:
                     problems.append(str(exc))
-                steps.append("mariadb: replay %d archived binary log(s) from %s:%s up to %s" % (
-                    len(replay), binlog.get("file"), binlog.get("position"), target_time))
+                steps.append(("mariadb", "mariadb: replay %d archived binary log(s) from %s:%s up to %s" % (
+                    len(replay), binlog.get("file"), binlog.get("position"), target_time)))
         if name == "postgres":
-            steps.append("postgres: apply the roles (globals.sql); per database end its sessions, rename it aside "
-                         "(safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
-                         "fingerprint")
+            steps.append((name, "postgres: apply the roles (globals.sql); per database end its sessions, rename it "
+                         "aside (safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
+                         "fingerprint"))
         elif name == "qdrant":
-            steps.append("qdrant: snapshot each collection it replaces (safety copy, Qdrant keeps running), check each "
-                         "snapshot's sha256, recover it with priority=snapshot, verify points and ids")
+            steps.append((name, "qdrant: snapshot each collection it replaces (safety copy, Qdrant keeps running), "
+                         "check each snapshot's sha256, recover it with priority=snapshot, verify points and ids"))
         elif name == "search":
-            steps.append("search: check the repository copy's sha256, unpack it under path.repo and register it "
+            steps.append((name, "search: check the repository copy's sha256, unpack it under path.repo and register it "
                          "read-only, snapshot each index it replaces (safety copy, the search engine keeps running), "
-                         "delete and restore them, wait for green/yellow, verify document counts and fingerprints")
+                         "delete and restore them, wait for green/yellow, verify document counts and fingerprints"))
         elif name in SERVICES:
-            steps.append("%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
-                         "verify against the manifest's fingerprint" % (name, SERVICES[name]))
+            steps.append((name, "%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
+                         "verify against the manifest's fingerprint" % (name, SERVICES[name])))
         elif name == "models":
-            steps.append("models: copy the chosen version(s) from the model store, check every file's hash, "
-                         "point current at them (roll back if a check fails)")
+            steps.append((name, "models: copy the chosen version(s) from the model store, check every file's hash, "
+                         "point current at them (roll back if a check fails)"))
         elif name == "configs":
-            steps.append("configs: check out the recorded commit of the config repository, copy the files back "
-                         "(safety copy of each), verify by hashing")
+            steps.append((name, "configs: check out the recorded commit of the config repository, copy the files back "
+                         "(safety copy of each), verify by hashing"))
         else:
-            steps.append("%s: move the folder aside (safety copy), copy the set's tree back, verify its tree hash"
-                         % name)
+            steps.append((name, "%s: move the folder aside (safety copy), copy the set's tree back, verify its tree "
+                         "hash" % name))
     if own_cut and chain_partial is None:  # the chain was not cut before the set after all: its damage refuses
         problems.append(own_cut)
+    return {"ok": not problems, "problems": problems, "warnings": warnings, "set_id": set_id, "set_path": set_path,
+            "manifest": manifest, "components": selected, "steps": steps, "needed": needed, "mariadb_chain": chain_ids,
+            "mariadb_chain_partial": chain_partial, "binlogs": replay}
+
+
+def _duration(seconds):
+    """``3 h 05 min`` / ``12 min`` / ``?``."""
+    if seconds is None:
+        return "?"
+    minutes = int(seconds // 60)
+    return "%d h %02d min" % divmod(minutes, 60) if minutes >= 60 else "%d min" % minutes
+
+
+def _component_point(manifest, name, target_time=None):
+    """The time ``name``'s data in the set is from: its backup's start (the data after it is not in the set), the
+    set's start or end when the component does not say; for MariaDB replayed to ``target_time``, that."""
+    if name == "mariadb" and target_time:
+        return parse_time(target_time)
+    entry = (manifest.get("components") or {}).get(name) or {}
+    for value in (entry.get("started"), manifest.get("started"), manifest.get("ended")):
+        if value:
+            try:
+                return parse_time(value)
+            except (BackupSetError, ValueError, TypeError):
+                continue
+    return None
+
+
+def parse_composition(ref):
+    """``{component: set id}`` from ``mariadb=llmops_A,uploads=llmops_B`` (a restore point composed by hand or by
+    an earlier plan's ``backup_id``); None when ``ref`` names one set (``latest``, an id, a path) or ``newest``."""
+    if not isinstance(ref, str) or "=" not in ref:
+        return None
+    out = {}
+    for part in ref.split(","):
+        name, _, sid = part.strip().partition("=")
+        name, sid = name.strip(), sid.strip()
+        if not name or not sid or os.sep in sid or name in out:
+            raise BackupSetError("backup_id %r: each part must be <component>=<set id>, each component once" % ref)
+        out[name] = sid
+    return out
+
+
+def _compose(backup_root, components, target_time, auth, cache, mariadb_chain_partial, layout):
+    """The newest restore point of each component: per component the newest complete set whose backup of it
+    succeeded (and ended before ``target_time``). That set must plan cleanly for it (verification, the MariaDB
+    chain): a damaged newest backup refuses the restore - as naming the set would - and the problem names the newest
+    older set that would do, never taken without being asked. A folder named like a set that cannot be read refuses
+    it too (it may hold a newer backup of anything).
+
+    Returns ``({component: set path}, warnings, problems, missing)``; ``missing``: the components no set holds a
+    successful backup of."""
+    problems = ["set %s cannot be read, so the newest restore point is unknown: %s; name the sets to restore "
+                "(-e backup_id=<component>=<set id>,...)" % (sid, why) for sid, why in unreadable_sets(backup_root)]
+    sets = [s for s in list_sets(backup_root) if s.get("complete") and s.get("ended")]
+    if target_time:
+        limit = parse_time(target_time)
+        sets = [s for s in sets if parse_time(s["ended"]) <= limit]
+    found = {c for s in sets for c, e in s["components"].items() if (e or {}).get("status") == "success"}
+    wanted = list(components) if components else [c for c in ORDER if c in found] + sorted(found - set(ORDER))
+    chosen, warnings, missing, fallback = {}, [], [], {}
+    for name in wanted:
+        failed = []
+        candidates = [s for s in reversed(sets) if name in s["components"]]
+        for index, item in enumerate(candidates):
+            if (item["components"][name] or {}).get("status") != "success":
+                failed.append(item["id"])
+                continue
+            # judged on its integrity (verification, chain); what a replay to target_time needs is the final plan's
+            sub = _plan_set(backup_root, item["path"], [name], None, auth, cache, mariadb_chain_partial, layout)
+            if sub["ok"]:
+                chosen[name] = item["path"]
+                if failed:
+                    warnings.append("%s: its backup failed in the newer set(s) %s; it comes from %s"
+                                    % (name, ", ".join(failed), item["id"]))
+                break
+            older = next((o for o in candidates[index + 1:] if (o["components"][name] or {}).get("status") == "success"
+                          and _plan_set(backup_root, o["path"], [name], None, auth, cache, mariadb_chain_partial,
+                                        layout)["ok"]), None)
+            fallback[name] = older["id"] if older else None
+            problems.append("%s: its newest backup, in set %s, cannot be restored: %s; %s" % (
+                name, item["id"], "; ".join(sub["problems"]),
+                "the newest older set that verifies is %s (ended %s): restoring from it loses what %s wrote after "
+                "that - only when told (-e backup_id=..., below)%s" % (
+                    older["id"], older["ended"], name,
+                    "; or -e mariadb_chain_partial=true restores MariaDB to the last complete point of the chain"
+                    if name == "mariadb" and not mariadb_chain_partial else "")
+                if older else "no older set holds a good backup of it"))
+            break
+        else:
+            missing.append(name)
+    if missing:
+        problems.append("no good set holds %s%s (a complete set whose backup of it succeeded)"
+                        % (", ".join(missing), " before %s" % target_time if target_time else ""))
+    if any(fallback.values()):
+        ids = {**{c: os.path.basename(p) for c, p in chosen.items()}, **{c: s for c, s in fallback.items() if s}}
+        problems.append("to restore the older point instead: -e backup_id=%s"
+                        % ",".join("%s=%s" % (c, ids[c]) for c in wanted if c in ids))
+    return chosen, warnings, problems, missing
+
+
+def plan_restore(backup_root, ref=None, components=None, target_time=None, staging_root=None, auth_key=None,
+                 allow_unauthenticated=False, mariadb_chain_partial=False, now=None):
+    """Verify and plan a restore; return a dict with ``ok``, ``problems`` and the ordered ``steps``.
+
+    ``ref``: V(newest) (or empty) - the composed restore point, each component from the newest set that holds a
+    good backup of it (``_compose``; a schedule writes MariaDB and the other stores into separate sets); an
+    explicit composition ``<component>=<set id>,...`` (a plan's ``backup_id``); or one set - V(latest), an id, a
+    path (with ``target_time``: the newest set whose MariaDB backup ended before it). ``sources`` says per
+    component which set it comes from, the time its data is from (``point``) and its RPO (``rpo_s``, to ``now``);
+    ``backup_id`` names the plan's sets for a later run (a drill's restore), ``set_ended`` is the oldest point's
+    set end (the restore point's RPO).
+
+    A MariaDB incremental chain with a missing or damaged set refuses the restore; with
+    ``mariadb_chain_partial`` the plan restores MariaDB to the last complete point of the chain instead (the
+    full and the incrementals before the break), says so in ``warnings`` and in ``mariadb_chain_partial``
+    (``restores_to``, ``ended``, ``instead_of``, ``skipped``, ``why``; None when the chain is whole). The
+    set itself must verify in any case; a broken full refuses whatever this says.
+
+    ``authentication`` maps each set read to its ``check_set_auth`` state; ``warnings`` lists what the operator
+    must know (no key configured, a set accepted without authentication, a newer set passed over).
+    """
+    cache = {}
+    auth = {"key": auth_key or None, "allow_unauthenticated": bool(allow_unauthenticated)}
+    layout = backup_layout(backup_root)
+    now = utc(now)
+    composition = parse_composition(ref)
+    problems, warnings, missing = [], [], []
+    if composition is None and ref in (None, "", NEWEST):
+        chosen, warnings, problems, missing = _compose(backup_root, components, target_time, auth, cache,
+                                              mariadb_chain_partial, layout)
+        composed = True
+    elif composition is not None:
+        if components:
+            missing = [c for c in components if c not in composition]
+            if missing:
+                raise BackupSetError("backup_id %s names no set for %s" % (ref, ", ".join(missing)))
+            composition = {c: composition[c] for c in components}
+        chosen = {c: resolve_set(backup_root, sid) for c, sid in composition.items()}
+        composed = True
+    else:
+        path = pick_set(backup_root, ref, target_time)
+        chosen, composed = None, False
+    parts = []
+    if composed:
+        by_set = {}
+        for name, path in chosen.items():
+            by_set.setdefault(path, []).append(name)
+        for path, names in by_set.items():
+            parts.append(_plan_set(backup_root, path, names, target_time if "mariadb" in names else None, auth,
+                                   cache, mariadb_chain_partial, layout))
+    else:
+        parts.append(_plan_set(backup_root, path, components, target_time, auth, cache, mariadb_chain_partial,
+                               layout))
+    if not parts:
+        problems.append("no complete set under %s holds a good backup of %s" % (
+            backup_root, ", ".join(components) if components else "any component"))
+    for part in parts:
+        problems.extend(part["problems"])
+        warnings.extend(part["warnings"])
+    selected = [c for c in ORDER for part in parts if c in part["components"]] + \
+        [c for part in parts for c in part["components"] if c not in ORDER]
+    sources = {}
+    for part in parts:
+        for name in part["components"]:
+            point = _component_point(part["manifest"], name, target_time)
+            sources[name] = {"set_id": part["set_id"], "set_path": part["set_path"],
+                             "set_ended": part["manifest"].get("ended"),
+                             "point": isoformat(point) if point else None,
+                             "rpo_s": round((now - point).total_seconds(), 1) if point else None,
+                             "restore_tested": bool(verification_state(part["set_path"]).get("restore_tested"))}
+    steps = [text for c in selected for part in parts for name, text in part["steps"] if name == c]
+    point_lines = ["%s: from set %s, data from %s (RPO %s), %s" % (
+        c, sources[c]["set_id"], sources[c]["point"] or "?", _duration(sources[c]["rpo_s"]),
+        "restore-tested" if sources[c]["restore_tested"] else "not restore-tested yet") for c in selected]
+    needed = sum(part["needed"] for part in parts)
+    main = next((p for p in parts if "mariadb" in p["components"]), parts[0] if parts else None)
+    newest = max(parts, key=lambda p: p["manifest"].get("ended") or "") if parts else None
+    oldest = min(parts, key=lambda p: p["manifest"].get("ended") or "") if parts else None
+    if composed:
+        set_id = "composed" if len(parts) != 1 else parts[0]["set_id"]
+        backup_id = ",".join("%s=%s" % (c, sources[c]["set_id"]) for c in selected)
+    else:
+        set_id = backup_id = parts[0]["set_id"]
     staging_root = staging_root or layout["restore_staging"]
     free = shutil.disk_usage(staging_root if os.path.isdir(staging_root) else backup_root).free
     needed = int(needed * STAGING_FACTOR)
@@ -222,7 +400,8 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         if state == "unauthenticated_allowed":
             warnings.append("set %s has no SHA256SUMS.hmac and is accepted only because allow_unauthenticated is "
                             "set: its content is checked against its own SHA256SUMS, not authenticated" % sid)
-    verification = verification_state(set_path)
+    set_path = newest["set_path"] if newest else None
+    verification = verification_state(set_path) if set_path else {}
     unauth = " [verification records are not authenticated: informational only]"
     if verification.get("error"):
         tested = "unknown: the set's verification record cannot be trusted (%s)" % verification["error"]
@@ -235,21 +414,28 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
     else:
         tested = "not restore-tested yet (checksums verified only; playbooks/verify.yml tests it)"
     tested += unauth
+    if len(parts) > 1:
+        tested = "per component, see sources (restore_tested)" + unauth
     return {
         "ok": not problems,
         "problems": problems,
         "warnings": warnings,
         "authentication": states,
         "set_id": set_id,
+        "backup_id": backup_id,
+        "composed": composed,
+        "sources": sources,
+        "restore_point": point_lines,
+        "missing": missing,
         "verification": verification,
         "restore_tested": tested,
         "set_path": set_path,
-        "set_ended": manifest.get("ended"),
+        "set_ended": oldest["manifest"].get("ended") if oldest else None,
         "components": selected,
         "services_to_stop": [SERVICES[c] for c in ORDER if c in selected and c in SERVICES],
-        "mariadb_chain": chain_ids,
-        "mariadb_chain_partial": chain_partial,
-        "binlogs": replay,
+        "mariadb_chain": main["mariadb_chain"] if main else [],
+        "mariadb_chain_partial": main["mariadb_chain_partial"] if main else None,
+        "binlogs": main["binlogs"] if main else [],
         "target_time": isoformat(parse_time(target_time)) if target_time else None,
         "bytes_needed": needed,
         "bytes_free": free,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ansible.module_utils.llmops_drill import build_report, write_report
+from ansible.module_utils.llmops_drill import build_report, markdown, write_report
 
 DRILL = {"id": "drill_20261123_110000", "host": "lab", "started": "2026-11-23T11:00:00Z",
          "ended": "2026-11-23T11:02:00Z", "set_id": "llmops_20261123_100000", "set_ended": "2026-11-23T10:00:00Z",
@@ -26,6 +26,16 @@ def test_a_newer_archived_binlog_shortens_mariadb_rpo():
     assert report["rpo_by_component"] == {"mariadb": 600.0, "postgres": 3600.0}
 
 
+def test_a_composed_restore_point_counts_each_rpo_from_its_own_set():
+    sources = {"mariadb": {"set_id": "llmops_20261123_100000", "set_ended": "2026-11-23T10:30:00Z"},
+               "postgres": {"set_id": "llmops_20261123_020300", "set_ended": "2026-11-23T02:00:00Z"}}
+    report = build_report({**DRILL, "set_id": "composed", "set_ended": "2026-11-23T02:00:00Z", "sources": sources})
+    assert report["rpo_by_component"] == {"mariadb": 1800.0, "postgres": 9 * 3600.0}
+    assert report["rpo_seconds"] == 9 * 3600.0 and report["findings"] == ["RPO 32400.0 s exceeds the target 7200.0 s"]
+    md = markdown(report)
+    assert "| postgres | llmops_20261123_020300 | 90.0 | 32400.0 |" in md and "each component's newest good set" in md
+
+
 def test_missed_targets_and_failures_are_findings():
     report = build_report({**DRILL, "rto_target_seconds": "60", "rpo_target_seconds": "60", "result": "failed",
                            "failure": "MariaDB | verify: differs"})
@@ -39,6 +49,6 @@ def test_the_report_files_and_chart_are_written(tmp_path):
     report = write_report(DRILL, str(tmp_path), metrics_path=str(tmp_path / "m" / "drill.prom"))
     saved = json.loads((tmp_path / DRILL["id"] / "report.json").read_text())
     assert saved["rto_seconds"] == report["rto_seconds"] == 120.0
-    assert "| mariadb | 30.5 | 3600.0 |" in (tmp_path / DRILL["id"] / "report.md").read_text()
+    assert "| mariadb | llmops_20261123_100000 | 30.5 | 3600.0 |" in (tmp_path / DRILL["id"] / "report.md").read_text()
     assert (tmp_path / "rto_rpo.png").read_bytes()[:4] == b"\x89PNG"
     assert "llmops_drill_rto_seconds 120.0" in (tmp_path / "m" / "drill.prom").read_text()

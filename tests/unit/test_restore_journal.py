@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from ansible.module_utils import llmops_common as c
 from ansible.module_utils.llmops_layout import layout_path
 
