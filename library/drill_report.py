@@ -31,7 +31,7 @@ options:
       - The drill's facts, with C(id), C(host), C(started), C(ended) (ISO 8601 UTC), C(set_id), C(set_ended),
         C(components), C(timings) (component to seconds from the start until verified), C(result), C(failure),
         C(rto_target_seconds), C(rpo_target_seconds) and C(project_prefix); for a composed restore point
-        C(sources) (component to C(set_id) and C(set_ended) of the set it came from: its RPO counts from there).
+        C(sources) (component to C(set_id) and C(set_ended) of the set it came from; its RPO counts from there).
     type: dict
     required: true
   backup_root:

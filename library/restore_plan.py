@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 module: restore_plan
 short_description: Verify a backup set and plan its restore before anything is stopped
 description:
-  - Picks the restore point - by default (O(backup_id=newest)) every component at its newest good state: per
+  - Picks the restore point - by default (O(backup_id=newest)) every component at its newest good state, per
     component the newest complete set whose backup of it succeeded and verifies (a schedule writes MariaDB and the
     other stores into separate sets, so no one set holds everything); a newer set passed over is a warning, and
     C(plan.sources) says per component which set it comes from, the time its data is from and its RPO. One set

@@ -179,27 +179,27 @@ def _plan_set(backup_root, set_path, components, target_time, auth, cache, maria
                     len(replay), binlog.get("file"), binlog.get("position"), target_time)))
         if name == "postgres":
             steps.append((name, "postgres: apply the roles (globals.sql); per database end its sessions, rename it "
-                         "aside (safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
-                         "fingerprint"))
+                          "aside (safety copy, PostgreSQL keeps running), pg_restore it, verify against the manifest's "
+                          "fingerprint"))
         elif name == "qdrant":
             steps.append((name, "qdrant: snapshot each collection it replaces (safety copy, Qdrant keeps running), "
-                         "check each snapshot's sha256, recover it with priority=snapshot, verify points and ids"))
+                          "check each snapshot's sha256, recover it with priority=snapshot, verify points and ids"))
         elif name == "search":
             steps.append((name, "search: check the repository copy's sha256, unpack it under path.repo and register it "
-                         "read-only, snapshot each index it replaces (safety copy, the search engine keeps running), "
-                         "delete and restore them, wait for green/yellow, verify document counts and fingerprints"))
+                          "read-only, snapshot each index it replaces (safety copy, the search engine keeps running), "
+                          "delete and restore them, wait for green/yellow, verify document counts and fingerprints"))
         elif name in SERVICES:
             steps.append((name, "%s: stop service %s, move its data aside (safety copy), restore, start, health check, "
-                         "verify against the manifest's fingerprint" % (name, SERVICES[name])))
+                          "verify against the manifest's fingerprint" % (name, SERVICES[name])))
         elif name == "models":
             steps.append((name, "models: copy the chosen version(s) from the model store, check every file's hash, "
-                         "point current at them (roll back if a check fails)"))
+                          "point current at them (roll back if a check fails)"))
         elif name == "configs":
             steps.append((name, "configs: check out the recorded commit of the config repository, copy the files back "
-                         "(safety copy of each), verify by hashing"))
+                          "(safety copy of each), verify by hashing"))
         else:
             steps.append((name, "%s: move the folder aside (safety copy), copy the set's tree back, verify its tree "
-                         "hash" % name))
+                          "hash" % name))
     if own_cut and chain_partial is None:  # the chain was not cut before the set after all: its damage refuses
         problems.append(own_cut)
     return {"ok": not problems, "problems": problems, "warnings": warnings, "set_id": set_id, "set_path": set_path,
@@ -237,7 +237,7 @@ def parse_composition(ref):
         return None
     out = {}
     for part in ref.split(","):
-        name, _, sid = part.strip().partition("=")
+        name, sid = (part.split("=", 1) + [""])[:2] if "=" in part else (part, "")
         name, sid = name.strip(), sid.strip()
         if not name or not sid or os.sep in sid or name in out:
             raise BackupSetError("backup_id %r: each part must be <component>=<set id>, each component once" % ref)
@@ -331,8 +331,8 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
     composition = parse_composition(ref)
     problems, warnings, missing = [], [], []
     if composition is None and ref in (None, "", NEWEST):
-        chosen, warnings, problems, missing = _compose(backup_root, components, target_time, auth, cache,
-                                              mariadb_chain_partial, layout)
+        chosen, warnings, problems, missing = _compose(
+            backup_root, components, target_time, auth, cache, mariadb_chain_partial, layout)
         composed = True
     elif composition is not None:
         if components:

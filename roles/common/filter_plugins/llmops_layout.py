@@ -5,7 +5,7 @@ import project module_utils by package name).
 roles/common's ``backup_layout`` variable is that dict (module_utils/llmops_layout.py).
 
 The restore journal (module_utils/llmops_common.py ``journal_*``), for roles/restore:
-``{{ old | restore_journal_begin(run, set_id, set_path, tag, components, sources) }}`` the header of a new run's journal;
+``{{ old | restore_journal_begin(run, set_id, set_path, tag, components, sources) }}`` a new run's journal header;
 ``{{ journal | restore_journal_summary }}`` one line per store a killed run left unfinished;
 ``{{ journal | restore_journal_rollback }}`` what ``-e step=rollback`` puts back.
 """
