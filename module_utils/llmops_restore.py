@@ -13,6 +13,7 @@ such, and no decision rests on them.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 
@@ -207,6 +208,25 @@ def _plan_set(backup_root, set_path, components, target_time, auth, cache, maria
             "mariadb_chain_partial": chain_partial, "binlogs": replay}
 
 
+def _roll_forward(layout, part, source):
+    """``(time, step)``: for the newest restore point, the end of the binary log archive when it holds logs written
+    after MariaDB's set (the replay target, a second past the newest archived log); ``(None, why not)`` otherwise."""
+    if part["mariadb_chain_partial"]:
+        return None, "the chain is restored only to its last complete point"
+    binlog = ((part["manifest"].get("components") or {}).get("mariadb") or {}).get("binlog") or {}
+    if not binlog.get("file"):
+        return None, "the set does not record where its binary log position is"
+    try:
+        logs = binlogs_to_replay(layout["binlogs"], binlog["file"])
+    except MariaDBError as exc:
+        return None, str(exc)
+    end = datetime.datetime.fromtimestamp(max(os.path.getmtime(p) for p in logs) + 1, datetime.timezone.utc)
+    if not source.get("point") or end <= parse_time(source["point"]):
+        return None, "the archive holds nothing written after the set"
+    return isoformat(end), ("mariadb: roll forward through %d archived binary log(s) from %s:%s to the end of the "
+                            "archive (%s)" % (len(logs), binlog["file"], binlog.get("position"), isoformat(end)))
+
+
 def _duration(seconds):
     """``3 h 05 min`` / ``12 min`` / ``?``."""
     if seconds is None:
@@ -373,12 +393,25 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
                              "point": isoformat(point) if point else None,
                              "rpo_s": round((now - point).total_seconds(), 1) if point else None,
                              "restore_tested": bool(verification_state(part["set_path"]).get("restore_tested"))}
-    steps = [text for c in selected for part in parts for name, text in part["steps"] if name == c]
-    point_lines = ["%s: from set %s, data from %s (RPO %s), %s" % (
-        c, sources[c]["set_id"], sources[c]["point"] or "?", _duration(sources[c]["rpo_s"]),
-        "restore-tested" if sources[c]["restore_tested"] else "not restore-tested yet") for c in selected]
-    needed = sum(part["needed"] for part in parts)
     main = next((p for p in parts if "mariadb" in p["components"]), parts[0] if parts else None)
+    roll_forward = None
+    if composition is None and composed and not target_time and main and "mariadb" in main["components"]:
+        roll_forward, note = _roll_forward(layout, main, sources["mariadb"])
+        if roll_forward:
+            main["steps"].append(("mariadb", note))
+            point = parse_time(roll_forward)
+            sources["mariadb"].update(point=isoformat(point), rpo_s=round((now - point).total_seconds(), 1),
+                                      rolled_forward=True)
+        else:
+            sources["mariadb"]["not_rolled_forward"] = note
+    steps = [text for c in selected for part in parts for name, text in part["steps"] if name == c]
+    point_lines = ["%s: from set %s%s, data from %s (RPO %s), %s%s" % (
+        c, sources[c]["set_id"], " rolled forward through the archived binary logs" if sources[c].get(
+            "rolled_forward") else "", sources[c]["point"] or "?", _duration(sources[c]["rpo_s"]),
+        "restore-tested" if sources[c]["restore_tested"] else "not restore-tested yet",
+        "; not rolled forward: %s" % sources[c]["not_rolled_forward"] if sources[c].get("not_rolled_forward")
+        else "") for c in selected]
+    needed = sum(part["needed"] for part in parts)
     newest = max(parts, key=lambda p: p["manifest"].get("ended") or "") if parts else None
     oldest = min(parts, key=lambda p: p["manifest"].get("ended") or "") if parts else None
     if composed:
@@ -436,6 +469,7 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         "mariadb_chain": main["mariadb_chain"] if main else [],
         "mariadb_chain_partial": main["mariadb_chain_partial"] if main else None,
         "binlogs": main["binlogs"] if main else [],
+        "mariadb_roll_forward": roll_forward,
         "target_time": isoformat(parse_time(target_time)) if target_time else None,
         "bytes_needed": needed,
         "bytes_free": free,

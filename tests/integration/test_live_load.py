@@ -1,6 +1,7 @@
 """Backups taken while the application writes, with hostile names: `backup.yml` (full, then incremental with
-`-e verify=restore`), `drill.yml` and `restore.yml` (whole, and MariaDB to a point in time) pass with their
-verification on, and what they bring back is exactly what the writer had committed.
+`-e verify=restore`), `drill.yml` and `restore.yml` (MariaDB to a point in time, and the newest restore point with
+MariaDB rolled forward through the archived binary logs) pass with their verification on, and what they bring back
+is exactly what the writer had committed.
 
 A writer thread per store keeps writing into MariaDB, PostgreSQL, Redis, Qdrant and uploads/ for the whole
 backup run and records each write once the store acknowledged it. After a restore, every store holds a prefix of
@@ -241,18 +242,25 @@ def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, store
     # point in time: MariaDB holds exactly the rows whose statement time is before the target
     dry = run_playbook("restore.yml", *opts, "-e", "dry_run=true")
     assert "restore-tested: passed" in dry.stdout
+    assert "mariadb: roll forward through" in dry.stdout and "rolled forward through the archived binary logs" \
+        in dry.stdout
+    # (the archive stays where it is, for the roll forward of the whole restore below)
     run_playbook("restore.yml", *opts, "-e", "components=mariadb", "-e", f"target_time={target.isoformat()}",
-                 "-e", "confirm=yes")
+                 "-e", "confirm=yes", "-e", "restore_rotate_binlog_archive=false")
     expected = sorted(n for n, _, ts in live["mariadb"].done if ts < target)
     assert restored(lab, stores)["mariadb"] == expected
     assert expected and len(expected) < len(live["mariadb"].done)
     record = sorted((root / "recovery-records").glob("*.md"))[-1].read_text()
     assert "matched the set's fingerprint" in record and "then replayed" in record
 
-    # the whole newest set: every store is back at its backup's consistent point
+    # the newest restore point: every store back at its backup's consistent point, MariaDB rolled forward through
+    # the archived binary logs to every write the application made (the archive was taken after the writer stopped)
     run_playbook("restore.yml", *opts, "-e", "confirm=yes")
     doc = manifest(incremental)
     since = {name: started_epoch(doc["components"][name]) for name in live}
+    since["mariadb"] = time.time()
     assert_prefix_covering(restored(lab, stores), live, since)
+    record = sorted((root / "recovery-records").glob("*.md"))[-1].read_text()
+    assert "MariaDB rolled forward through the archived binary logs" in record, record
     for where in (Path("/tmp"), Path.cwd(), LAB_STATE):  # noqa: S108 - where the names would have run `touch`
         assert not list(where.glob(f"pwned-{TAG}*"))

@@ -5,6 +5,7 @@ a good backup of it, says which and each one's RPO, and passes over a newer set 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 
 import pytest
@@ -16,9 +17,9 @@ NOW = T0 + datetime.timedelta(hours=7)
 DAILY = ["postgres", "uploads", "configs"]
 
 
-def make_set(root, when, components, chain=None, status=None):
-    """A finalized set of ``components`` (one small artefact each); MariaDB a full, or an incremental on ``chain``.
-    ``status`` maps a component to its (failed) status."""
+def make_set(root, when, components, chain=None, status=None, binlog=None):
+    """A finalized set of ``components`` (one small artefact each); MariaDB a full, or an incremental on ``chain``,
+    ending at ``binlog`` (``{file, position}``). ``status`` maps a component to its (failed) status."""
     partial = bs.begin_set(str(root), "llmops", when)
     entries, comps = [], {}
     for name in components:
@@ -33,7 +34,7 @@ def make_set(root, when, components, chain=None, status=None):
         comp["files"] = [e for e in entries if e["path"].startswith(name + "/")]
     if "mariadb" in comps:
         comps["mariadb"].update(backup_type="incremental" if chain else "full", chain=list(chain or []),
-                                parent=(chain or [None])[-1])
+                                parent=(chain or [None])[-1], binlog=binlog)
     set_id = os.path.basename(partial)[1:-len(".partial")]
     bs.write_manifest(partial, {"id": set_id, "status": "success", "started": bs.isoformat(when),
                                 "ended": bs.isoformat(when), "components": comps}, files=entries)
@@ -66,8 +67,47 @@ def test_newest_composes_every_component_from_its_newest_set(schedule):
     assert plan["backup_id"] == f"mariadb={inc},postgres={daily},uploads={daily},configs={daily}"
     # the plan's backup_id restores the same point later (a drill passes it to its restore)
     again = plan_restore(str(root), plan["backup_id"], now=NOW)
-    assert again["ok"] and again["sources"] == plan["sources"] and again["backup_id"] == plan["backup_id"]
+    assert again["ok"] and again["backup_id"] == plan["backup_id"]
+    assert {c: (s["set_id"], s["point"]) for c, s in again["sources"].items()} == \
+        {c: (s["set_id"], s["point"]) for c, s in plan["sources"].items()}
+    # no binary log position recorded here: MariaDB is restored to its set, and the plan says why
+    assert plan["mariadb_roll_forward"] is None and "binary log position" in plan["sources"]["mariadb"][
+        "not_rolled_forward"]
     assert plan_restore(str(root), None, now=NOW)["sources"] == plan["sources"]  # newest is the default
+
+
+def archive_binlogs(root, names, when):
+    """Archived binary logs (``<root>/binlogs/<name>.zst`` and its ``.sha256``), written at ``when``."""
+    folder = root / "binlogs"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        path = folder / f"{name}.zst"
+        path.write_bytes(name.encode() * 10)
+        path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {name}\n")
+        os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def test_the_newest_point_rolls_mariadb_forward_to_the_end_of_the_archive(tmp_path):
+    root = tmp_path / "b"
+    full = make_set(root, T0, ["mariadb"], binlog={"file": "mysql-bin.000002", "position": 4711})
+    end = T0 + datetime.timedelta(hours=6, minutes=55)
+    archive_binlogs(root, ["mysql-bin.000001", "mysql-bin.000002", "mysql-bin.000003"], end)
+    plan = plan_restore(str(root), "newest", now=NOW)
+    assert plan["ok"], plan["problems"]
+    rolled = bs.isoformat(end + datetime.timedelta(seconds=1))
+    assert plan["mariadb_roll_forward"] == rolled and plan["sources"]["mariadb"]["point"] == rolled
+    assert plan["sources"]["mariadb"]["rpo_s"] == 5 * 60 - 1
+    assert any(s.startswith("mariadb: roll forward through 2 archived binary log(s) from mysql-bin.000002:4711")
+               for s in plan["steps"])
+    assert "rolled forward through the archived binary logs" in plan["restore_point"][0]
+    # one set named, or a composition: restored as it is, never rolled forward unasked
+    assert plan_restore(str(root), full, now=NOW)["mariadb_roll_forward"] is None
+    assert plan_restore(str(root), f"mariadb={full}", now=NOW)["mariadb_roll_forward"] is None
+    # a gap in the archive: restored to the set, and the plan says why
+    (root / "binlogs" / "mysql-bin.000002.zst").unlink()
+    gap = plan_restore(str(root), "newest", now=NOW)
+    assert gap["ok"] and gap["mariadb_roll_forward"] is None
+    assert "is not in the archive" in gap["sources"]["mariadb"]["not_rolled_forward"]
 
 
 def test_a_damaged_newest_backup_refuses_and_names_the_older_point(schedule):
