@@ -1577,57 +1577,53 @@ def summarize(path, manifest):
     }
 
 
-def list_sets(root, complete_only=False):
-    """List the finalized sets under ``root`` (sorted by time, oldest first).
+def scan_sets(root):
+    """``(sets, unreadable)``: every folder under ``root`` named like a finalized set, read once.
 
-    Each item: ``summarize()`` plus ``complete`` (manifest and SHA256SUMS present) and ``latest``.
-    ``.partial`` folders and folders without a valid manifest are ignored. ``complete_only``
-    returns only complete sets with ``status: success``.
+    ``sets``: ``summarize()`` of each set with a valid manifest, plus ``complete`` (SHA256SUMS present) and
+    ``latest``, sorted by time, oldest first. ``unreadable``: ``[(set id, why)]``, newest first, for those that cannot
+    be used - the manifest missing, unreadable or refused by ``load_manifest``, or no SHA256SUMS. A crash leaves a
+    ``.partial`` folder (not listed), never one of these: each is a set damaged or tampered with after it was
+    finalized.
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
-        return []
+        return [], []
     try:
         latest = os.readlink(os.path.join(root, LATEST))
     except OSError:
         latest = None
-    out = []
+    sets, unreadable = [], []
     for entry in os.listdir(root):
         path = os.path.join(root, entry)
         if not _SET_RE.match(entry) or os.path.islink(path) or not os.path.isdir(path):
             continue
         try:
             manifest = load_manifest(path)
-        except BackupSetError:
+        except BackupSetError as exc:
+            unreadable.append((entry, str(exc)))
             continue
         item = summarize(path, manifest)
         item["complete"] = os.path.isfile(os.path.join(path, SUMS))
         item["latest"] = entry == latest
-        if complete_only and not (item["complete"] and item["status"] == "success"):
-            continue
-        out.append(item)
-    out.sort(key=lambda s: (s["ended"] or "", s["id"]))
-    return out
+        if not item["complete"]:
+            unreadable.append((entry, "%s has no %s: it was damaged after it was finalized" % (path, SUMS)))
+        sets.append(item)
+    sets.sort(key=lambda s: (s["ended"] or "", s["id"]))
+    unreadable.sort(reverse=True)
+    return sets, unreadable
 
 
-def unreadable_sets(root):
-    """``[(set id, why)]``, newest first: folders named like a finalized set that cannot be used - the manifest
-    missing, unreadable or refused by ``load_manifest``, or no SHA256SUMS. A crash leaves a ``.partial`` folder, never
-    one of these: each is a set damaged or tampered with after it was finalized."""
-    root = os.path.abspath(os.fspath(root))
-    out = []
-    for entry in sorted(os.listdir(root) if os.path.isdir(root) else [], reverse=True):
-        path = os.path.join(root, entry)
-        if not _SET_RE.match(entry) or os.path.islink(path) or not os.path.isdir(path):
-            continue
-        try:
-            load_manifest(path)
-        except BackupSetError as exc:
-            out.append((entry, str(exc)))
-            continue
-        if not os.path.isfile(os.path.join(path, SUMS)):
-            out.append((entry, "%s has no %s: it was damaged after it was finalized" % (path, SUMS)))
-    return out
+def list_sets(root, complete_only=False):
+    """List the finalized sets under ``root`` (``scan_sets``' sets, sorted by time, oldest first).
+
+    ``.partial`` folders and folders without a valid manifest are ignored. ``complete_only``
+    returns only complete sets with ``status: success``.
+    """
+    sets = scan_sets(root)[0]
+    if complete_only:
+        return [s for s in sets if s["complete"] and s["status"] == "success"]
+    return sets
 
 
 def newest_restore_tested(root):

@@ -24,7 +24,7 @@ from ansible.module_utils.llmops_backupset import (
     load_manifest,
     parse_time,
     resolve_set,
-    unreadable_sets,
+    scan_sets,
     utc,
     verification_state,
     verify_set,
@@ -208,9 +208,10 @@ def _plan_set(backup_root, set_path, components, target_time, auth, cache, maria
             "mariadb_chain_partial": chain_partial, "binlogs": replay}
 
 
-def _roll_forward(layout, part, source):
+def _roll_forward(layout, part, point):
     """``(time, step)``: for the newest restore point, the end of the binary log archive when it holds logs written
-    after MariaDB's set (the replay target, a second past the newest archived log); ``(None, why not)`` otherwise."""
+    after ``point`` (MariaDB's data in its set; the replay target is a second past the newest archived log);
+    ``(None, why not)`` otherwise."""
     if part["mariadb_chain_partial"]:
         return None, "the chain is restored only to its last complete point"
     binlog = ((part["manifest"].get("components") or {}).get("mariadb") or {}).get("binlog") or {}
@@ -221,7 +222,7 @@ def _roll_forward(layout, part, source):
     except MariaDBError as exc:
         return None, str(exc)
     end = datetime.datetime.fromtimestamp(max(os.path.getmtime(p) for p in logs) + 1, datetime.timezone.utc)
-    if not source.get("point") or end <= parse_time(source["point"]):
+    if point is None or end <= point:
         return None, "the archive holds nothing written after the set"
     return isoformat(end), ("mariadb: roll forward through %d archived binary log(s) from %s:%s to the end of the "
                             "archive (%s)" % (len(logs), binlog["file"], binlog.get("position"), isoformat(end)))
@@ -274,9 +275,10 @@ def _compose(backup_root, components, target_time, auth, cache, mariadb_chain_pa
 
     Returns ``({component: set path}, warnings, problems, missing)``; ``missing``: the components no set holds a
     successful backup of."""
+    sets, unreadable = scan_sets(backup_root)
     problems = ["set %s cannot be read, so the newest restore point is unknown: %s; name the sets to restore "
-                "(-e backup_id=<component>=<set id>,...)" % (sid, why) for sid, why in unreadable_sets(backup_root)]
-    sets = [s for s in list_sets(backup_root) if s.get("complete") and s.get("ended")]
+                "(-e backup_id=<component>=<set id>,...)" % (sid, why) for sid, why in unreadable]
+    sets = [s for s in sets if s["complete"] and s.get("ended")]
     if target_time:
         limit = parse_time(target_time)
         sets = [s for s in sets if parse_time(s["ended"]) <= limit]
@@ -384,26 +386,26 @@ def plan_restore(backup_root, ref=None, components=None, target_time=None, stagi
         warnings.extend(part["warnings"])
     selected = [c for c in ORDER for part in parts if c in part["components"]] + \
         [c for part in parts for c in part["components"] if c not in ORDER]
-    sources = {}
+    sources, points = {}, {}
     for part in parts:
+        tested = bool(verification_state(part["set_path"]).get("restore_tested"))
         for name in part["components"]:
-            point = _component_point(part["manifest"], name, target_time)
+            points[name] = _component_point(part["manifest"], name, target_time)
             sources[name] = {"set_id": part["set_id"], "set_path": part["set_path"],
-                             "set_ended": part["manifest"].get("ended"),
-                             "point": isoformat(point) if point else None,
-                             "rpo_s": round((now - point).total_seconds(), 1) if point else None,
-                             "restore_tested": bool(verification_state(part["set_path"]).get("restore_tested"))}
-    main = next((p for p in parts if "mariadb" in p["components"]), parts[0] if parts else None)
+                             "set_ended": part["manifest"].get("ended"), "restore_tested": tested}
+    main = next((p for p in parts if "mariadb" in p["components"]), None)  # the part MariaDB is restored from
     roll_forward = None
-    if composition is None and composed and not target_time and main and "mariadb" in main["components"]:
-        roll_forward, note = _roll_forward(layout, main, sources["mariadb"])
+    if composition is None and composed and not target_time and main:
+        roll_forward, note = _roll_forward(layout, main, points["mariadb"])
         if roll_forward:
             main["steps"].append(("mariadb", note))
-            point = parse_time(roll_forward)
-            sources["mariadb"].update(point=isoformat(point), rpo_s=round((now - point).total_seconds(), 1),
-                                      rolled_forward=True)
+            points["mariadb"] = parse_time(roll_forward)
+            sources["mariadb"]["rolled_forward"] = True
         else:
             sources["mariadb"]["not_rolled_forward"] = note
+    for name, point in points.items():
+        sources[name].update(point=isoformat(point) if point else None,
+                             rpo_s=round((now - point).total_seconds(), 1) if point else None)
     steps = [text for c in selected for part in parts for name, text in part["steps"] if name == c]
     point_lines = ["%s: from set %s%s, data from %s (RPO %s), %s%s" % (
         c, sources[c]["set_id"], " rolled forward through the archived binary logs" if sources[c].get(
