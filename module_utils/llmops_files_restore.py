@@ -155,8 +155,8 @@ def undo(journal):
                 # gone and the safety copy there means it was moved (nothing was placed yet)
                 moved = entry["moved"] or (entry["existed"] and not os.path.lexists(entry["path"])
                                            and os.path.lexists(entry["safety"]))
-                if not (moved or not entry["existed"]):
-                    continue
+                if entry["existed"] and not moved:
+                    continue  # the live path was never touched
                 _remove(entry["path"])
                 if moved:
                     os.rename(entry["safety"], entry["path"])
