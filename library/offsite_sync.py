@@ -128,7 +128,8 @@ options:
     elements: str
     default: []
   fetch_extras:
-    description: O(operation=fetch) - the extras to bring back with the sets (their newest snapshot).
+    description: O(operation=fetch) - the extras to bring back with the sets (their newest snapshot). The model store
+      always comes when a fetched set holds C(models) (its parts reference their versions there).
     type: list
     elements: str
     choices: [binlogs, config_repo, model_store]

@@ -92,6 +92,12 @@ options:
     type: str
     choices: [check, take, release]
     default: check
+  run_id:
+    description:
+      - A token unique to this playbook run (the restore role makes one), kept in the record of O(lock=take). O(lock=release)
+        with the same token removes it, also when the module runs on a remote host, where no C(ansible-playbook)
+        process of the run can be found. Without it only the run process identifies the run.
+    type: str
   purpose:
     description:
       - With O(lock=take), what the record says the run is. V(restore) replaces live stores - no backup may begin
@@ -189,6 +195,7 @@ def main():
             mariadb_chain_partial=dict(type="bool", default=False),
             lock=dict(type="str", choices=["check", "take", "release"], default="check"),
             purpose=dict(type="str", choices=["restore", "drill"], default="restore"),
+            run_id=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -197,7 +204,7 @@ def main():
         if module.check_mode:
             module.exit_json(changed=False, lock="check mode: nothing released")
         try:
-            done = release_restore_lock(p["backup_root"])
+            done = release_restore_lock(p["backup_root"], run_id=p["run_id"])
         except OSError as exc:
             module.fail_json(msg="cannot remove the restore record: %s; delete it once no restore runs" % exc)
         module.exit_json(changed=done.startswith("removed"), lock=done)
@@ -218,8 +225,8 @@ def main():
     elif p["lock"] == "take":
         try:
             sets = sorted({s["set_id"] for s in plan["sources"].values()} | set(plan.get("mariadb_chain") or []))
-            taken = take_restore_lock(p["backup_root"], sets,
-                                      plan["components"], kind=p["purpose"])
+            taken = take_restore_lock(p["backup_root"], sets, plan["components"], kind=p["purpose"],
+                                      run_id=p["run_id"])
         except (BackupSetError, OSError) as exc:
             module.fail_json(msg="the restore of %s cannot start: %s" % (what, exc), plan=plan)
         lock = "took %s" % taken["path"]

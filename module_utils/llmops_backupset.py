@@ -545,15 +545,19 @@ def read_restore_owner(root):
     return record if isinstance(record, dict) else {}
 
 
-def _same_run(record, owner):
+def _same_run(record, owner, run_id=None):
+    """Whether ``record`` is this run's: the ``run_id`` the playbook run passed (the only sign a run through a
+    remote connection has: no ansible-playbook process on this host), or this host's run process."""
+    if run_id and record.get("run_id") == run_id:
+        return True
     return bool(owner) and record.get("host") == socket.gethostname() and record.get("boot_id") == boot_id() \
         and record.get("pid") == owner.get("pid") and record.get("pid_start") == owner.get("pid_start")
 
 
-def assess_restore(root, now=None, stale_after=RESTORE_STALE_AFTER):
+def assess_restore(root, now=None, stale_after=RESTORE_STALE_AFTER, run_id=None):
     """The restore that holds ``root``: None when there is none, else ``{path, record, owner, why, age, active,
     mine, msg}`` (``active``: its run lives, or cannot be checked and the record is younger than
-    ``stale_after``; ``mine``: it is this run's own record)."""
+    ``stale_after``; ``mine``: it is this run's own record, by ``run_id`` or by its run process)."""
     path = restore_owner_path(root)
     if not os.path.lexists(path):
         return None
@@ -574,7 +578,8 @@ def assess_restore(root, now=None, stale_after=RESTORE_STALE_AFTER):
     msg = "a %s of %s (components %s, started %s) holds %s: %s" % (
         kind, sets, ", ".join(record.get("components") or []) or "?", record.get("started") or "?", path, why)
     return {"path": path, "record": record, "kind": kind, "owner": state, "why": why, "age": age, "active": active,
-            "blocks_backups": active and kind == "restore", "mine": _same_run(record, run_owner()), "msg": msg}
+            "blocks_backups": active and kind == "restore", "mine": _same_run(record, run_owner(), run_id),
+            "msg": msg}
 
 
 def restore_sets_in_use(root, now=None):
@@ -603,13 +608,14 @@ def restore_busy_msg(state):
             "be checked), delete %s" % (state["msg"], state["path"]))
 
 
-def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kind="restore"):
+def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kind="restore", run_id=None):
     """Record this run as the restore in progress in ``root`` (before anything is stopped or replaced).
 
     Refuses (``BackupSetError``) while a backup's partial is active or another live restore holds the record;
     a record whose owner is dead is replaced (and said so). Returns ``{path, record, replaced}``; taken twice
     by the same run, the record is rewritten. ``kind`` ``drill``: a restore into the drill's scratch stack,
-    which reads the sets (retention keeps them) but replaces no live store: backups go on.
+    which reads the sets (retention keeps them) but replaces no live store: backups go on. ``run_id``: a token
+    unique to the playbook run, kept in the record, by which ``release_restore_lock`` knows it as this run's.
     """
     root = _ensure_root(root)
     now = utc(now)
@@ -617,7 +623,7 @@ def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kin
     if busy:
         raise BackupSetError(_backup_busy_msg(busy))
     replaced = None
-    state = assess_restore(root, now)
+    state = assess_restore(root, now, run_id=run_id)
     if state is not None:
         if state["active"] and not state["mine"]:
             raise BackupSetError("another restore is in progress: %s. Wait for it to end, then run this restore "
@@ -627,7 +633,7 @@ def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kin
         os.unlink(state["path"])
     record = {"kind": kind, "host": socket.gethostname(), "boot_id": boot_id(), "module_pid": os.getpid(),
               "started": isoformat(now), "sets": [str(s) for s in set_ids if s],
-              "components": [str(c) for c in components or []]}
+              "components": [str(c) for c in components or []], "run_id": run_id or None}
     record.update(run_owner() or {"pid": None, "pid_start": None, "pid_cmd": None})
     path = restore_owner_path(root)
     tmp = "%s.tmp-%s" % (path, secrets.token_hex(4))
@@ -647,9 +653,10 @@ def take_restore_lock(root, set_ids, components, now=None, stale_after=7200, kin
     return {"path": path, "record": record, "replaced": replaced}
 
 
-def release_restore_lock(root):
-    """Remove the restore record when it is this run's (or its owner is dead); returns what was done."""
-    state = assess_restore(root)
+def release_restore_lock(root, run_id=None):
+    """Remove the restore record when it is this run's (by ``run_id`` or its run process) or its owner is dead;
+    returns what was done."""
+    state = assess_restore(root, run_id=run_id)
     if state is None:
         return "no restore record"
     if state["active"] and not state["mine"]:

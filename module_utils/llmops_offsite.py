@@ -611,7 +611,7 @@ def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=N
     nothing is moved and ``OffsiteError`` lists each problem. A set already in ``root`` stays when its SHA256SUMS
     and HMAC equal the off-site copy's and it verifies; one that differs is refused. ``latest`` then names the
     newest successful set in ``root``. The extras (``binlogs``, ``config_repo``, ``model_store``: their newest
-    snapshot) are added file by file: a file already there with other content is refused.
+    snapshot; ``model_store`` always when a fetched set holds ``models``) are added file by file: a file already there with other content is refused.
 
     Returns ``{sets: [{id, components, bytes, verified, action, snapshot}], extras: [...], by_component, latest,
     changed}``; ``check_mode`` lists what would be fetched (``verified`` None) and changes nothing."""
@@ -637,6 +637,9 @@ def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=N
             tags["components"] = sorted((doc.get("components") or {}) if isinstance(doc, dict) else {})
         parsed[set_id] = tags
     chosen, by_component = fetch_selection(parsed, sets)
+    if "model_store" not in extras and any("models" in (parsed[s]["components"] or ()) for s in chosen):
+        # a models part references its versions in the content-addressed store: without it nothing restores
+        extras = [*extras, "model_store"]
     missing_extras = [key for key in extras if key not in extra_snaps]
     result = {"sets": [], "extras": [], "by_component": by_component, "missing_extras": missing_extras,
               "changed": False, "latest": None}

@@ -367,6 +367,22 @@ def test_take_restore_lock_refuses_while_a_backup_runs_and_replaces_a_dead_recor
     assert bs.release_restore_lock(root) == "no restore record"
 
 
+def test_a_remote_run_knows_its_restore_record_by_its_run_id(tmp_path):
+    """Through a remote connection (SSH, docker) no ansible-playbook process of the run is on the host: the record
+    names none, so only the run's token tells its own record from another run's."""
+    root = str(tmp_path / "backups")
+    taken = bs.take_restore_lock(root, ["s"], ["uploads"], run_id="run-a")
+    assert taken["record"]["pid"] is None and taken["record"]["run_id"] == "run-a"
+    with pytest.raises(bs.BackupSetError, match="another restore is in progress"):
+        bs.take_restore_lock(root, ["s"], ["uploads"], run_id="run-b")
+    assert bs.release_restore_lock(root).startswith("kept")            # no token: not provably this run's
+    assert bs.release_restore_lock(root, run_id="run-b").startswith("kept")
+    again = bs.take_restore_lock(root, ["s", "t"], ["uploads"], run_id="run-a")  # the same run takes it again
+    assert again["record"]["sets"] == ["s", "t"] and again["replaced"] is None
+    assert bs.release_restore_lock(root, run_id="run-a").startswith("removed")
+    assert not os.path.lexists(bs.restore_owner_path(root))
+
+
 def test_retention_keeps_the_sets_a_live_restore_reads(tmp_path):
     root = str(tmp_path / "backups")
     old = []
