@@ -58,6 +58,8 @@ class Lab:
     ports: dict[str, int]
     secrets_dir: Path
     stack_root: Path
+    # the container whose own Docker engine runs these containers (the rebuild test's new host); None: this engine
+    via: str | None = None
 
     def secret(self, name: str) -> str:
         return (self.secrets_dir / name).read_text().strip()
@@ -66,6 +68,8 @@ class Lab:
              stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """`docker exec` in a lab container; secrets go through the environment, never argv."""
         cmd = ["docker", "exec", "-i"]
+        if self.via:
+            cmd += [arg for key in env or {} for arg in ("-e", key)] + [self.via, "docker", "exec", "-i"]
         if user:
             cmd += ["-u", user]
         for key in env or {}:

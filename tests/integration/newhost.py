@@ -59,16 +59,18 @@ def build_image():
 class NewHost:
     """A running new-host container: ``exec`` runs in it, ``docker`` runs its own engine's CLI."""
 
-    def __init__(self, name, image=IMAGE):
+    def __init__(self, name, image=IMAGE, volumes=()):
         self.name = name
         self.image = image
+        self.volumes = tuple(volumes)
         self.timings = {}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, engine_timeout=120):
         t0 = time.monotonic()
+        mounts = [arg for volume in self.volumes for arg in ("-v", volume)]
         _run(["docker", "run", "-d", "--name", self.name, "--hostname", "newhost", "--label", LABEL,
-              *RUN_ARGS, self.image])
+              *RUN_ARGS, *mounts, self.image])
         self.timings["start"] = round(time.monotonic() - t0, 2)
         deadline = time.monotonic() + engine_timeout
         last = None
@@ -150,11 +152,12 @@ class NewHost:
 
 
 @contextlib.contextmanager
-def new_host(image=IMAGE, build=True):
-    """A fresh new host for the duration of the ``with`` block; removed afterwards, also on failure."""
+def new_host(image=IMAGE, build=True, volumes=()):
+    """A fresh new host for the duration of the ``with`` block; removed afterwards, also on failure. ``volumes``:
+    ``docker run -v`` arguments, e.g. ``/backup`` (an anonymous volume: the backups on a mount of their own)."""
     if build:
         build_image()
-    host = NewHost(f"llmops-newhost-{secrets.token_hex(4)}", image)
+    host = NewHost(f"llmops-newhost-{secrets.token_hex(4)}", image, volumes)
     try:
         host.start()
         yield host

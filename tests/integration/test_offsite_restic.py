@@ -105,11 +105,12 @@ def restic(repo, tmp_path, *args, cwd=None):
 
 
 class CmdlineSampler(threading.Thread):
-    """Reads every /proc/*/cmdline while a run goes on and remembers the ones holding the secret."""
+    """Reads every /proc/*/cmdline while a run goes on (the processes of containers too: they share this host's
+    /proc) and remembers the ones holding a secret (one, or a list)."""
 
     def __init__(self, secret):
         super().__init__(daemon=True)
-        self.secret = secret.encode()
+        self.secrets = [s.encode() for s in ([secret] if isinstance(secret, str) else secret)]
         self.hits, self.samples, self.stop = [], 0, threading.Event()
 
     def run(self):
@@ -120,7 +121,7 @@ class CmdlineSampler(threading.Thread):
                         data = open(f"/proc/{pid}/cmdline", "rb").read()
                     except OSError:
                         continue
-                    if self.secret in data:
+                    if any(secret in data for secret in self.secrets):
                         self.hits.append(data)
             self.samples += 1
             time.sleep(0.02)

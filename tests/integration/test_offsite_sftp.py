@@ -16,6 +16,7 @@ match fails the run (no trust on first use).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -46,13 +47,14 @@ def docker(*args: str, check: bool = True, env: dict | None = None) -> subproces
     return proc
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """The off-site host: a container running sshd, its port on 127.0.0.1, a client key and a known hosts file."""
+@contextlib.contextmanager
+def sshd_store(keys: Path):
+    """The off-site host: a container running sshd, its port published on 127.0.0.1, a client key in ``keys`` and
+    a known hosts file for 127.0.0.1:<port>. Yields ``{name, port, ip, host_key, key, known_hosts, repository}``
+    (``ip``: its address on the engine's bridge, for a client in another container); removed on exit."""
     built = subprocess.run([str(REPO / "scripts" / "images.sh"), "offsite-sshd"], cwd=REPO, capture_output=True,
                            text=True, timeout=900)
     assert built.returncode == 0, f"scripts/images.sh offsite-sshd failed: {built.stdout[-2000:]}{built.stderr[-2000:]}"
-    keys = tmp_path_factory.mktemp("offsite-ssh")
     key = keys / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmops-test", "-f", str(key)], check=True)
     name = f"llmops-offsite-sshd-{secrets.token_hex(4)}"
@@ -70,12 +72,20 @@ def store(tmp_path_factory):
             time.sleep(0.2)
         else:
             raise AssertionError(f"sshd in {name} did not answer: {docker('logs', name, check=False).stderr[-2000:]}")
+        host_key = " ".join(host_key.split()[:2])
         known = keys / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
-        yield {"name": name, "port": port, "key": key, "known_hosts": known,
+        known.write_text(f"[127.0.0.1]:{port} {host_key}\n")
+        ip = docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
+        yield {"name": name, "port": port, "ip": ip, "host_key": host_key, "key": key, "known_hosts": known,
                "repository": f"sftp:offsite@127.0.0.1:{REMOTE}"}
     finally:
         docker("rm", "-f", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with sshd_store(tmp_path_factory.mktemp("offsite-ssh")) as found:
+        yield found
 
 
 def uploads_set(root: Path, src: Path) -> dict:
