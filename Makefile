@@ -14,7 +14,8 @@ ifeq ($(PROFILE),1)
 export ANSIBLE_CALLBACKS_ENABLED := ansible.posix.profile_tasks
 endif
 
-.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench fault-matrix
+.PHONY: demo test bootstrap engine images lab-up lab-seed lab-down lint sanity molecule pytest clean bench fault-matrix \
+  dr-rebuild
 
 ## demo: bootstrap, lab up with sample data, a backup, a DR drill, summary
 demo: lab-seed
@@ -72,6 +73,16 @@ pytest: bootstrap
 ## fault-matrix: run the fault tests against the lab and regenerate tests/faults/MATRIX.md from the run
 fault-matrix: lab-seed
 	LLMOPS_FAULT_MATRIX=write python -m pytest tests/faults
+
+## dr-rebuild: playbooks/rebuild.yml onto the (new or scratch) host of DR_INVENTORY from the off-site copy, then the
+## RTO / RPO chart of the reports it copied to .state/rebuild/. It replaces that host's data: CONFIRM=yes is required.
+##   make dr-rebuild DR_INVENTORY=inventories/dr-scratch CONFIRM=yes DR_ARGS='--vault-password-file /path/to/file'
+## (the quarterly DR drill's self-hosted job, .github/workflows/dr-drill.yml; tests/integration/test_rebuild.py)
+dr-rebuild: bootstrap
+	@[ -n "$(DR_INVENTORY)" ] || { echo "dr-rebuild: set DR_INVENTORY to the inventory of the host to rebuild"; exit 2; }
+	@[ "$(CONFIRM)" = yes ] || { echo "dr-rebuild: it replaces the data of the host in $(DR_INVENTORY): add CONFIRM=yes"; exit 2; }
+	$(PLAYBOOK) -i $(DR_INVENTORY) playbooks/rebuild.yml -e confirm=yes $(DR_ARGS)
+	python scripts/rto_chart.py .state/rebuild
 
 ## bench: whole runs of the bundle against the bare tools, ratios measured in the same run (README, "Performance")
 bench: lab-up

@@ -32,6 +32,8 @@ options:
         C(components), C(timings) (component to seconds from the start until verified), C(result), C(failure),
         C(rto_target_seconds), C(rpo_target_seconds) and C(project_prefix); for a composed restore point
         C(sources) (component to C(set_id) and C(set_ended) of the set it came from; its RPO counts from there).
+      - A host rebuild (playbooks/rebuild.yml) says C(kind=rebuild), with C(phases) (phase to seconds) and C(health)
+        (the health check's status); other keys are kept in report.json as given.
     type: dict
     required: true
   backup_root:

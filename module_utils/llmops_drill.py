@@ -99,16 +99,23 @@ def build_report(drill):
 
 
 def markdown(report):
-    """report.md: a short human-readable account."""
+    """report.md: a short human-readable account (of a drill, or of a host rebuild: ``kind`` ``rebuild``)."""
+    rebuild = report.get("kind") == "rebuild"
+    phases = report.get("phases") or {}
+    into = ("- Into: the rebuilt host's own stack, from the off-site copy (%s); health check %s" % (
+                ", ".join("%s %s s" % item for item in phases.items()) or "phases not measured",
+                report.get("health") or "not run")
+            if rebuild else "- Into: an isolated scratch stack (Compose projects %s-*), the live stack kept running" %
+            report.get("project_prefix", "llmops-drill"))
     lines = [
-        "# DR drill %s: %s" % (report["id"], "PASSED" if report["passed"] else "FAILED"),
+        "# %s %s: %s" % ("Host rebuild" if rebuild else "DR drill", report["id"],
+                         "PASSED" if report["passed"] else "FAILED"),
         "",
         "- Host: %s" % report.get("host"),
         "- Started: %s, ended: %s" % (report["started"], report["ended"]),
         "- Backup set restored: %s (ended %s)" % (report["set_id"], report["set_ended"]) if not report.get("sources")
         else "- Restore point: each component's newest good set (the oldest ended %s)" % report["set_ended"],
-        "- Into: an isolated scratch stack (Compose projects %s-*), the live stack kept running" % report.get(
-            "project_prefix", "llmops-drill"),
+        into,
         "- RTO: %.1f s (target %s s)" % (report["rto_seconds"], report["rto_target_seconds"]),
         "- RPO: %s s (target %s s)" % (report["rpo_seconds"], report["rpo_target_seconds"]),
         "",

@@ -152,30 +152,41 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
             ("mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key", "search_password",
              "backup_auth_key")]
 
+        # the make target of the quarterly drill's self-hosted job, as that job runs it; refused without CONFIRM=yes
+        dr_args = [f"DR_INVENTORY={NEWHOST_INVENTORY}", f"DR_ARGS=-e @{credentials} -vvv"]
+        env = ansible_env(LLMOPS_NEWHOST=host.name)
+        refused = subprocess.run(["make", "dr-rebuild", *dr_args], cwd=REPO, env=env, capture_output=True, text=True)
+        assert refused.returncode != 0 and "CONFIRM=yes" in refused.stdout + refused.stderr, refused.stdout
+        copies = REPO / ".state" / "rebuild"
+        before = set(copies.glob("rebuild_*")) if copies.is_dir() else set()
         sampler = CmdlineSampler(secret_values)
         sampler.start()
         t0 = time.monotonic()
         try:
-            rebuilt = subprocess.run(
-                [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(NEWHOST_INVENTORY),
-                 str(REPO / "playbooks" / "rebuild.yml"), "-e", f"@{credentials}", "-e", "confirm=yes", "-vvv"],
-                cwd=REPO, env=ansible_env(LLMOPS_NEWHOST=host.name), capture_output=True, text=True, timeout=1800)
+            rebuilt = subprocess.run(["make", "dr-rebuild", *dr_args, "CONFIRM=yes"], cwd=REPO, env=env,
+                                     capture_output=True, text=True, timeout=1800)
         finally:
             sampler.stop.set()
             sampler.join()
         wall = round(time.monotonic() - t0, 1)
         output = rebuilt.stdout + rebuilt.stderr
         assert rebuilt.returncode == 0, output[-8000:]
-        assert "REBUILD SUCCESS" in output
+        assert "REBUILD PASSED" in output and "rto_chart: " in output, output[-3000:]
 
-        records = host.exec("sh", "-c", "cat /backup/recovery-records/*_rebuild.json").stdout
-        record = json.loads(records)
-        assert record["result"] == "success" and record["health"] in ("ok", "warning"), record
-        assert sorted(record["verified"]) == sorted(COMPONENTS), record["verified"]
-        assert 0 < record["rto_s"] <= wall and record["rto_s"] <= record["rto_target_s"], (record, wall)
-        assert all(record["phases_s"][phase] > 0 for phase in ("provision", "fetch", "restore")), record
+        # the report (like a drill's) and the recovery record, copied to this machine; the chart drawn here
+        (folder,) = set(copies.glob("rebuild_*")) - before
+        report = json.loads((folder / "report.json").read_text())
+        assert report["passed"] and report["kind"] == "rebuild" and report["health"] in ("ok", "warning"), report
+        assert sorted(report["verified"]) == sorted(COMPONENTS) == sorted(report["rto_by_component"]), report
+        assert 0 < report["rto_seconds"] <= wall and report["rto_seconds"] <= report["rto_target_seconds"], report
+        assert max(report["rto_by_component"].values()) <= report["rto_seconds"], report
+        assert all(report["phases"][phase] > 0 for phase in ("provision", "fetch", "restore")), report
         for component in COMPONENTS:
-            assert f"{component}=" in record["restore_point"], record["restore_point"]
+            assert f"{component}=" in report["restore_point"], report["restore_point"]
+        assert "# Host rebuild" in (folder / "report.md").read_text()
+        (record,) = [p for p in folder.glob("*.md") if p.name != "report.md"]
+        assert "host-rebuild" in record.read_text() and "SUCCESS" in record.read_text()
+        assert (copies / "rto_rpo.png").stat().st_mtime > time.time() - wall - 5
 
         rebuilt_stores = Lab(containers=lab.containers, ports=lab.ports, secrets_dir=lab.secrets_dir,
                              stack_root=Path("/opt/llmops/stack"), via=host.name)
@@ -202,5 +213,5 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
         found = host.exec("sh", "-c", "grep -rlaF -f /root/scan-patterns /backup /var/log; "
                           "journalctl --no-pager 2>/dev/null | grep -caF -f /root/scan-patterns", check=False)
         assert found.stdout.decode().split() == ["0"], found.stdout.decode()[-2000:]
-        print(f"rebuild: RTO {record['rto_s']} s (phases {record['phases_s']}), wall {wall} s; new host "
-              f"{host.timings}; the set's -e backup_id={record['restore_point']}")
+        print(f"rebuild: RTO {report['rto_seconds']} s, RPO {report['rpo_seconds']} s (phases {report['phases']}), "
+              f"wall {wall} s; new host {host.timings}; -e backup_id={report['restore_point']}")

@@ -52,3 +52,16 @@ def test_the_report_files_and_chart_are_written(tmp_path):
     assert "| mariadb | llmops_20261123_100000 | 30.5 | 3600.0 |" in (tmp_path / DRILL["id"] / "report.md").read_text()
     assert (tmp_path / "rto_rpo.png").read_bytes()[:4] == b"\x89PNG"
     assert "llmops_drill_rto_seconds 120.0" in (tmp_path / "m" / "drill.prom").read_text()
+
+
+def test_a_host_rebuild_reports_its_phases_and_health_and_fails_on_a_critical_check():
+    rebuild = {**DRILL, "id": "rebuild_20261123_110000", "kind": "rebuild", "health": "ok",
+               "phases": {"provision": 50.2, "fetch": 10.0, "restore": 55.1, "health": 2.0}}
+    md = markdown(build_report(rebuild))
+    assert md.startswith("# Host rebuild rebuild_20261123_110000: PASSED")
+    assert "the rebuilt host's own stack, from the off-site copy (provision 50.2 s, fetch 10.0 s" in md
+    assert "health check ok" in md and "scratch stack" not in md
+    failed = build_report({**rebuild, "health": "critical", "result": "failed",
+                           "failure": "the health check of the rebuilt host is critical: mariadb"})
+    assert not failed["passed"] and "critical: mariadb" in failed["findings"][0]
+    assert markdown(build_report(DRILL)).startswith("# DR drill drill_20261123_110000: PASSED")
