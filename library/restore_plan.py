@@ -94,9 +94,9 @@ options:
     default: check
   run_id:
     description:
-      - A token unique to this playbook run (the restore role makes one), kept in the record of O(lock=take). O(lock=release)
-        with the same token removes it, also when the module runs on a remote host, where no C(ansible-playbook)
-        process of the run can be found. Without it only the run process identifies the run.
+      - A token unique to this playbook run (the restore role makes one), kept in the record of O(lock=take).
+        O(lock=release) with the same token removes it, also when the module runs on a remote host, where no
+        C(ansible-playbook) process of the run can be found. Without it only the run process identifies the run.
     type: str
   purpose:
     description:

@@ -611,7 +611,8 @@ def fetch(restic, root, sets=None, extras=("binlogs", "config_repo"), auth_key=N
     nothing is moved and ``OffsiteError`` lists each problem. A set already in ``root`` stays when its SHA256SUMS
     and HMAC equal the off-site copy's and it verifies; one that differs is refused. ``latest`` then names the
     newest successful set in ``root``. The extras (``binlogs``, ``config_repo``, ``model_store``: their newest
-    snapshot; ``model_store`` always when a fetched set holds ``models``) are added file by file: a file already there with other content is refused.
+    snapshot; ``model_store`` always when a fetched set holds ``models``) are added file by file: a file already
+    there with other content is refused.
 
     Returns ``{sets: [{id, components, bytes, verified, action, snapshot}], extras: [...], by_component, latest,
     changed}``; ``check_mode`` lists what would be fetched (``verified`` None) and changes nothing."""
