@@ -102,11 +102,13 @@ def markdown(report):
     """report.md: a short human-readable account (of a drill, or of a host rebuild: ``kind`` ``rebuild``)."""
     rebuild = report.get("kind") == "rebuild"
     phases = report.get("phases") or {}
-    into = ("- Into: the rebuilt host's own stack, from the off-site copy (%s); health check %s" % (
-                ", ".join("%s %s s" % item for item in phases.items()) or "phases not measured",
-                report.get("health") or "not run")
-            if rebuild else "- Into: an isolated scratch stack (Compose projects %s-*), the live stack kept running" %
-            report.get("project_prefix", "llmops-drill"))
+    if rebuild:
+        into = "- Into: the rebuilt host's own stack, from the off-site copy (%s); health check %s" % (
+            ", ".join("%s %s s" % item for item in phases.items()) or "phases not measured",
+            report.get("health") or "not run")
+    else:
+        into = "- Into: an isolated scratch stack (Compose projects %s-*), the live stack kept running" % report.get(
+            "project_prefix", "llmops-drill")
     lines = [
         "# %s %s: %s" % ("Host rebuild" if rebuild else "DR drill", report["id"],
                          "PASSED" if report["passed"] else "FAILED"),
