@@ -172,6 +172,8 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
         output = rebuilt.stdout + rebuilt.stderr
         assert rebuilt.returncode == 0, output[-8000:]
         assert "REBUILD PASSED" in output and "rto_chart: " in output, output[-3000:]
+        phases = r"provision [\d.]+ s, fetch [\d.]+ s, restore [\d.]+ s, health [\d.]+ s"
+        assert re.search(phases, output), output[-3000:]
 
         # the report (like a drill's) and the recovery record, copied to this machine; the chart drawn here
         (folder,) = set(copies.glob("rebuild_*")) - before
