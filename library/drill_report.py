@@ -85,7 +85,8 @@ def main():
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="cannot write the drill report: %s" % exc)
     if not report["passed"]:
-        module.fail_json(msg="DR drill %s FAILED: %s" % (report["id"], "; ".join(report["findings"])), report=report)
+        what = "Host rebuild" if report.get("kind") == "rebuild" else "DR drill"
+        module.fail_json(msg="%s %s FAILED: %s" % (what, report["id"], "; ".join(report["findings"])), report=report)
     module.exit_json(changed=not module.check_mode, report=report)
 
 
