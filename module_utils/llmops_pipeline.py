@@ -13,6 +13,13 @@ renamed onto ``dest`` only when every stage exited 0; otherwise it is removed an
 ``decompress_to`` is the reverse (``file -> zstd -d -> consumer``), verifying the sha256 of the
 compressed file while it streams. ``hash_file`` hashes a file the same way.
 
+Encryption at rest (``configure_age``): with recipients set, ``run_pipeline`` adds ``age -r <recipient>...``
+after zstd (``tool | zstd | age``), so the artefact is an age file and its sha256 (the set's SHA256SUMS) is the
+ciphertext's: checksums and HMACs are verified without the key. ``decompress_to`` sees the age header and
+decrypts with ``age -d`` before zstd; the identity (the private key) reaches age through a pipe
+(``-i /dev/fd/N``), never a file or a command line. A module process runs one task, so the module sets this once
+from its options (``llmops_common.use_encryption``).
+
 Stdlib only and free of Ansible imports so that tests can import it directly; modules import it as
 ``from ansible.module_utils.llmops_pipeline import run_pipeline``.
 """
@@ -85,6 +92,7 @@ class PipelineResult:
     def __init__(self, path, compressed):
         self.path = path
         self.compressed = compressed
+        self.encrypted = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.sha256 = None
@@ -96,12 +104,58 @@ class PipelineResult:
         return {
             "path": self.path,
             "compressed": self.compressed,
+            "encrypted": self.encrypted,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "sha256": self.sha256,
             "duration": round(self.duration, 3),
             "stages": [s.as_dict() for s in self.stages],
         }
+
+
+AGE_HEADER = b"age-encryption.org/v1\n"
+_AGE_RECIPIENT_RE = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+_AGE = {"recipients": [], "identity": None, "age_path": "age"}
+
+
+def configure_age(recipients=None, identity=None, age_path="age"):
+    """Encrypt what ``run_pipeline`` compresses to ``recipients`` (age X25519 public keys, ``age1...``), and
+    decrypt age artefacts in ``decompress_to`` with ``identity`` (the text of an age identity file,
+    ``AGE-SECRET-KEY-1...``). Empty: artefacts are written in the clear, and an encrypted one cannot be read."""
+    recipients = [str(r).strip() for r in (recipients or []) if str(r).strip()]
+    bad = [r for r in recipients if not _AGE_RECIPIENT_RE.fullmatch(r)]
+    if bad:
+        raise InvalidValueError("not an age recipient (age1 followed by 58 characters): %s" % ", ".join(bad))
+    if identity is not None and "AGE-SECRET-KEY-1" not in str(identity):
+        raise InvalidValueError("the age identity holds no AGE-SECRET-KEY-1... line (age-keygen's output)")
+    _AGE.update(recipients=recipients, identity=str(identity) if identity else None, age_path=age_path)
+
+
+def age_recipients():
+    """The recipients ``run_pipeline`` encrypts to now (``[]``: no encryption)."""
+    return list(_AGE["recipients"])
+
+
+def is_encrypted(path):
+    """Whether the file at ``path`` starts with the age header."""
+    with open(path, "rb") as handle:
+        return handle.read(len(AGE_HEADER)) == AGE_HEADER
+
+
+def _identity_fd():
+    """A pipe's read end holding the configured identity (``PipelineError``, stage ``decrypt``, without one)."""
+    if not _AGE["identity"]:
+        raise PipelineError("the artefact is encrypted (age) and no identity was given: set backup_age_identity "
+                            "(the vault's vault_backup_age_identity) for this run", stage="decrypt")
+    data = _AGE["identity"].encode()
+    if len(data) > 60000:
+        raise InvalidValueError("the age identity is too long (%d bytes)" % len(data))
+    rfd, wfd = os.pipe()
+    try:
+        _write_all(wfd, data if data.endswith(b"\n") else data + b"\n")
+    finally:
+        os.close(wfd)
+    return rfd
 
 
 def redact_text(text, redact):
@@ -263,7 +317,7 @@ class _Relay(threading.Thread):
                     pass
 
 
-def _popen(argv, env, stdin, stdout, cwd=None):
+def _popen(argv, env, stdin, stdout, cwd=None, pass_fds=()):
     """Start one stage in its own process group (so a timeout can kill its children too)."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError("argv must be a non-empty list of strings, got %r" % (argv,))
@@ -276,6 +330,7 @@ def _popen(argv, env, stdin, stdout, cwd=None):
         cwd=cwd,
         bufsize=0,
         close_fds=True,
+        pass_fds=pass_fds,
         start_new_session=True,
     )
 
@@ -353,10 +408,10 @@ class _Run:
         self.timed_out = True
         _kill_all(self.stages, grace=1.0)
 
-    def add(self, name, argv, env, stdin, stdout, cwd=None):
+    def add(self, name, argv, env, stdin, stdout, cwd=None, pass_fds=()):
         """Start a stage; a tool that cannot be started raises ``PipelineError`` naming it."""
         try:
-            proc = _popen(argv, env, stdin, stdout, cwd)
+            proc = _popen(argv, env, stdin, stdout, cwd, pass_fds)
         except OSError as exc:
             reason = redact_text(str(exc), self.redact)
             raise PipelineError("cannot start stage '%s' (%s): %s" % (name, argv[0], reason),
@@ -499,6 +554,14 @@ def run_pipeline(source_argv, dest_path, *, compress=True, zstd_level=3, zstd_th
             run.relays.append(relay)
             relay.start()
             out = comp.stdout
+            if _AGE["recipients"]:
+                argv = [_AGE["age_path"]]
+                for recipient in _AGE["recipients"]:
+                    argv += ["-r", recipient]
+                out = run.add("age", argv, None, comp.stdout, subprocess.PIPE).proc.stdout
+                comp.stdout.close()  # age holds it now; zstd gets SIGPIPE if age dies
+                _grow_pipe(out)
+                result.encrypted = True
         else:
             relay = None
             out = source.stdout
@@ -572,6 +635,8 @@ def decompress_to(src, argv_consumer, *, expected_sha256=None, compressed=True, 
     run = _Run(result, redact, progress, progress_interval, timeout)
     try:
         handle = open(src, "rb", buffering=0)
+        result.encrypted = handle.read(len(AGE_HEADER)) == AGE_HEADER
+        handle.seek(0)
     except OSError as exc:
         raise PipelineError("cannot read %s: %s" % (src, exc), stage="read", result=result) from exc
     try:
@@ -579,16 +644,29 @@ def decompress_to(src, argv_consumer, *, expected_sha256=None, compressed=True, 
             consumer = run.add(name, argv_consumer, _stage_env(env), subprocess.PIPE, subprocess.PIPE, cwd)
             out_drain = threading.Thread(target=_drain, args=(consumer.proc.stdout, consumer.tail), daemon=True)
             out_drain.start()
+            upstream = []  # the stages before the consumer, first to last
+            if result.encrypted:
+                fd = _identity_fd()
+                try:
+                    upstream.append(run.add("age -d", [_AGE["age_path"], "-d", "-i", "/dev/fd/%d" % fd], None,
+                                            subprocess.PIPE, subprocess.PIPE, pass_fds=(fd,)))
+                finally:
+                    os.close(fd)
+                _grow_pipe(upstream[-1].proc.stdout)
             if compressed:
-                decomp = run.add(os.path.basename(zstd_path), zstd_argv(zstd_path, decompress=True), None,
-                                 subprocess.PIPE, subprocess.PIPE)
-                _grow_pipe(decomp.proc.stdout)
-                relay = _Relay(decomp.proc.stdout, consumer.proc.stdin, name)
+                stdin = upstream[-1].proc.stdout if upstream else subprocess.PIPE
+                upstream.append(run.add(os.path.basename(zstd_path), zstd_argv(zstd_path, decompress=True), None,
+                                        stdin, subprocess.PIPE))
+                if stdin is not subprocess.PIPE:
+                    stdin.close()  # zstd holds it now
+                _grow_pipe(upstream[-1].proc.stdout)
+            if upstream:
+                relay = _Relay(upstream[-1].proc.stdout, consumer.proc.stdin, name)
                 run.relays.append(relay)
                 relay.start()
-                sink = decomp.proc.stdin
-                # Report the decompressor first: it is upstream of the consumer.
-                run.stages.reverse()
+                sink = upstream[0].proc.stdin
+                # Report the upstream stages first, in their order.
+                run.stages = upstream + [consumer]
             else:
                 relay = None
                 sink = consumer.proc.stdin

@@ -8,7 +8,7 @@ STATE=.state
 mkdir -p "$STATE"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc git make curl ca-certificates
-  debootstrap debian-archive-keyring zstd rsync shellcheck prometheus iproute2 iptables restic rclone git-filter-repo)
+  debootstrap debian-archive-keyring zstd rsync shellcheck prometheus iproute2 iptables restic rclone git-filter-repo age)
 # Debian's Docker engine, unless an engine already answers (a CI runner with its own Docker).
 if ! command -v dockerd >/dev/null && ! timeout 10 docker info >/dev/null 2>&1; then
   APT_PACKAGES+=(docker.io)

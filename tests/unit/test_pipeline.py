@@ -10,7 +10,18 @@ import time
 
 import pytest
 
-from module_utils.llmops_pipeline import PipelineError, decompress_to, hash_file, redact_text, run_pipeline
+from module_utils.llmops_pipeline import (
+    AGE_HEADER,
+    InvalidValueError,
+    PipelineError,
+    age_recipients,
+    configure_age,
+    decompress_to,
+    hash_file,
+    is_encrypted,
+    redact_text,
+    run_pipeline,
+)
 
 
 def _leftovers(directory):
@@ -182,3 +193,73 @@ def test_decompress_detects_hash_mismatch_and_consumer_failure(tmp_path):
         decompress_to(packed, ["sh", "-c", "head -c 10 >/dev/null; echo 'restore broke' >&2; exit 4"],
                       consumer_name="pg_restore")
     assert info.value.stage == "pg_restore" and info.value.rc == 4 and "restore broke" in str(info.value)
+
+
+def _age_key():
+    """A fresh age identity: (text of the identity file, its recipient)."""
+    text = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+    recipient = subprocess.run(["age-keygen", "-y"], input=text, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    return text, recipient
+
+
+@pytest.fixture
+def age_key():
+    yield _age_key()
+    configure_age()  # the process-wide setting back to "in the clear" for the other tests
+
+
+def test_encrypted_round_trip_checksum_of_ciphertext(tmp_path, payload, age_key):
+    identity, recipient = age_key
+    spare_identity, spare = _age_key()
+    configure_age([recipient, spare], identity)
+    assert age_recipients() == [recipient, spare]
+    dest = tmp_path / "out.zst"
+    made = run_pipeline(["cat", str(payload)], dest)
+    data = dest.read_bytes()
+    assert made.encrypted and data.startswith(AGE_HEADER) and is_encrypted(dest)
+    assert made.sha256 == hashlib.sha256(data).hexdigest()  # SHA256SUMS checks the ciphertext, no key needed
+    assert [s.name for s in made.stages] == ["cat", "zstd", "age"] and made.bytes_in == payload.stat().st_size
+    assert payload.read_bytes()[:4096] not in data
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    restored = tmp_path / "restored"
+    back = decompress_to(dest, ["sh", "-c", 'cat > "$0"', str(restored)], expected_sha256=made.sha256)
+    assert restored.read_bytes() == payload.read_bytes() and back.encrypted
+    assert [s.name for s in back.stages] == ["age -d", "zstd", "sh"]
+    # the second recipient (e.g. an offline recovery key) opens it too; the identity never reaches a command line
+    configure_age([], spare_identity)
+    decompress_to(dest, ["sh", "-c", "cat > /dev/null"], expected_sha256=made.sha256)
+    assert all("AGE-SECRET-KEY" not in arg for s in back.stages for arg in [s.name])
+    # plain artefacts still read with an identity configured
+    plain = tmp_path / "plain.zst"
+    configure_age()
+    run_pipeline(["cat", str(payload)], plain)
+    assert not is_encrypted(plain)
+    configure_age([], identity)
+    assert decompress_to(plain, ["sh", "-c", "cat > /dev/null"]).encrypted is False
+
+
+def test_encrypted_artefact_without_or_with_a_wrong_identity(tmp_path, age_key):
+    identity, recipient = age_key
+    other_identity, _other = _age_key()
+    configure_age([recipient])
+    dest = tmp_path / "out.zst"
+    run_pipeline(["sh", "-c", "echo secret rows"], dest)
+    with pytest.raises(PipelineError) as info:
+        decompress_to(dest, ["sh", "-c", "cat > /dev/null"])
+    assert info.value.stage == "decrypt" and "backup_age_identity" in str(info.value)
+    configure_age([], other_identity)
+    with pytest.raises(PipelineError) as info:
+        decompress_to(dest, ["sh", "-c", "cat > /dev/null"])
+    assert info.value.stage == "age -d" and "no identity matched" in str(info.value)
+    assert other_identity.split("AGE-SECRET-KEY-")[1].strip() not in str(info.value)
+
+
+@pytest.mark.parametrize("recipients, identity", [
+    (["age1nothing"], None),
+    (["ssh-ed25519 AAAA"], None),
+    ([], "not a key"),
+])
+def test_configure_age_refuses_what_is_not_a_key(recipients, identity):
+    with pytest.raises(InvalidValueError):
+        configure_age(recipients, identity)
