@@ -56,7 +56,7 @@ description:
     and devices are not copied. No tool output is parsed by lines (Git only in its C(-z) forms, with
     C(core.quotePath=false)).
   - Returns the manifest entry of the component for C(backup_set).
-extends_documentation_fragment: [llmops, llmops.compression]
+extends_documentation_fragment: [llmops, llmops.compression, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -228,7 +228,7 @@ rewrite:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, compression_argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, use_encryption
 from ansible.module_utils.llmops_files import (
     CONFIG_EXCLUDE,
     SECRET_PATTERNS,
@@ -243,8 +243,8 @@ DEFAULT_COMPONENT = {"tree": "uploads", "models": "models", "configs": "configs"
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            compression_argument_spec(),
+        argument_spec=argument_spec(
+            compression=True,
             mode=dict(type="str", required=True, choices=["tree", "models", "configs", "configs_rewrite"]),
             src=dict(type="path"),
             dest=dict(type="path"),
@@ -271,6 +271,7 @@ def main():
     mode = p["mode"]
     check = module.check_mode
     try:
+        use_encryption(p)
         if mode == "configs_rewrite":
             result = rewrite_config_history(p["backup_root"], exclude=p["exclude"], secret_values=p["secret_values"],
                                             secret_patterns=p["secret_patterns"], remove=p["remove_paths"],

@@ -41,7 +41,7 @@ description:
     inside it; model, version and link names single file names; store entries C(models/<model>/<version>-<hash12>);
     config paths absolute and normalised; the config history is always the one under O(backup_root); a commit can
     never be taken for an option.
-extends_documentation_fragment: [llmops, llmops.restore]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.encryption]
 attributes:
   check_mode:
     support: full

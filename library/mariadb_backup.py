@@ -25,7 +25,7 @@ description:
   - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
     not yet archived into the archive C(<backup_root>/binlogs/)), so that point-in-time restore is possible
     between backups. It reports whether C(binlog_format) is ROW.
-extends_documentation_fragment: [llmops, llmops.connection, llmops.mariadb, llmops.compression, llmops.timeout]
+extends_documentation_fragment: [llmops, llmops.connection, llmops.mariadb, llmops.compression, llmops.timeout, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -131,7 +131,7 @@ binlog:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, use_encryption
 from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_layout import backup_layout
 from ansible.module_utils.llmops_mariadb import (
@@ -164,6 +164,7 @@ def main():
     target, conn, password = connection_of(p)
     layout = backup_layout(p["backup_root"])
     try:
+        use_encryption(p)
         if p["backup_type"] == "prune":
             pruned = prune_binlogs(p["backup_root"], layout["binlogs"],
                                    p["binlog_keep_days"], dry_run=module.check_mode)

@@ -31,7 +31,7 @@ description:
     which must list TABLE DATA entries when the database has tables.
   - Roles, memberships and tablespaces go to C(<dest>/globals.sql.zst) (C(pg_dumpall --globals-only)), and
     with O(plain_sql=true) a plain SQL copy of each database to C(<dest>/<file>.sql.zst).
-extends_documentation_fragment: [llmops, llmops.connection, llmops.postgres, llmops.compression, llmops.timeout]
+extends_documentation_fragment: [llmops, llmops.connection, llmops.postgres, llmops.compression, llmops.timeout, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -163,7 +163,7 @@ estimated_bytes:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, use_encryption
 from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_postgres import artefact_files, backup, select_databases, server_version
 
@@ -184,6 +184,7 @@ def main():
     p = module.params
     target, conn, password = connection_of(p)
     try:
+        use_encryption(p)
         if module.check_mode:
             selected = select_databases(target, p["databases"], conn, password)
             names = artefact_files(selected, p["format"], p["plain_sql"])

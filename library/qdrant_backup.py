@@ -27,7 +27,7 @@ description:
     snapshot and kept only when both agree (C(fingerprint_source=server-unchanged)); a collection written meanwhile is
     snapshotted again, up to 3 times, else recorded with C(fingerprint_source=unverifiable) and a warning.
     C(fingerprint_stable) is true when every collection's fingerprint describes its snapshot.
-extends_documentation_fragment: [llmops, llmops.qdrant]
+extends_documentation_fragment: [llmops, llmops.qdrant, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -119,7 +119,7 @@ server:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, qdrant_argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, qdrant_argument_spec, use_encryption
 from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_qdrant import QdrantClient
 from ansible.module_utils.llmops_qdrant_backup import backup, inspect
@@ -127,7 +127,8 @@ from ansible.module_utils.llmops_qdrant_backup import backup, inspect
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            encryption=True,
             **qdrant_argument_spec(),
             dest=dict(type="path", required=True),
             full_storage=dict(type="bool", default=False),
@@ -137,6 +138,7 @@ def main():
     )
     p = module.params
     try:
+        use_encryption(p)
         client = QdrantClient(p["url"], api_key=p["api_key"], timeout=p["timeout"], retries=p["retries"])
         if module.check_mode:
             server = inspect(client, p["collections"])

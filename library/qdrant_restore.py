@@ -29,7 +29,7 @@ description:
   - O(step=rollback) uploads the safety snapshots back and deletes the collections that did not exist before, for
     the collections that O(step=load) started to upload (none when it stopped at the checksum check).
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), the safety copies.
-extends_documentation_fragment: [llmops, llmops.restore, llmops.qdrant]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.qdrant, llmops.encryption]
 attributes:
   check_mode:
     support: full

@@ -29,7 +29,7 @@ description:
     verified later compares every key that cannot have expired meanwhile (see C(redis_restore)).
   - Returns the manifest entry of the component for C(backup_set), with that fingerprint, the save point, whether
     AOF is on, and the server's version.
-extends_documentation_fragment: [llmops, llmops.connection, llmops.redis, llmops.compression, llmops.timeout]
+extends_documentation_fragment: [llmops, llmops.connection, llmops.redis, llmops.compression, llmops.timeout, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -145,7 +145,7 @@ server:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, use_encryption
 from ansible.module_utils.llmops_exec import connection_of
 from ansible.module_utils.llmops_redis import backup, server_info
 
@@ -166,6 +166,7 @@ def main():
     p = module.params
     target, conn, password = connection_of(p)
     try:
+        use_encryption(p)
         info = server_info(target, conn, password)  # fails (auth, unreachable) before anything is written
         if module.check_mode:
             module.exit_json(changed=True, server=info, msg="would take an RDB snapshot (%s) into %s"

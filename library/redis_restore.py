@@ -34,7 +34,7 @@ description:
     made before artefact fingerprints is compared with the fingerprint O(step=load) recorded from its RDB.
   - O(step=rollback) (service stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
-extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.redis]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.redis, llmops.encryption]
 attributes:
   check_mode:
     support: full

@@ -25,7 +25,7 @@ description:
     holds Lucene files that cannot be read here, so its fingerprint is the server's, taken before and after the
     snapshot and kept only when both agree (C(fingerprint_source=server-unchanged)); an index written meanwhile is
     snapshotted again, up to 3 times, else recorded with C(fingerprint_source=unverifiable) and a warning.
-extends_documentation_fragment: [llmops, llmops.search, llmops.compression]
+extends_documentation_fragment: [llmops, llmops.search, llmops.compression, llmops.encryption]
 attributes:
   check_mode:
     support: full
@@ -102,7 +102,7 @@ server:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_common import LlmopsError, argument_spec, search_argument_spec
+from ansible.module_utils.llmops_common import LlmopsError, argument_spec, search_argument_spec, use_encryption
 from ansible.module_utils.llmops_search import DEFAULT_REPOSITORY, SearchClient, backup, inspect
 
 
@@ -119,6 +119,7 @@ def main():
     )
     p = module.params
     try:
+        use_encryption(p)
         client = SearchClient(p["url"], user=p["login_user"], password=p["login_password"],
                               timeout=p["timeout"] or None, retries=p["retries"])
         if module.check_mode:

@@ -29,7 +29,7 @@ description:
     snapshot.
   - O(step=cleanup) unregisters C(llmops_restore), removes the unpacked copy and O(staging), and deletes the safety
     snapshot unless O(keep_safety_copy).
-extends_documentation_fragment: [llmops, llmops.restore, llmops.search]
+extends_documentation_fragment: [llmops, llmops.restore, llmops.search, llmops.encryption]
 attributes:
   check_mode:
     support: full

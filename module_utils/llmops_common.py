@@ -76,18 +76,47 @@ def compression_argument_spec():
     return dict(zstd_level=dict(type="int", default=3), zstd_threads=dict(type="int", default=0))
 
 
+def encryption_argument_spec():
+    """``encrypt``, ``encrypt_to`` and ``age_identity`` (fragment ``llmops.encryption``); applied by
+    ``use_encryption``."""
+    return dict(encrypt=dict(type="bool", default=False), encrypt_to=dict(type="list", elements="str", default=[]),
+                age_identity=dict(type="str", no_log=True))
+
+
+def use_encryption(params):
+    """Make this module process encrypt and decrypt as its ``encrypt`` / ``encrypt_to`` / ``age_identity`` say
+    (``llmops_pipeline.configure_age``): with ``encrypt``, to the identity's own recipient plus ``encrypt_to``.
+    ``InvalidValueError`` when a recipient or the identity is not an age key, or ``encrypt`` has no identity (a
+    backup reads back what it wrote)."""
+    from ansible.module_utils.llmops_pipeline import configure_age, identity_recipients
+
+    identity = params.get("age_identity") or None
+    recipients = []
+    if params.get("encrypt"):
+        if not identity:
+            raise InvalidValueError("encryption is on (backup_encryption) but no age identity was given: set "
+                                    "backup_age_identity (the vault's vault_backup_age_identity, age-keygen's output)")
+        recipients = identity_recipients(identity) + [r for r in params.get("encrypt_to") or [] if r]
+    configure_age(recipients, identity)
+
+
 def timeout_argument_spec(default=0):
     """``timeout`` in seconds, V(0) = no limit (fragment ``llmops.timeout``)."""
     return dict(timeout=dict(type="int", default=default))
 
 
-def argument_spec(store=None, compression=False, default_timeout=None, restore=None, **options):
+def argument_spec(store=None, compression=False, default_timeout=None, restore=None, encryption=None, **options):
     """A module's whole argument spec: its own ``options`` plus the shared ones it asks for, the connection
-    options of ``store`` (``connection_argument_spec``), ``compression_argument_spec()``, ``timeout`` with
+    options of ``store`` (``connection_argument_spec``), ``compression_argument_spec()``,
+    ``encryption_argument_spec()`` (by default with ``compression`` or ``restore``: what a module compresses it
+    encrypts, what a restore reads it decrypts), ``timeout`` with
     ``default_timeout`` as its default (``timeout_argument_spec``) and, for a restore,
     ``restore_argument_spec(**restore)``. An option defined twice is a bug: ``ValueError``."""
     spec = {}
+    if encryption is None:
+        encryption = bool(compression or restore)
     for part in (connection_argument_spec(store) if store else {}, compression_argument_spec() if compression else {},
+                 encryption_argument_spec() if encryption else {},
                  timeout_argument_spec(default_timeout) if default_timeout is not None else {},
                  restore_argument_spec(**restore) if restore else {}, options):
         clash = sorted(set(spec) & set(part))
@@ -208,6 +237,7 @@ def run_restore_step(module, store, handlers):
 
     note("running")
     try:
+        use_encryption(module.params)
         result = dict(handlers[step](module.params, module.check_mode))
     except StepFailed as exc:
         note("failed")

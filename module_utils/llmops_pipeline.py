@@ -131,6 +131,15 @@ def configure_age(recipients=None, identity=None, age_path="age"):
     _AGE.update(recipients=recipients, identity=str(identity) if identity else None, age_path=age_path)
 
 
+def identity_recipients(identity, age_keygen="age-keygen"):
+    """The recipients (public keys) of an age identity's text (``age-keygen -y``, the key on stdin)."""
+    proc = subprocess.run([age_keygen, "-y"], input=str(identity).encode(), capture_output=True,  # noqa: S603
+                          check=False, timeout=30)
+    if proc.returncode != 0:
+        raise InvalidValueError("age-keygen -y could not read the age identity (exit %d)" % proc.returncode)
+    return proc.stdout.decode().split()
+
+
 def age_recipients():
     """The recipients ``run_pipeline`` encrypts to now (``[]``: no encryption)."""
     return list(_AGE["recipients"])

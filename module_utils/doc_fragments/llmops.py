@@ -118,6 +118,31 @@ options:
     default: 0
 """
 
+    # encryption_argument_spec()
+    ENCRYPTION = r"""
+options:
+  encrypt:
+    description:
+      - Encrypt the compressed artefacts the module writes with age (C(tool | zstd | age)) to the recipient of
+        O(age_identity) and those of O(encrypt_to). The set's checksums are the ciphertext's, so they and the HMAC
+        are verified without the key.
+      - Needs O(age_identity): a backup reads back what it wrote (its checks, its fingerprint).
+    type: bool
+    default: false
+  encrypt_to:
+    description: More age recipients (public keys, C(age1...)) with O(encrypt), e.g. a recovery key whose identity is
+      kept offline, away from the vault.
+    type: list
+    elements: str
+    default: []
+  age_identity:
+    description:
+      - The text of an age identity file (C(age-keygen)'s output, C(AGE-SECRET-KEY-1...)) that decrypts encrypted
+        artefacts wherever the module reads them. It reaches C(age) through a pipe, never a file or a command line.
+      - An encrypted artefact cannot be read without it, whatever O(encrypt) says now.
+    type: str
+"""
+
     # timeout_argument_spec()
     TIMEOUT = r"""
 options:
