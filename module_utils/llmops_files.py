@@ -69,7 +69,7 @@ from ansible.module_utils.llmops_backupset import (
 )
 from ansible.module_utils.llmops_common import LlmopsError, remove_paths
 from ansible.module_utils.llmops_layout import LAYOUT, layout_path
-from ansible.module_utils.llmops_pipeline import hash_file, run_pipeline
+from ansible.module_utils.llmops_pipeline import age_recipients, hash_file, run_pipeline
 
 TREE_DIR = "uploads"
 ARCHIVE = "uploads.tar.zst"
@@ -377,22 +377,32 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
     copied = {e["path"] for e in info["entries"]}
     files = [{"path": os.path.join(tree, e["path"]), "sha256": e["sha256"], "size": e["size"]} for e in regular]
     archive = None
-    if full_archive:
+    encrypted = bool(age_recipients())
+    if full_archive or encrypted:
         result = run_pipeline(["tar", "--sort=name", "--numeric-owner", "-C", tree, "-cf", "-", "."],
                               os.path.join(dest, ARCHIVE), zstd_level=zstd_level, zstd_threads=zstd_threads,
                               source_name="tar")
-        archive = {"file": ARCHIVE, "sha256": result.sha256, "size": result.bytes_out, "bytes_raw": result.bytes_in}
+        archive = {"file": ARCHIVE, "sha256": result.sha256, "size": result.bytes_out, "bytes_raw": result.bytes_in,
+                   "encrypted": result.encrypted}
         files.append({"path": result.path, "sha256": result.sha256, "size": result.bytes_out})
+    if encrypted:
+        # Encryption at rest: the set keeps only the encrypted archive; the clear copy (the fingerprint's source)
+        # lived only inside the run's .partial folder and goes now, before the set is finalized.
+        shutil.rmtree(tree)
+        fsync_dir(dest)
+        files = [f for f in files if f["path"] == result.path]
     return {
         "status": "success",
         "type": "files",
         "mode": "tree",
         "backup_type": "full",
-        "tool": "rsync -a --delete --link-dest" + (" + tar | zstd" if full_archive else ""),
+        "tool": "rsync -a --delete --link-dest" + (" + tar | zstd | age, tree removed" if encrypted else
+                                                   " + tar | zstd" if full_archive else ""),
         "tool_version": _rsync_version(rsync_path),
         **run_times(started, t0),
         "source": src,
-        "tree_dir": _rel_inside(backup_root, tree) if backup_root else None,
+        "tree_dir": _rel_inside(backup_root, tree) if backup_root and not encrypted else None,
+        "encrypted": encrypted,
         "bytes": sum(f["size"] for f in files),
         "files": files,
         "file_count": info["files"],

@@ -67,7 +67,7 @@ from ansible.module_utils.llmops_http import (
     SOURCE_UNVERIFIABLE,
     STANDIN_MARKER,
 )
-from ansible.module_utils.llmops_pipeline import hash_file
+from ansible.module_utils.llmops_pipeline import age_recipients, hash_file, run_pipeline
 from ansible.module_utils.llmops_qdrant import QdrantError
 
 SCROLL_PAGE = 1000
@@ -249,6 +249,25 @@ def _fetch(client, dest_path, snap, download, delete, what, warnings):
             warnings.append("%s: could not delete the server-side snapshot %s: %s" % (what, name, exc))
     return {"snapshot": name, "sha256": sha, "size": size, "server_checksum": server_sum,
             "checksum_verified": server_sum is not None, "server_snapshot_deleted": deleted}
+
+
+def encrypt_in_place(path, fetched):
+    """With encryption on (``llmops_pipeline.configure_age``), replace the downloaded snapshot at ``path`` (checked
+    against the server's checksum and fingerprinted already) by ``zstd | age`` of it under the same name; return
+    ``fetched`` with the file's new ``sha256`` / ``size`` and the snapshot's own as ``snapshot_sha256`` /
+    ``snapshot_size`` (what the server checks on upload). The clear download lives only inside the run's
+    ``.partial`` set folder, until this returns. Without encryption: ``fetched`` with ``compressed`` false."""
+    if not age_recipients():
+        return dict(fetched, compressed=False, encrypted=False)
+    sealed = path + ".age"
+    try:
+        result = run_pipeline(["cat", "--", path], sealed, source_name="snapshot")
+        os.replace(sealed, path)
+    finally:
+        if os.path.lexists(sealed):
+            os.unlink(sealed)
+    return dict(fetched, sha256=result.sha256, size=result.bytes_out, snapshot_sha256=fetched["sha256"],
+                snapshot_size=fetched["size"], compressed=True, encrypted=True)
 
 
 def inspect(client, collections=None):
@@ -471,9 +490,10 @@ def backup(client, dest, collections=None, full_storage=False, ledger_path=None)
                 os.unlink(path)
             vanished.append(name)
             continue
+        fetched = encrypt_in_place(path, fetched)
         files.append({"path": path, "sha256": fetched["sha256"], "size": fetched["size"]})
         fingerprint[name] = fp
-        details[name] = dict(fetched, file=file_names[name], compressed=False, fingerprint_source=source,
+        details[name] = dict(fetched, file=file_names[name], fingerprint_source=source,
                              snapshot_attempts=attempts, **fp)
     full = None
     if full_storage:
@@ -488,7 +508,8 @@ def backup(client, dest, collections=None, full_storage=False, ledger_path=None)
         path = os.path.join(dest, FULL_STORAGE_FILE)
         full = _fetch(client, path, snap, client.download_full_snapshot, delete_full, "full-storage snapshot",
                       warnings)
-        full.update(file=FULL_STORAGE_FILE, compressed=False)
+        full = encrypt_in_place(path, full)
+        full.update(file=FULL_STORAGE_FILE)
         files.append({"path": path, "sha256": full["sha256"], "size": full["size"]})
     return {
         "status": "success",

@@ -30,7 +30,7 @@ import os
 from ansible.module_utils.llmops_backupset import set_member as member_path
 from ansible.module_utils.llmops_backupset import write_json
 from ansible.module_utils.llmops_common import LlmopsError, load_state, remove_paths
-from ansible.module_utils.llmops_pipeline import hash_file
+from ansible.module_utils.llmops_pipeline import decompress_to, hash_file, is_encrypted
 from ansible.module_utils.llmops_qdrant import QdrantError
 from ansible.module_utils.llmops_qdrant_backup import (
     ARTEFACT_SOURCES,
@@ -94,7 +94,7 @@ def set_collections(set_path, entry, only=None):
         source = item.get("fingerprint_source") or ("legacy" if entry.get("fingerprint_stable") is not False
                                                     else "legacy-unstable")
         out[name] = {"path": path, "sha256": item.get("sha256"), "fingerprint": fp, "source": source,
-                     "file": fname}
+                     "file": fname, "snapshot_sha256": item.get("snapshot_sha256") if item.get("encrypted") else None}
     return out
 
 
@@ -157,11 +157,29 @@ def restore_collections(client, collections, safety_dir):
     for name, item in collections.items():
         os.makedirs(safety_dir, mode=0o700, exist_ok=True)
         write_json(os.path.join(safety_dir, TOUCHED), done + [name])
+        path, checksum = item["path"], item["sha256"]
+        if is_encrypted(path):
+            # an encrypted set (backup_encryption): decrypted into the staging folder, the file's sha256 checked
+            # while it streams; the server checks the snapshot's own on upload
+            clear_dir = os.path.join(safety_dir, ".decrypted")
+            os.makedirs(clear_dir, mode=0o700, exist_ok=True)
+            path, checksum = os.path.join(clear_dir, item["file"]), item["snapshot_sha256"]
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            try:
+                decompress_to(item["path"], ["dd", "of=%s" % path, "conv=notrunc", "status=none"],
+                              expected_sha256=item["sha256"], consumer_name="decrypt snapshot")
+            except LlmopsError as exc:
+                os.unlink(path)
+                raise QdrantRestoreError("cannot decrypt the snapshot of %s (restored before it: %s): %s"
+                                         % (name, ", ".join(done) or "none", exc)) from exc
         try:
-            client.upload_snapshot(name, item["path"], priority="snapshot", checksum=item["sha256"])
+            client.upload_snapshot(name, path, priority="snapshot", checksum=checksum)
         except QdrantError as exc:
             raise QdrantRestoreError("uploading the snapshot of %s failed (restored before it: %s): %s"
                                      % (name, ", ".join(done) or "none", exc)) from exc
+        finally:
+            if path != item["path"]:
+                os.unlink(path)
         done.append(name)
     return done
 
