@@ -85,7 +85,8 @@ def encryption_argument_spec():
 
 def use_encryption(params):
     """Make this module process encrypt and decrypt as its ``encrypt`` / ``encrypt_to`` / ``age_identity`` say
-    (``llmops_pipeline.configure_age``): with ``encrypt``, to the identity's own recipient plus ``encrypt_to``.
+    (``llmops_pipeline.configure_age``): with ``encrypt``, to the recipient of the identity's first key plus
+    ``encrypt_to``.
     ``InvalidValueError`` when a recipient or the identity is not an age key, or ``encrypt`` has no identity (a
     backup reads back what it wrote)."""
     from ansible.module_utils.llmops_pipeline import configure_age, identity_recipients
@@ -96,7 +97,8 @@ def use_encryption(params):
         if not identity:
             raise InvalidValueError("encryption is on (backup_encryption) but no age identity was given: set "
                                     "backup_age_identity (the vault's vault_backup_age_identity, age-keygen's output)")
-        recipients = identity_recipients(identity) + [r for r in params.get("encrypt_to") or [] if r]
+        # an identity may hold several keys (a rotation keeps the old one after the new): the first one's
+        recipients = identity_recipients(identity)[:1] + [r for r in params.get("encrypt_to") or [] if r]
     configure_age(recipients, identity)
 
 

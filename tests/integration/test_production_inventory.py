@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from module_utils.llmops_pipeline import AGE_HEADER
 from tests.conftest import REPO, run_playbook
 
 PRODLIKE = REPO / "tests" / "inventories" / "prodlike"
@@ -146,6 +147,38 @@ def test_backup_without_components_backs_up_what_production_lists(base_root):
     assert doc["status"] == "success"
     assert sorted(doc["components"]) == sorted(production_vars()["backup_components"])
     assert all(c["status"] == "success" for c in doc["components"].values())
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_production_sets_are_encrypted_at_rest_and_checkable_without_the_key(base_root):
+    """backup_encryption is on in production: every artefact of the data stores is an age file (no clear uploads
+    tree), SHA256SUMS checks with plain sha256sum (no key), and the seeded data is nowhere in clear. The drill
+    (test_the_command_passes_on_the_production_inventory[drill]) restores and verifies them with the key."""
+    assert production_vars()["backup_encryption"] is True
+    (name, doc), = sets(base_root).items()
+    set_dir = base_root / name
+    artefacts = [set_dir / f["path"] for component in ("mariadb", "postgres", "redis", "qdrant", "search", "uploads")
+                 for f in doc["components"][component]["files"]]
+    assert {p.relative_to(set_dir).parts[0] for p in artefacts} == {"mariadb", "postgres", "redis", "qdrant",
+                                                                      "search", "uploads"}
+    for path in artefacts:
+        assert path.read_bytes()[:len(AGE_HEADER)] == AGE_HEADER, f"{path} is not encrypted"
+    assert not (set_dir / "uploads" / "uploads").exists() and doc["components"]["uploads"]["tree_dir"] is None
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=set_dir, check=True)
+    seeded = "한국어".encode()  # in the seeded uploads' names and the databases' rows
+    assert not [p for p in artefacts if seeded in p.read_bytes()]
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_an_encrypted_set_is_not_restored_without_the_identity(base_root, tmp_path):
+    root = tmp_path / "backups"
+    subprocess.run(["cp", "-a", str(base_root), str(root)], check=True)
+    proc = prodlike("drill.yml", root, "-e", "backup_age_identity=", check=False)
+    assert proc.returncode != 0
+    assert "no age identity was given: set backup_age_identity" in proc.stdout, proc.stdout[-4000:]
+    assert "nothing live was changed" in proc.stdout
 
 
 @pytest.mark.lab

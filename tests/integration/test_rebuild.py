@@ -47,6 +47,18 @@ IMAGES = ["llmops-lab/mariadb:10.11", "llmops-lab/postgres:15", "llmops-lab/redi
 COMPONENTS = ["mariadb", "postgres", "redis", "qdrant", "search", "uploads", "models", "configs"]
 SYSTEM_SCHEMAS = "'mysql', 'sys', 'performance_schema', 'information_schema'"
 # A tree's files and links as {relative path: sha256 or link target}, computed the same way on both hosts.
+# the first bytes of every artefact (.zst, .snapshot) of a set, run on the new host
+HEADS_SCRIPT = """
+import json, os, sys
+root = os.path.realpath(sys.argv[1])
+heads = {}
+for folder, _dirs, names in os.walk(root):
+    for name in names:
+        if name.endswith((".zst", ".snapshot")):
+            with open(os.path.join(folder, name), "rb") as handle:
+                heads[os.path.relpath(os.path.join(folder, name), root)] = handle.read(22).decode("latin-1")
+print(json.dumps(heads))
+"""
 TREE_SCRIPT = r"""
 import hashlib, json, os, sys
 out = {}
@@ -147,7 +159,11 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
             "offsite_repository": f"sftp:offsite@{store['ip']}:{REMOTE}", "vault_offsite_password": PASSWORD,
             "offsite_ssh_private_key": private_key, "offsite_ssh_known_hosts": f"{store['ip']} {store['host_key']}"}))
         credentials.chmod(0o600)
-        secret_values = [PASSWORD, private_key.splitlines()[1]] + [
+        identity = lab.secrets_dir / "backup_age_identity"  # the sets' age key, as the newhost inventory makes it
+        if not identity.exists():
+            subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+        age_secret = next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+        secret_values = [PASSWORD, private_key.splitlines()[1], age_secret] + [
             (lab.secrets_dir / name).read_text().strip() for name in
             ("mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key", "search_password",
              "backup_auth_key")]
@@ -206,6 +222,9 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
         assert re.search(r'"backup +OK ', health.stdout), health.stdout[-4000:]
         cron = host.exec("cat", "/etc/cron.d/llmops-backup", check=False).stdout.decode()
         assert "backup.yml" in cron, cron
+        # production encrypts at rest: every artefact of that first backup is an age file
+        heads = json.loads(host.exec("python3", "-c", HEADS_SCRIPT, "/backup/latest").stdout)
+        assert len(heads) >= 6 and set(heads.values()) == {"age-encryption.org/v1\n"}, heads
 
         # no secret in the output, a command line, the backup volume (sets, config history, records) or the logs
         assert sampler.samples > 10 and not sampler.hits, [hit[:200] for hit in sampler.hits]

@@ -263,3 +263,24 @@ def test_encrypted_artefact_without_or_with_a_wrong_identity(tmp_path, age_key):
 def test_configure_age_refuses_what_is_not_a_key(recipients, identity):
     with pytest.raises(InvalidValueError):
         configure_age(recipients, identity)
+
+
+def test_use_encryption_encrypts_to_the_identitys_first_key_plus_encrypt_to(age_key):
+    # the modules' own namespace: llmops_common imports the pipeline as ansible.module_utils.llmops_pipeline
+    from ansible.module_utils.llmops_common import use_encryption
+    from ansible.module_utils.llmops_pipeline import age_recipients, configure_age
+
+    identity, recipient = age_key
+    old_identity, old_recipient = _age_key()
+    offline_identity, offline = _age_key()
+    # a rotation: the new key first, the old one after it (it still decrypts the older sets)
+    use_encryption({"encrypt": True, "encrypt_to": [offline], "age_identity": identity + old_identity})
+    assert age_recipients() == [recipient, offline]
+    use_encryption({"encrypt": False, "encrypt_to": [offline], "age_identity": identity})
+    assert age_recipients() == []
+    with pytest.raises(InvalidValueError, match="no age identity was given"):
+        use_encryption({"encrypt": True, "encrypt_to": [offline], "age_identity": ""})
+    with pytest.raises(InvalidValueError, match="age-keygen -y could not read"):
+        use_encryption({"encrypt": True, "encrypt_to": [],
+                        "age_identity": "# public key: age1...\nAGE-SECRET-KEY-1CHANGEME\n"})
+    configure_age()
