@@ -25,13 +25,8 @@ description:
   - O(backup_type=binlog) archives closed binary logs instead (C(FLUSH BINARY LOGS), then copies every log
     not yet archived into the archive C(<backup_root>/binlogs/)), so that point-in-time restore is possible
     between backups. It reports whether C(binlog_format) is ROW.
-extends_documentation_fragment:
-  - llmops
-  - llmops.connection
-  - llmops.mariadb
-  - llmops.compression
-  - llmops.timeout
-  - llmops.encryption
+extends_documentation_fragment: [llmops, llmops.connection, llmops.mariadb, llmops.compression, llmops.timeout,
+                                 llmops.encryption]
 attributes:
   check_mode:
     support: full

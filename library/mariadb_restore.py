@@ -29,13 +29,8 @@ description:
     complete point of a chain whose later incremental is missing or damaged; O(step=verify) then compares with that
     set's fingerprint, and O(step=replay) refuses, because the archived binary logs continue from the position of the
     set asked for, not from O(until)'s (applying them would skip what the missing increments held).
-extends_documentation_fragment:
-  - llmops
-  - llmops.restore
-  - llmops.connection
-  - llmops.mariadb
-  - llmops.timeout
-  - llmops.encryption
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.mariadb, llmops.timeout,
+                                 llmops.encryption]
 attributes:
   check_mode:
     support: full

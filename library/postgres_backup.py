@@ -31,13 +31,8 @@ description:
     which must list TABLE DATA entries when the database has tables.
   - Roles, memberships and tablespaces go to C(<dest>/globals.sql.zst) (C(pg_dumpall --globals-only)), and
     with O(plain_sql=true) a plain SQL copy of each database to C(<dest>/<file>.sql.zst).
-extends_documentation_fragment:
-  - llmops
-  - llmops.connection
-  - llmops.postgres
-  - llmops.compression
-  - llmops.timeout
-  - llmops.encryption
+extends_documentation_fragment: [llmops, llmops.connection, llmops.postgres, llmops.compression, llmops.timeout,
+                                 llmops.encryption]
 attributes:
   check_mode:
     support: full

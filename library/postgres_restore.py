@@ -31,13 +31,8 @@ description:
   - O(step=verify) compares the restored databases' live fingerprint with the one in the set's manifest.
   - O(step=rollback) drops the databases the restore created and renames their safety copies back.
   - O(step=cleanup) removes the staging folder and, unless O(keep_safety_copy), drops the safety copies.
-extends_documentation_fragment:
-  - llmops
-  - llmops.restore
-  - llmops.connection
-  - llmops.postgres
-  - llmops.timeout
-  - llmops.encryption
+extends_documentation_fragment: [llmops, llmops.restore, llmops.connection, llmops.postgres, llmops.timeout,
+                                 llmops.encryption]
 attributes:
   check_mode:
     support: full

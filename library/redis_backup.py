@@ -29,13 +29,8 @@ description:
     verified later compares every key that cannot have expired meanwhile (see C(redis_restore)).
   - Returns the manifest entry of the component for C(backup_set), with that fingerprint, the save point, whether
     AOF is on, and the server's version.
-extends_documentation_fragment:
-  - llmops
-  - llmops.connection
-  - llmops.redis
-  - llmops.compression
-  - llmops.timeout
-  - llmops.encryption
+extends_documentation_fragment: [llmops, llmops.connection, llmops.redis, llmops.compression, llmops.timeout,
+                                 llmops.encryption]
 attributes:
   check_mode:
     support: full

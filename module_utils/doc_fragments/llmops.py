@@ -126,7 +126,7 @@ options:
       - Encrypt the compressed artefacts the module writes with age (C(tool | zstd | age)) to the recipient of
         O(age_identity) and those of O(encrypt_to). The set's checksums are the ciphertext's, so they and the HMAC
         are verified without the key.
-      - Needs O(age_identity): a backup reads back what it wrote (its checks, its fingerprint).
+      - Needs O(age_identity), as a backup reads back what it wrote (its checks, its fingerprint).
     type: bool
     default: false
   encrypt_to:
