@@ -2,7 +2,7 @@
 
 The original host is the running lab, with its seeded data (uploads and models whose names hold Korean, emoji,
 quotes, newlines, `$(...)`) and a MariaDB database of this test whose table has a hostile name. Its backup
-(`backup.yml`, every component) is synced off-site (`offsite.yml`) to a real OpenSSH server in a container (SFTP),
+(`backup.yml`, every component, encrypted at rest with age as production has it) is synced off-site (`offsite.yml`) to a real OpenSSH server in a container (SFTP),
 and `restic check` passes on that repository. Then a fresh new host (tests/integration/newhost.py: no data, no
 images but those a registry would give it, the backups on a volume of their own) is rebuilt with
 
@@ -13,10 +13,11 @@ and only what a person has on that day: this repository, the vault (the lab's se
 credentials in a 0600 vars file (the repository, its password, the SSH key, the off-site host's key).
 
 Proven: the rebuild provisions the host, fetches the restore point, restores every component and verifies it,
-and its record says success with a measured RTO and each phase's time; the rebuilt stores hold the same data as
+and its record says success with a measured RTO and each phase's time (decrypting the sets with the vault's age
+identity); the rebuilt stores hold the same data as
 the original's (MariaDB table checksums, PostgreSQL rows, Redis keys, the uploads and models trees); the first
-backup of the new host is taken and `health.yml` then passes there; no secret (the stores' passwords, the HMAC
-key, the off-site password, the SSH key) is in the -vvv output, in any /proc/*/cmdline sampled during the run or
+backup of the new host is taken (encrypted) and `health.yml` then passes there; no secret (the stores' passwords,
+the HMAC key, the age key, the off-site password, the SSH key) is in the -vvv output, in any /proc/*/cmdline sampled during the run or
 in the new host's backup volume and logs.
 """
 
@@ -116,6 +117,12 @@ def redis_keys(stores: Lab) -> list:
     return sorted(stores.redis("--scan").splitlines())
 
 
+def set_heads(path: Path) -> dict:
+    """The first bytes of every artefact of the set at ``path`` (HEADS_SCRIPT)."""
+    return json.loads(subprocess.run([sys.executable, "-c", HEADS_SCRIPT, str(path)], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def tree(path: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", TREE_SCRIPT, str(path)], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
@@ -136,7 +143,18 @@ def hostile_table(lab):
 
 def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_path, monkeypatch):
     root = tmp_path / "backups"
-    run_playbook("backup.yml", "-e", f"backup_root={root}", "-e", f"backup_metrics_dir={tmp_path / 'metrics'}")
+    # the sets encrypted at rest as production has them (backup_encryption), with the key the newhost inventory
+    # gives the rebuild (the lab's age identity)
+    identity = lab.secrets_dir / "backup_age_identity"
+    if not identity.exists():
+        subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    encryption = tmp_path / "encryption.yml"
+    encryption.write_text(yaml.safe_dump({"backup_encryption": True, "backup_age_identity": identity.read_text()}))
+    encryption.chmod(0o600)
+    run_playbook("backup.yml", "-e", f"backup_root={root}", "-e", f"backup_metrics_dir={tmp_path / 'metrics'}",
+                 "-e", f"@{encryption}")
+    heads = set_heads(root / "latest")
+    assert len(heads) >= 6 and set(heads.values()) == {"age-encryption.org/v1\n"}, heads
     original = {"mariadb": mariadb_checksums(lab), "postgres": postgres_rows(lab), "redis": redis_keys(lab),
                 "uploads": tree(LAB_STATE / "data" / "appdb" / "uploads"),
                 "models": tree(LAB_STATE / "data" / "ai" / "models")}
@@ -159,9 +177,6 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
             "offsite_repository": f"sftp:offsite@{store['ip']}:{REMOTE}", "vault_offsite_password": PASSWORD,
             "offsite_ssh_private_key": private_key, "offsite_ssh_known_hosts": f"{store['ip']} {store['host_key']}"}))
         credentials.chmod(0o600)
-        identity = lab.secrets_dir / "backup_age_identity"  # the sets' age key, as the newhost inventory makes it
-        if not identity.exists():
-            subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
         age_secret = next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
         secret_values = [PASSWORD, private_key.splitlines()[1], age_secret] + [
             (lab.secrets_dir / name).read_text().strip() for name in
