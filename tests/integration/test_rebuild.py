@@ -2,9 +2,10 @@
 
 The original host is the running lab, with its seeded data (uploads and models whose names hold Korean, emoji,
 quotes, newlines, `$(...)`) and a MariaDB database of this test whose table has a hostile name. Its backup
-(`backup.yml`, every component, encrypted at rest with age as production has it) is synced off-site (`offsite.yml`) to a real OpenSSH server in a container (SFTP),
-and `restic check` passes on that repository. Then a fresh new host (tests/integration/newhost.py: no data, no
-images but those a registry would give it, the backups on a volume of their own) is rebuilt with
+(`backup.yml`, every component, encrypted at rest with age as production has it) is synced off-site
+(`offsite.yml`) to a real OpenSSH server in a container (SFTP), and `restic check` passes on that repository. Then
+a fresh new host (tests/integration/newhost.py: no data, no images but those a registry would give it, the backups
+on a volume of their own) is rebuilt with
 
     ansible-playbook -i tests/inventories/newhost playbooks/rebuild.yml -e @<credentials> -e confirm=yes -vvv
 
@@ -14,11 +15,11 @@ credentials in a 0600 vars file (the repository, its password, the SSH key, the 
 
 Proven: the rebuild provisions the host, fetches the restore point, restores every component and verifies it,
 and its record says success with a measured RTO and each phase's time (decrypting the sets with the vault's age
-identity); the rebuilt stores hold the same data as
-the original's (MariaDB table checksums, PostgreSQL rows, Redis keys, the uploads and models trees); the first
-backup of the new host is taken (encrypted) and `health.yml` then passes there; no secret (the stores' passwords,
-the HMAC key, the age key, the off-site password, the SSH key) is in the -vvv output, in any /proc/*/cmdline sampled during the run or
-in the new host's backup volume and logs.
+identity); the rebuilt stores hold the same data as the original's (MariaDB table checksums, PostgreSQL rows,
+Redis keys, the uploads and models trees); the first backup of the new host is taken (encrypted) and `health.yml`
+then passes there; no secret (the stores' passwords, the HMAC key, the age key, the off-site password, the SSH
+key) is in the -vvv output, in any /proc/*/cmdline sampled during the run or in the new host's backup volume and
+logs.
 """
 
 from __future__ import annotations
