@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ansible.module_utils
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests import the shared code the way modules do: `from ansible.module_utils.llmops_x import ...`
@@ -80,6 +81,17 @@ class Lab:
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
         return proc
+
+    def encryption_vars(self, folder: Path) -> Path:
+        """A 0600 vars file (``-e @<file>``) turning production's encryption at rest on with the lab's age identity
+        (``secrets/backup_age_identity``, the file the prodlike and newhost inventories use; made when missing)."""
+        identity = self.secrets_dir / "backup_age_identity"
+        if not identity.exists():
+            subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+        path = folder / "encryption.yml"
+        path.write_text(yaml.safe_dump({"backup_encryption": True, "backup_age_identity": identity.read_text()}))
+        path.chmod(0o600)
+        return path
 
     def mariadb(self, sql: str, database: str = "") -> list[list[str]]:
         argv = ["mariadb", "--default-character-set=utf8mb4", "-N", "-B", *([database] if database else [])]

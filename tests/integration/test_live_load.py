@@ -1,7 +1,7 @@
-"""Backups taken while the application writes, with hostile names: `backup.yml` (full, then incremental with
-`-e verify=restore`), `drill.yml` and `restore.yml` (MariaDB to a point in time, and the newest restore point with
-MariaDB rolled forward through the archived binary logs) pass with their verification on, and what they bring back
-is exactly what the writer had committed.
+"""Backups taken while the application writes, with hostile names and production's encryption at rest:
+`backup.yml` (full, then incremental with `-e verify=restore`), `drill.yml` and `restore.yml` (MariaDB to a point
+in time, and the newest restore point with MariaDB rolled forward through the archived binary logs) pass with
+their verification on, and what they bring back is exactly what the writer had committed.
 
 A writer thread per store keeps writing into MariaDB, PostgreSQL, Redis, Qdrant and uploads/ for the whole
 backup run and records each write once the store acknowledged it. After a restore, every store holds a prefix of
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible.module_utils.llmops_pipeline import AGE_HEADER
 from ansible.module_utils.llmops_qdrant import QdrantClient
 
 from tests.conftest import LAB_STATE, run_playbook
@@ -205,7 +206,10 @@ def started_epoch(entry: dict) -> float:
 
 def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, stores, tmp_path):
     root = tmp_path / "backups"
-    opts = ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={root}/metrics"]
+    # production's encryption at rest on: every artefact (streams, incrementals, binary logs, snapshots, uploads) an
+    # age file, which the restore tests, the drill and the restores decrypt
+    opts = ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={root}/metrics",
+            "-e", f"@{lab.encryption_vars(tmp_path)}"]
     live = writers(lab, stores)
     for writer in live.values():
         writer.start()
@@ -213,6 +217,7 @@ def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, store
         time.sleep(2)
         run_playbook("backup.yml", *opts, "-e", "backup_type=full")
         full = (root / "latest").resolve()
+        assert (full / "mariadb" / "mariadb.mbstream.zst").read_bytes()[:len(AGE_HEADER)] == AGE_HEADER
         time.sleep(1)
         proc = run_playbook("backup.yml", *opts, "-e", "backup_type=incremental", "-e", "verify=restore")
         incremental = (root / "latest").resolve()

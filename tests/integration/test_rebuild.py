@@ -146,14 +146,8 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
     root = tmp_path / "backups"
     # the sets encrypted at rest as production has them (backup_encryption), with the key the newhost inventory
     # gives the rebuild (the lab's age identity)
-    identity = lab.secrets_dir / "backup_age_identity"
-    if not identity.exists():
-        subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
-    encryption = tmp_path / "encryption.yml"
-    encryption.write_text(yaml.safe_dump({"backup_encryption": True, "backup_age_identity": identity.read_text()}))
-    encryption.chmod(0o600)
     run_playbook("backup.yml", "-e", f"backup_root={root}", "-e", f"backup_metrics_dir={tmp_path / 'metrics'}",
-                 "-e", f"@{encryption}")
+                 "-e", f"@{lab.encryption_vars(tmp_path)}")
     heads = set_heads(root / "latest")
     assert len(heads) >= 6 and set(heads.values()) == {"age-encryption.org/v1\n"}, heads
     original = {"mariadb": mariadb_checksums(lab), "postgres": postgres_rows(lab), "redis": redis_keys(lab),
@@ -178,7 +172,8 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
             "offsite_repository": f"sftp:offsite@{store['ip']}:{REMOTE}", "vault_offsite_password": PASSWORD,
             "offsite_ssh_private_key": private_key, "offsite_ssh_known_hosts": f"{store['ip']} {store['host_key']}"}))
         credentials.chmod(0o600)
-        age_secret = next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+        age_secret = next(line for line in (lab.secrets_dir / "backup_age_identity").read_text().splitlines()
+                          if line.startswith("AGE-SECRET-KEY-1"))
         secret_values = [PASSWORD, private_key.splitlines()[1], age_secret] + [
             (lab.secrets_dir / name).read_text().strip() for name in
             ("mariadb_root_password", "postgres_password", "redis_password", "qdrant_api_key", "search_password",
