@@ -94,6 +94,9 @@ options:
     description:
       - With O(mode=tree), also write C(uploads.tar.zst), a complete archive of the copied tree (compressed as
         O(zstd_level) and O(zstd_threads) say).
+      - With O(encrypt), the archive is always written (sealed with age) and the set keeps only it; the copied tree
+        (the fingerprint's source) is removed before the module returns. O(mode=models) and O(mode=configs) are not
+        encrypted.
     type: bool
     default: false
   keep_versions:

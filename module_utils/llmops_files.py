@@ -19,7 +19,8 @@ the live source (which may have changed meanwhile): what a restore verifies is w
 ``backup_tree``  rsync ``-a --delete --link-dest=<previous set's tree>`` into ``dest/uploads``;
                  unchanged files become hard links into the previous set. The fingerprint is the tree
                  hash of that copy. Optional full archive ``uploads.tar.zst`` of the copy through
-                 ``run_pipeline``.
+                 ``run_pipeline``; with encryption on (``llmops_pipeline.configure_age``) the archive is always
+                 written, sealed, and the set keeps only it (the copy goes before the set is finalized).
 ``backup_models`` one content-addressed copy per model version under
                  ``<backup_root>/models/<model>/<version>-<hash12>/`` (outside the sets), shared by
                  every set that references it, keyed and fingerprinted by the tree hash of the copy;
