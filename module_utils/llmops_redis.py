@@ -430,12 +430,13 @@ def compare_fingerprints(expected, actual):
 
 def unpack_rdb(artefact, sha256, rdb, timeout=None, purpose=""):
     """Unpack the RDB artefact into ``rdb`` (created 0600), its sha256 checked while it streams; ``RedisError``
-    (saying what for: ``purpose``) when that fails."""
+    (saying what for: ``purpose``) when that fails, ``rdb`` removed."""
     os.close(os.open(rdb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
         decompress_to(artefact, ["dd", "of=%s" % rdb, "conv=notrunc", "status=none"], expected_sha256=sha256,
                       timeout=timeout, consumer_name="unpack RDB")
     except PipelineError as exc:
+        os.unlink(rdb)  # nothing half-unpacked stays behind
         raise RedisError("cannot unpack %s%s: %s" % (artefact, purpose, exc)) from exc
 
 
