@@ -195,8 +195,9 @@ component:
   description:
     - The manifest entry for C(backup_set) (not in check mode). Besides the common keys, by O(mode)
     - V(tree) C(tree_dir) (inside the set), C(file_count), C(tree_bytes), C(bytes_new) (not hard-linked),
-      C(files_new), C(files_linked), C(linked_from) (set id or null), C(deleted) (entries of the previous set's tree
-      that are gone), C(full_archive), C(fingerprint.tree_sha256) (the tree hash of the copy in the set).
+      C(files_new), C(files_linked), C(files_hashed) (files read to hash them; a file hard-linked to the previous
+      set's takes the sha256 that set recorded), C(linked_from) (set id or null), C(deleted) (entries of the previous
+      set's tree that are gone), C(full_archive), C(fingerprint.tree_sha256) (the tree hash of the copy in the set).
     - V(models) C(models) (per model its C(links) and C(versions) with C(sha256), C(store), C(new)),
       C(stored_new), C(reused), C(pruned); each version's C(sha256) is the tree hash of the store's copy.
     - V(configs) C(repo), C(commit), C(changed), C(config_files), C(excluded) (C(path) and C(reason) of what was kept

@@ -22,7 +22,9 @@ description:
     O(target_time) and returns the point actually reached. It and O(step=verify) log in as O(login_user), over
     TCP with O(login_host).
   - O(step=verify) compares the live data's fingerprint with the one in the set's manifest (taken from the
-    backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base.
+    backup itself). The role runs it before any replay, so a point-in-time restore is verified at its base. It
+    first waits until the server answers (C(mariadb-admin ping) every 0.2 s, at most O(timeout) or 300 s), so a
+    restore starts the container without waiting for its health check, which runs only every 10 s.
   - O(step=rollback) (server stopped) puts the safety copy back; O(step=cleanup) removes the staging folder and,
     unless O(keep_safety_copy), the safety copy.
   - With O(until) (C(restore_plan)'s C(mariadb_chain_partial.restores_to)) the chain stops after that set, the last
@@ -170,6 +172,7 @@ from ansible.module_utils.llmops_mariadb import (
     rollback_datadir,
     stage_restore,
     swap_datadir,
+    wait_until_up,
 )
 
 
@@ -251,6 +254,7 @@ def main():
 
     def verify(p, check):
         entry = load_component(point(p)[1] if p["until"] else p["set_path"], "mariadb")
+        wait_until_up(target, conn, password, timeout=timeout(p) or 300)
         actual = fingerprint(target, conn, password)
         differences = diff_fingerprints(entry.get("fingerprint") or {}, actual)
         if differences:

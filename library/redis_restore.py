@@ -27,8 +27,9 @@ description:
     Before the AOF is written, the fingerprint of the loaded data (every key's name, type, value and absolute
     expiry, computed by a Lua script in the throw-away server) is compared with the manifest's fingerprint of the
     artefact; a difference fails the step. With AOF off only the load is checked.
-  - O(step=verify) (service running) computes the same fingerprint on the restored server (one C(EVAL) per
-    database, which blocks the server while it runs) and compares it with the manifest's. Compared are the keys
+  - O(step=verify) (service just started) waits until the server answers C(PONG) (every 0.2 s), then computes the
+    same fingerprint on the restored server (one C(EVAL) per database, which blocks the server while it runs) and
+    compares it with the manifest's. Compared are the keys
     without expiry and those expiring after the moment of the comparison; keys that may have expired since the
     backup (their expiry lies within about twice the time since it) are counted in RV(not_compared_keys). A set
     made before artefact fingerprints is compared with the fingerprint O(step=load) recorded from its RDB.

@@ -103,6 +103,11 @@ _SUMS_LINE_RE = re.compile(rb"([0-9a-fA-F]{64}) [ *](.+)", re.S)
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_sha256(value):
+    """Whether ``value`` is a sha256 as this code writes it (64 lowercase hex digits)."""
+    return isinstance(value, str) and bool(_HEX64_RE.match(value))
+
+
 class BackupSetError(LlmopsError):
     """A backup set operation cannot be done; the message tells the operator what to do."""
 
@@ -952,7 +957,7 @@ def sums_line(path, sha256):
     """
     name = _name_bytes(path)
     digest = str(sha256).lower()
-    if not _HEX64_RE.match(digest):
+    if not is_sha256(digest):
         raise BackupSetError("%r is not a sha256 (64 hex digits) for %r" % (sha256, path))
     if b"\\" in name or b"\n" in name or b"\r" in name:
         name = name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")

@@ -124,6 +124,46 @@ class ExecTarget:
         """``run`` decoded as UTF-8."""
         return self.run(tool_argv, **kwargs).decode("utf-8", "replace")
 
+    def running(self):
+        """Whether the container is running (always true on the host)."""
+        if not self.container:
+            return True
+        proc = subprocess.run([self.docker, "inspect", "--format", "{{.State.Running}}", self.container],
+                              capture_output=True, timeout=60, check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == b"true"
+
+    def logs(self, tail=20):
+        """The container's last ``tail`` log lines, redacted (empty on the host)."""
+        if not self.container:
+            return ""
+        proc = subprocess.run([self.docker, "logs", "--tail", str(tail), self.container], capture_output=True,
+                              timeout=60, check=False)
+        return redact_text((proc.stdout + proc.stderr).decode("utf-8", "replace").strip()[-STDERR_TAIL_BYTES:], [])
+
+    def wait_ready(self, probe_argv, timeout=300, env=None, ready=None, interval=0.2):
+        """Run ``probe_argv`` here every ``interval`` s until it exits 0 (and, with ``ready``, until
+        ``ready(stdout)`` is true): a server that has just started answering. Returns the probe's stdout.
+
+        This awaits the event itself: a restore does not wait for the container's next health check (10 s
+        apart), which would keep the store down longer than its own start takes. A container that stops
+        meanwhile, or a server that does not answer within ``timeout`` s, raises ``ExecError`` with its log.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                out = self.run(probe_argv, env=env, timeout=30)
+                if ready is None or ready(out):
+                    return out
+                exc = ExecError("%s answered %r" % (probe_argv[0], out[-200:].decode("utf-8", "replace").strip()))
+            except ExecError as error:
+                exc = error
+            if not self.running():
+                raise ExecError("%s stopped while starting: %s" % (self.describe(), self.logs())) from exc
+            if time.monotonic() > deadline:
+                raise ExecError("%s was not ready within %s s (%s): %s"
+                                % (self.describe(), timeout, exc, self.logs())) from exc
+            time.sleep(interval)
+
 
 def connection_of(params):
     """``(target, conn, password)`` of a store module's connection options (``connection_argument_spec``):
@@ -201,29 +241,8 @@ class ScratchServer(ExecTarget):
         for host, inside in sorted(self.mounts.items()):
             argv += ["-v", "%s:%s" % (host, inside)]
         self._docker_text(argv + ["--entrypoint", self.server_argv[0], self.image_name] + self.server_argv[1:])
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            try:
-                self.run(self.ready_argv, timeout=30)
-                return self
-            except ExecError as exc:
-                if not self._running():
-                    raise ExecError("the scratch server of %s stopped while starting: %s"
-                                    % (self.image_name, self.logs())) from exc
-                if time.monotonic() > deadline:
-                    raise ExecError("the scratch server of %s was not ready within %s s: %s"
-                                    % (self.image_name, self.ready_timeout, self.logs())) from exc
-            time.sleep(0.2)
-
-    def _running(self):
-        proc = subprocess.run([self.docker, "inspect", "--format", "{{.State.Running}}", self.container],
-                              capture_output=True, timeout=60, check=False)
-        return proc.returncode == 0 and proc.stdout.strip() == b"true"
-
-    def logs(self, tail=20):
-        proc = subprocess.run([self.docker, "logs", "--tail", str(tail), self.container], capture_output=True,
-                              timeout=60, check=False)
-        return redact_text((proc.stdout + proc.stderr).decode("utf-8", "replace").strip()[-STDERR_TAIL_BYTES:], [])
+        self.wait_ready(self.ready_argv, timeout=self.ready_timeout)
+        return self
 
     def stop(self):
         subprocess.run([self.docker, "rm", "-f", "-v", self.container], capture_output=True, timeout=120,

@@ -59,10 +59,12 @@ import urllib.parse
 from ansible.module_utils.llmops_backupset import (
     BackupSetError,
     fsync_dir,
+    is_sha256,
     isoformat,
     list_sets,
     load_manifest,
     parse_time,
+    relative_problem,
     run_times,
     utc,
     write_file_atomic,
@@ -203,18 +205,21 @@ def compare_scans(new, old):
     return {"changes": changes, "deleted": deleted}
 
 
-def tree_info(root, modes=True, cache=None, exclude=()):
-    """Walk ``root``; return ``{sha256, entries, files, dirs, symlinks, bytes, skipped}``.
+def tree_info(root, modes=True, cache=None, exclude=(), inodes=None):
+    """Walk ``root``; return ``{sha256, entries, files, dirs, symlinks, bytes, skipped, files_hashed}``.
 
     ``entries``: ``[{path, kind, mode, size, sha256, ino, nlink, mtime_ns}]`` sorted like the hash.
     ``cache`` (``{path: [size, mtime_ns, sha256]}``) lets a file whose size and mtime are unchanged
-    reuse a known sha256 instead of being read again. ``exclude``: names left out (see ``walk_tree``).
+    reuse a known sha256 instead of being read again; ``inodes`` (``{(st_dev, st_ino): (size, sha256)}``)
+    does the same for a file that *is* a known file (a hard link to it). ``files_hashed`` counts the files
+    read. ``exclude``: names left out (see ``walk_tree``).
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root) or os.path.islink(root):
         raise FilesBackupError("%s is not a folder" % root)
     records = []
     skipped = []
+    hashed = 0
     for rel, full, st in walk_tree(root, exclude):
         mode = stat.S_IMODE(st.st_mode)
         entry = {"path": rel, "mode": mode, "ino": st.st_ino, "nlink": st.st_nlink, "mtime_ns": st.st_mtime_ns}
@@ -225,10 +230,14 @@ def tree_info(root, modes=True, cache=None, exclude=()):
             entry.update(kind="d", size=0, sha256="-")
         elif stat.S_ISREG(st.st_mode):
             known = (cache or {}).get(rel)
+            linked = (inodes or {}).get((st.st_dev, st.st_ino))
             if known and int(known[0]) == st.st_size and int(known[1]) == st.st_mtime_ns:
                 digest = known[2]
+            elif linked and linked[0] == st.st_size:
+                digest = linked[1]
             else:
                 digest, _size = hash_file(full)
+                hashed += 1
             entry.update(kind="f", size=st.st_size, sha256=digest)
         else:
             skipped.append(rel)
@@ -245,7 +254,7 @@ def tree_info(root, modes=True, cache=None, exclude=()):
     return {"sha256": digest.hexdigest(), "entries": entries, "files": len(files),
             "dirs": sum(1 for e in entries if e["kind"] == "d"),
             "symlinks": sum(1 for e in entries if e["kind"] == "l"),
-            "bytes": sum(e["size"] for e in files), "skipped": skipped}
+            "bytes": sum(e["size"] for e in files), "skipped": skipped, "files_hashed": hashed}
 
 
 def tree_hash(root, modes=True):
@@ -281,9 +290,10 @@ def _rel_inside(root, path):
 
 
 def previous_tree(backup_root, component, exclude=None):
-    """``(set_id, path)`` of the tree of ``component`` in the newest complete successful set, or ``(None, None)``."""
+    """``(set_id, path, set_path)`` of the tree of ``component`` in the newest complete successful set, or
+    ``(None, None, None)``."""
     if not backup_root:
-        return None, None
+        return None, None, None
     for item in reversed(list_sets(backup_root, complete_only=True)):
         try:
             comp = (load_manifest(item["path"]).get("components") or {}).get(component) or {}
@@ -297,18 +307,46 @@ def previous_tree(backup_root, component, exclude=None):
             continue
         if exclude and os.path.abspath(exclude) == path:
             continue
-        return item["id"], path
-    return None, None
+        return item["id"], path, item["path"]
+    return None, None, None
+
+
+def linked_hashes(set_path, tree_path):
+    """``{(st_dev, st_ino): (size, sha256)}`` of the regular files of the previous set's tree ``tree_path``, from
+    that set's manifest: a file of the new tree that rsync hard-linked to one of them *is* that file, and need
+    not be read again to know its sha256. Entries that are not what the manifest says they are (another size,
+    not a regular file, a malformed checksum) are left out, so those files are read; a file damaged on the
+    backup volume since keeps its recorded checksum and ``verify`` finds it in both sets."""
+    try:
+        entries = load_manifest(set_path).get("files") or []
+    except BackupSetError:
+        return {}
+    prefix = os.path.relpath(tree_path, set_path) + os.sep
+    out = {}
+    for entry in entries:
+        rel, digest, size = entry.get("path"), entry.get("sha256"), entry.get("size")
+        if not isinstance(rel, str) or not rel.startswith(prefix) or not isinstance(size, int) \
+                or not isinstance(digest, str) or not is_sha256(digest) or relative_problem(rel):
+            continue
+        try:
+            st = os.lstat(os.path.join(set_path, rel))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == size:
+            out[(st.st_dev, st.st_ino)] = (size, digest)
+    return out
 
 
 def _limit(items, limit=ITEMS_LIMIT):
     return items[:limit]
 
 
-def fsync_tree(root):
+def fsync_tree(root, skip_linked=False):
     """fsync every regular file and folder of the tree ``root`` (``root`` included), children before their folder:
     rsync does not fsync, and a set must not be finalized while what it lists may still be only in the page cache.
-    Symlinks and other kinds are not opened. Returns the number of files and folders synced."""
+    Symlinks and other kinds are not opened. With ``skip_linked`` a file with more than one link (one rsync
+    ``--link-dest`` hard-linked to a finalized set, whose data was synced then) is not opened: its new name is
+    synced with its folder. Returns the number of files and folders synced."""
     count = 0
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for name in filenames + dirnames:
@@ -317,7 +355,7 @@ def fsync_tree(root):
                 st = os.lstat(full)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and not (skip_linked and st.st_nlink > 1):
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 try:
                     os.fsync(fd)
@@ -349,7 +387,7 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
     if not os.path.isdir(src):
         raise FilesBackupError("src %s is not a folder" % src)
     tree = os.path.join(dest, TREE_DIR)
-    linked_from, prev_path = previous_tree(backup_root, component, exclude=tree)
+    linked_from, prev_path, prev_set = previous_tree(backup_root, component, exclude=tree)
     previous = scan_tree(prev_path) if prev_path else {}
     if check_mode:
         source = scan_tree(src)
@@ -370,9 +408,10 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
     if outcome["rc"] == RSYNC_VANISHED:
         warnings.append("files vanished from %s while it was copied (rsync code 24); the copy and its tree hash "
                         "hold what was there when rsync reached it" % src)
-    fsync_tree(tree)
+    fsync_tree(tree, skip_linked=bool(prev_path))  # rsync -a without -H: only --link-dest makes a second link
     fsync_dir(dest)
-    info = tree_info(tree)
+    # a file rsync hard-linked to the previous set's is that file: its sha256 is the one that set recorded
+    info = tree_info(tree, inodes=linked_hashes(prev_set, prev_path) if prev_path else None)
     regular = [e for e in info["entries"] if e["kind"] == "f"]
     new = [e for e in regular if e["nlink"] < 2]
     copied = {e["path"] for e in info["entries"]}
@@ -411,6 +450,7 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
         "bytes_new": sum(e["size"] for e in new),
         "files_new": len(new),
         "files_linked": len(regular) - len(new),
+        "files_hashed": info["files_hashed"],
         "linked_from": linked_from,
         "transferred": len(new),
         "deleted": sum(1 for rel, item in previous.items() if item is not None and rel not in copied),

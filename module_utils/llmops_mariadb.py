@@ -53,13 +53,29 @@ def client_argv(conn, *args):
 
     The session's character set is always utf8mb4, so that names and values travel unmangled.
     """
-    argv = ["mariadb", "--batch", "--skip-column-names", "--default-character-set=utf8mb4",
-            "--user=%s" % conn.get("user", "root")]
+    return ["mariadb", "--batch", "--skip-column-names", "--default-character-set=utf8mb4"] + _login_args(conn) + list(args)
+
+
+def _login_args(conn):
+    argv = ["--user=%s" % conn.get("user", "root")]
     if conn.get("host"):
         argv += ["--host=%s" % conn["host"], "--port=%d" % int(conn.get("port") or 3306), "--protocol=tcp"]
     elif conn.get("socket"):
         argv.append("--socket=%s" % conn["socket"])
-    return argv + list(args)
+    return argv
+
+
+def wait_until_up(target, conn, password=None, timeout=300):
+    """Return as soon as the server answers (``mariadb-admin ping``, every 0.2 s), at most ``timeout`` s.
+
+    A refused login counts as an answer (``ping`` exits 0 then): the next query says what is wrong with it.
+    A restore awaits this rather than the container's health check, which runs only every 10 s.
+    """
+    try:
+        target.wait_ready(["mariadb-admin"] + _login_args(conn) + ["ping", "--silent"], timeout=timeout,
+                          env=_env(password))
+    except ExecError as exc:
+        raise MariaDBError("MariaDB did not come up: %s" % exc) from exc
 
 
 _BATCH_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "\\": "\\", "Z": "\x1a", "b": "\b"}

@@ -156,6 +156,17 @@ def server_info(target, conn, password=None):
     }
 
 
+def wait_until_up(target, conn, password=None, timeout=300):
+    """Return as soon as the server answers ``PING`` with ``PONG`` (every 0.2 s; not while it still loads its data
+    and answers ``LOADING``), at most ``timeout`` s. A restore awaits this rather than the container's health check,
+    which runs only every 10 s."""
+    try:
+        target.wait_ready(cli_argv(conn, "PING", fmt=None), timeout=timeout, env=_env(password),
+                          ready=lambda out: out.strip() == b"PONG")
+    except ExecError as exc:
+        raise RedisError("Redis did not come up: %s" % exc) from exc
+
+
 def config_get(target, conn, name, password=None):
     """``CONFIG GET name``, or None where CONFIG is not allowed (renamed, ACL) or unknown."""
     try:

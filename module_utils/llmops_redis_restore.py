@@ -45,6 +45,7 @@ from ansible.module_utils.llmops_redis import (
     info,
     summarize,
     unpack_rdb,
+    wait_until_up,
 )
 
 STAGED_RDB = "dump.rdb"
@@ -286,7 +287,8 @@ def load(datadir, staging, owner="999:999", timeout=600, entry=None):
 
 
 def verify(target, conn, entry, staging, password=None, timeout=None):
-    """Compare the restored server's fingerprint with the backup's (``compare_fingerprints``).
+    """Compare the restored server's fingerprint with the backup's (``compare_fingerprints``), as soon as the
+    server answers (``wait_until_up``).
 
     The reference is the manifest's artefact fingerprint or, for a set that has none, the one the
     load step recorded from the RDB. Returns ``compare_fingerprints``' result plus ``against`` (the
@@ -299,6 +301,7 @@ def verify(target, conn, entry, staging, password=None, timeout=None):
         if expected is None:
             raise RedisError("nothing to verify against: the set's manifest has no artefact fingerprint and step=load "
                              "recorded none in %s" % staging)
+    wait_until_up(target, conn, password, timeout=timeout or 300)
     live = fingerprint_parts(target, conn, password, reference_ms=expected["reference_ms"],
                              bucket_ms=expected["bucket_ms"], timeout=timeout)
     compared = compare_fingerprints(expected, live)

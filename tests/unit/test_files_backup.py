@@ -172,6 +172,56 @@ def test_tree_two_backups_share_unchanged_files_and_restore(tmp_path):
     assert tree_hash(extracted) == second["fingerprint"]["tree_sha256"]
 
 
+def test_tree_nightly_reads_only_what_changed_and_trusts_no_bad_record(tmp_path, monkeypatch):
+    """A file rsync hard-linked to the previous set's takes that set's recorded sha256 (it is the same inode);
+    only new or changed files are read. A record that does not fit the file (another size) is not trusted."""
+    import ansible.module_utils.llmops_files as files
+
+    src = make_tree(tmp_path / "src")
+    root = tmp_path / "backup"
+    p1 = new_partial(root, "2026-01-01T02:00:00+00:00")
+    first = backup_tree(src, os.path.join(p1, "uploads"), backup_root=root)
+    assert first["files_hashed"] == first["file_count"]
+    set1 = finalize(root, p1, {"uploads": first})
+
+    (src / "brand new.txt").write_text("new")
+    (src / "plain.txt").write_text("changed in place, another size")
+    read, synced = [], []
+    real_hash, real_fsync = files.hash_file, os.fsync
+    monkeypatch.setattr(files, "hash_file", lambda path, *a, **k: read.append(os.path.basename(path))
+                        or real_hash(path, *a, **k))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    p2 = new_partial(root, "2026-01-02T02:00:00+00:00")
+    second = backup_tree(src, os.path.join(p2, "uploads"), backup_root=root)
+    assert sorted(read) == ["brand new.txt", "plain.txt"]
+    # the new files' data is synced; a hard-linked file's was when the first set was made (its folder is synced)
+    assert {"brand new.txt", "plain.txt", "uploads", "ünïcode"} <= set(synced)
+    assert "deep file.bin" not in synced and "with space.csv" not in synced
+    assert second["files_hashed"] == 2 and second["files_linked"] == second["file_count"] - 2
+    # the fingerprint and every listed sha256 are those of a full read
+    tree = Path(p2) / "uploads" / "uploads"
+    assert second["fingerprint"]["tree_sha256"] == tree_hash(tree) == tree_hash(src)
+    for entry in second["files"]:
+        assert entry["sha256"] == real_hash(entry["path"])[0], entry["path"]
+    set2 = finalize(root, p2, {"uploads": second})
+
+    # the previous set's manifest says another size for one file: that file is read, not trusted
+    import json
+
+    manifest_path = Path(set2) / "backup_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    victim = next(e for e in manifest["files"] if e["path"].endswith("deep file.bin"))
+    victim["size"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    read.clear()
+    p3 = new_partial(root, "2026-01-03T02:00:00+00:00")
+    third = backup_tree(src, os.path.join(p3, "uploads"), backup_root=root)
+    assert third["linked_from"] == os.path.basename(set2)
+    assert read == ["deep file.bin"]
+    assert third["fingerprint"]["tree_sha256"] == tree_hash(src)
+
+
 def test_tree_check_mode_writes_nothing(tmp_path):
     src = make_tree(tmp_path / "src")
     root = tmp_path / "backup"
