@@ -82,6 +82,20 @@ def playbook(name: str, extra: dict, log: Path) -> float:
     return took
 
 
+def evict(path: Path) -> None:
+    """Drop the page cache of every file under ``path`` (``posix_fadvise DONTNEED`` after a sync), and only of
+    those: a read from the disk afterwards is a read of that data, while what a run has just written (an
+    artefact read back to fingerprint it) stays cached as it would in production."""
+    os.sync()
+    for f in path.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def drop_caches() -> bool:
     """Flush dirty pages and drop the page cache (root); False when the kernel does not let us."""
     os.sync()

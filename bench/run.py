@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from lab import (  # noqa: E402
     BenchError,
     container,
     drop_caches,
+    evict,
     latest_set,
     manifest,
     playbook,
@@ -205,21 +207,26 @@ class Bench:
                                    round(ours_tp / 1e6, 1), round(limit_tp / 1e6, 1), ">= 0.80", unit="MB/s"))
 
     def one_pass(self) -> None:
-        """Bytes read from the disk during a MariaDB backup, the bundle's ÷ the bare pipeline's (both cold)."""
-        if not drop_caches():
-            self.notes.append("one pass: not measured (the kernel refused drop_caches)")
-            return
-        before = disk_read_bytes()
-        self.bare_mariadb(self.work / "onepass.zst")
-        bare = disk_read_bytes() - before
-        (self.work / "onepass.zst").unlink()
-        drop_caches()
-        before = disk_read_bytes()
-        self.backup(self.root("onepass"), ["mariadb"])
-        ours = disk_read_bytes() - before
-        self.figures.append(figure("one pass", "bytes read from the disk by a MariaDB backup (cold cache), the bundle's"
-                                   " ÷ the bare pipeline's (both include their programs' own files)",
-                                   round(ours / 1e6, 1), round(bare / 1e6, 1), "<= 1.10", unit="MB"))
+        """Bytes read from the disk during a MariaDB backup with the live datadir evicted from the page cache (and
+        the rest warm), the bundle's ÷ the bare pipeline's: how often the live data is read. The artefact the
+        bundle reads back to fingerprint it (in a scratch server) was just written and is still cached, as it is
+        in production; its cost shows in the time figures, not here."""
+        datadir = LAB_STATE / "data" / "appdb" / "mariadb"
+        reads = {}
+        for side in ("bare", "ours", "bare"):
+            evict(datadir)
+            before = disk_read_bytes()
+            if side == "bare":
+                self.bare_mariadb(self.work / "onepass.zst")
+                (self.work / "onepass.zst").unlink()
+            else:
+                self.backup(self.root("onepass"), ["mariadb"])
+            reads.setdefault(side, []).append(disk_read_bytes() - before)
+        bare = min(reads["bare"])  # the first bare run also loads the tools' own files
+        self.figures.append(figure(
+            "one pass", "bytes read from the disk during a MariaDB backup, the live datadir "
+            f"({tree_bytes(datadir) / 1e6:.0f} MB) evicted from the page cache, the bundle's ÷ the bare pipeline's",
+            round(reads["ours"][0] / 1e6, 1), round(bare / 1e6, 1), "<= 1.10", unit="MB"))
 
     def incremental(self) -> None:
         """MariaDB incremental after a ~5 % change ÷ the full, the bundle's and the bare tool's."""
@@ -245,38 +252,42 @@ class Bench:
 
     def restore(self) -> None:
         """The bundle's MariaDB restore (restore.yml on the live lab) ÷ the bare tools into a scratch server, and the
-        time each is down (docker events: the container stopped → healthy again)."""
+        time each is down: for the bundle, as a client sees it (``mariadb-admin ping`` in a loop: the last answer
+        before the stop to the first one after the start); bare, the copy-back of the prepared backup into an empty
+        datadir and the start of a server on it, until it answers."""
         full = self.sets["mariadb_full"]
         c = container("mariadb")
-        t0 = time.time()
-        ours = playbook("restore.yml", {"components": "mariadb", "backup_id": full.name,
-                                        "backup_root": str(full.parent), "confirm": "yes"}, self.log)
-        ours_down = downtime(c, t0, time.time())
+        with Prober(["docker", "exec", c, "mariadb-admin", "ping", "--silent"]) as probe:
+            ours = playbook("restore.yml", {"components": "mariadb", "backup_id": full.name,
+                                            "backup_root": str(full.parent), "confirm": "yes"}, self.log)
+        ours_down = probe.longest_outage()
         image = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", c], capture_output=True, text=True,
                                check=True).stdout.strip()
-        stage = self.work / "bare-restore"
+        stage, datadir = self.work / "bare-restore", self.work / "bare-datadir"
         name = "llmops-bench-bare-mariadb"
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
         try:
             start = time.perf_counter()
-            sh(f"mkdir -p '{stage}' && zstd -dc '{self.bare_full_stream}' | docker run -i --rm -v '{stage}:/stage' "
-               f"{image} mbstream -x -C /stage && docker run --rm -v '{stage}:/stage' {image} sh -c "
-               "'mariadb-backup --prepare --target-dir=/stage 2>/dev/null && chown -R mysql:mysql /stage'",
-               log=self.log)
-            up = time.perf_counter()
-            sh(f"docker run -d --name {name} --network none -v '{stage}:/var/lib/mysql' {image} >/dev/null && "
+            sh(f"mkdir -p '{stage}' '{datadir}' && zstd -dc '{self.bare_full_stream}' | docker run -i --rm "
+               f"-v '{stage}:/stage' {image} mbstream -x -C /stage && docker run --rm -v '{stage}:/stage' {image} "
+               "mariadb-backup --prepare --target-dir=/stage 2>/dev/null", log=self.log)
+            down = time.perf_counter()
+            sh(f"docker run --rm -v '{stage}:/stage' -v '{datadir}:/var/lib/mysql' {image} sh -c "
+               "'mariadb-backup --copy-back --target-dir=/stage 2>/dev/null && chown -R mysql:mysql /var/lib/mysql' "
+               f"&& docker run -d --name {name} --network none -v '{datadir}:/var/lib/mysql' {image} >/dev/null && "
                f"until docker exec {name} mariadb-admin ping --silent 2>/dev/null; do sleep 0.2; done", log=self.log)
             bare = time.perf_counter() - start
-            bare_down = time.perf_counter() - up
+            bare_down = time.perf_counter() - down
         finally:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-            subprocess.run(["docker", "run", "--rm", "-v", f"{self.work}:/w", image, "rm", "-rf", "/w/bare-restore"],
-                           capture_output=True, check=False)
+            subprocess.run(["docker", "run", "--rm", "-v", f"{self.work}:/w", image, "rm", "-rf", "/w/bare-restore",
+                            "/w/bare-datadir"], capture_output=True, check=False)
         self.figures.append(figure("restore overhead", "`restore.yml -e components=mariadb` ÷ the bare tools (unpack, "
-                                   "prepare, copy, start a server on it)", round(ours, 2), round(bare, 2), "<= 1.15"))
-        self.figures.append(figure("downtime", "MariaDB down during the bundle's restore (stop → healthy) ÷ the bare "
-                                   "start of the prepared copy", ours_down and round(ours_down, 2), round(bare_down, 2),
-                                   "<= 1.2"))
+                                   "prepare, copy back, start a server on it)", round(ours, 2), round(bare, 2),
+                                   "<= 1.15"))
+        self.figures.append(figure("downtime", "MariaDB not answering during the bundle's restore (last answer before "
+                                   "the stop → first after the start) ÷ the bare copy-back and start",
+                                   ours_down and round(ours_down, 2), round(bare_down, 2), "<= 1.2"))
 
     def uploads_unchanged(self) -> None:
         """A nightly uploads backup of an unchanged tree with a cold cache ÷ bare `rsync --link-dest`."""
@@ -329,20 +340,42 @@ class Bench:
                                    rto_s=report.get("rto_seconds"), rto_by_component=report.get("rto_by_component")))
 
 
-def downtime(name: str, since: float, until: float) -> float | None:
-    """Seconds from the container's first ``die`` to its next ``health_status: healthy`` in [since, until]."""
-    out = subprocess.run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter",
-                          f"container={name}", "--format", "{{.Status}} {{.TimeNano}}"], capture_output=True, text=True,
-                         check=False).stdout.splitlines()
-    died = healthy = None
-    for line in out:
-        status, nano = line.rsplit(" ", 1)
-        if died is None and status == "die":
-            died = int(nano)
-        elif died is not None and status.startswith("health_status: healthy"):
-            healthy = int(nano)
-            break
-    return (healthy - died) / 1e9 if died and healthy else None
+class Prober:
+    """Runs ``argv`` in a loop in a thread while in the ``with`` block, noting when it succeeded and failed."""
+
+    def __init__(self, argv: list[str]):
+        self.argv, self.samples, self.stop = argv, [], threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                ok = subprocess.run(self.argv, capture_output=True, timeout=5, check=False).returncode == 0
+            except subprocess.TimeoutExpired:
+                ok = False
+            self.samples.append((time.monotonic(), ok))
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def longest_outage(self) -> float | None:
+        """Seconds from the last success before the longest run of failures to the first success after it."""
+        longest, last_ok, failing = None, None, False
+        for when, ok in self.samples:
+            if not ok:
+                failing = True
+            elif failing and last_ok is not None:
+                longest = max(longest or 0.0, when - last_ok)
+                failing = False
+            if ok:
+                last_ok, failing = when, False
+        return longest
 
 
 FIGURES = ["per_component", "whole_run", "seeds_and_limit", "one_pass", "incremental", "restore", "uploads_unchanged",
