@@ -195,6 +195,7 @@ def test_tree_nightly_reads_only_what_changed_and_trusts_no_bad_record(tmp_path,
     p2 = new_partial(root, "2026-01-02T02:00:00+00:00")
     second = backup_tree(src, os.path.join(p2, "uploads"), backup_root=root)
     assert sorted(read) == ["brand new.txt", "plain.txt"]
+    assert second["linked_from"] == os.path.basename(set1)
     # the new files' data is synced; a hard-linked file's was when the first set was made (its folder is synced)
     assert {"brand new.txt", "plain.txt", "uploads", "ünïcode"} <= set(synced)
     assert "deep file.bin" not in synced and "with space.csv" not in synced

@@ -76,7 +76,7 @@ class ActionModule(ActionBase):
                 done[name] = job
         start = time.monotonic()
         last_report = start
-        poll = min(2.0, interval)  # notice a finished component quickly; report progress every interval
+        poll = min(0.5, interval)  # notice a finished component quickly; report progress every interval
         while pending:
             for name, jid in list(pending.items()):
                 status = self._status(jid, async_dir, task_vars)
