@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -403,12 +404,17 @@ def main(argv=None) -> int:
     args.figures = sorted(set(args.figures) | {NEEDS[f] for f in args.figures if f in NEEDS}, key=FIGURES.index)
     bench = Bench(args)
     started = datetime.datetime.now(datetime.UTC)
+    signal.signal(signal.SIGTERM, _interrupted)  # `timeout` or a CI limit: the figures measured so far are kept
+    dataset, failed, current = {}, None, "the data set"
     try:
         dataset = bench.data.build(log=bench.say)
-        for name in FIGURES:
-            if name in args.figures:
-                bench.say(f"measuring {name}")
-                getattr(bench, name)()
+        for current in (name for name in FIGURES if name in args.figures):
+            bench.say(f"measuring {current}")
+            getattr(bench, current)()
+    except (BenchError, KeyboardInterrupt) as exc:
+        failed = f"{type(exc).__name__}: {exc}"
+        bench.notes.append(f"INCOMPLETE: stopped while measuring {current} ({failed}); the figures above were "
+                           "measured before that, the others are missing")
     finally:
         if not args.keep:
             bench.data.drop()
@@ -418,7 +424,13 @@ def main(argv=None) -> int:
     for path in paths:
         bench.say(f"wrote {path}")
     print(paths[1].read_text())
-    return 0
+    if failed:
+        bench.say(f"FAILED: {failed}")
+    return 1 if failed else 0
+
+
+def _interrupted(*_):
+    raise KeyboardInterrupt("terminated")
 
 
 if __name__ == "__main__":
