@@ -16,9 +16,10 @@ description:
   - O(command=begin) creates C(<root>/.<name>_YYYYmmdd_HHMMSS.partial/) (mode 0700, UTC time) and returns its
     path; the backup modules write their artefacts into it.
   - O(command=component) records one component's manifest entry (usually the result of a backup module).
-  - O(command=finalize) merges the entries into the manifest, hashes every file, writes C(SHA256SUMS), renames
-    the folder to C(<root>/<name>_YYYYmmdd_HHMMSS) and, only when every component succeeded, points
-    C(<root>/latest) at it. A failed set is still finalized (its good artefacts may matter) with
+  - O(command=finalize) merges the entries into the manifest, hashes every file (a file hard-linked to a file of the
+    set a component names in C(linked_from), the unchanged uploads, takes the sha256 that set recorded), writes
+    C(SHA256SUMS), renames the folder to C(<root>/<name>_YYYYmmdd_HHMMSS) and, only when every component
+    succeeded, points C(<root>/latest) at it. A failed set is still finalized (its good artefacts may matter) with
     C(status=failed) in its manifest, and never becomes C(latest).
   - O(command=finalize) reads C(SHA256SUMS) back before the rename; a set whose C(SHA256SUMS) does not list exactly
     its files with the hashes of the manifest is finalized as failed. C(SHA256SUMS) escapes file names as GNU
@@ -484,6 +485,7 @@ from ansible.module_utils.llmops_backupset import (
     cleanup_partials,
     finalize_set,
     hash_set_files,
+    hashes_by_inode,
     heartbeat,
     human_bytes,
     is_no_space,
@@ -650,6 +652,21 @@ def _check_files(partial, name, comp, hashes, problems):
             entry['size'] = hashes[rel]['size']
 
 
+def _linked_sets_hashes(root, components):
+    """The checksums of the earlier sets that components hard-linked files to (C(linked_from), the uploads tree):
+    such a file is that set's file, recorded and checked when that set was finalized, and is not read again."""
+    known = {}
+    for comp in components.values():
+        prev = comp.get('linked_from')
+        if comp.get('status') != 'success' or not isinstance(prev, str) or not prev or prev.startswith('.') \
+                or os.sep in prev:
+            continue
+        path = os.path.join(root, prev)
+        if os.path.isdir(path) and not os.path.islink(path):
+            known.update(hashes_by_inode(path))
+    return known
+
+
 def _abandon(module, root, partial, set_id, manifest, problems, cause):
     """Finalize could not make a checked set: remove the partial and report a failed run (never a set)."""
     written = tree_bytes(partial)
@@ -721,7 +738,7 @@ def do_finalize(module, root):
     try:
         # The bookkeeping (.owner.json, .components/) is not hashed and stays until finalize_set's rename, so
         # that a run killed while its files are hashed still names its owner process (the next begin removes it).
-        files = hash_set_files(partial)
+        files = hash_set_files(partial, known=_linked_sets_hashes(root, components))
         hashes = dict((f['path'], f) for f in files)
         for name, comp in sorted(components.items()):
             _check_files(partial, name, comp, hashes, problems)

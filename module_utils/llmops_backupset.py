@@ -60,6 +60,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 
 try:
@@ -905,23 +906,58 @@ def set_links(path):
             for rel in _set_files(path, links=True, bookkeeping=True)]
 
 
-def hash_set_files(path):
+def hash_set_files(path, known=None):
     """Hash every regular file of a set except the manifest, SHA256SUMS, the verification records and
     a partial's bookkeeping (``.owner.json``, ``.components/``).
 
     Returns ``[{path, size, sha256}]`` sorted by path; symbolic links are left out (see
-    ``set_links``); a special file (fifo, device) raises.
+    ``set_links``); a special file (fifo, device) raises. ``known`` (``hashes_by_inode`` of an earlier
+    set) gives the sha256 of a file that is a hard link to one of that set's files, which is then not read.
     """
     entries = []
     for rel in _set_files(path, bookkeeping=True):
         if rel == MANIFEST:
             continue
         full = os.path.join(path, rel)
-        if not os.path.isfile(full):
+        st = os.lstat(full)
+        if not stat.S_ISREG(st.st_mode):
             raise BackupSetError("%s is not a regular file; a set holds regular files only" % full)
-        digest, size = hash_file(full)
+        linked = (known or {}).get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+        if linked and linked[0] == st.st_size:
+            digest, size = linked[1], st.st_size
+        else:
+            digest, size = hash_file(full)
         entries.append({"path": rel, "size": size, "sha256": digest})
     return entries
+
+
+def hashes_by_inode(set_path, under=""):
+    """``{(st_dev, st_ino): (size, sha256)}`` of the regular files of a finalized set (those below the folder
+    ``under`` only, when given), as its manifest records them.
+
+    A file of a new set that is a hard link to one of them (rsync ``--link-dest``) *is* that file: its sha256
+    is known without reading it again. A manifest entry that does not fit its file (another size, not a
+    regular file, a malformed path or checksum) is left out, so that such a file is read. Content damaged on
+    the backup volume since keeps its recorded checksum, and ``verify_set`` finds it in both sets.
+    """
+    try:
+        entries = load_manifest(set_path).get("files") or []
+    except BackupSetError:
+        return {}
+    prefix = under.rstrip(os.sep) + os.sep if under else ""
+    out = {}
+    for entry in entries:
+        rel, digest, size = entry.get("path"), entry.get("sha256"), entry.get("size")
+        if not isinstance(rel, str) or not rel.startswith(prefix) or not isinstance(size, int) \
+                or not is_sha256(digest) or relative_problem(rel):
+            continue
+        try:
+            st = os.lstat(os.path.join(set_path, rel))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == size:
+            out[(st.st_dev, st.st_ino)] = (size, digest)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,12 +59,11 @@ import urllib.parse
 from ansible.module_utils.llmops_backupset import (
     BackupSetError,
     fsync_dir,
-    is_sha256,
+    hashes_by_inode,
     isoformat,
     list_sets,
     load_manifest,
     parse_time,
-    relative_problem,
     run_times,
     utc,
     write_file_atomic,
@@ -311,32 +310,6 @@ def previous_tree(backup_root, component, exclude=None):
     return None, None, None
 
 
-def linked_hashes(set_path, tree_path):
-    """``{(st_dev, st_ino): (size, sha256)}`` of the regular files of the previous set's tree ``tree_path``, from
-    that set's manifest: a file of the new tree that rsync hard-linked to one of them *is* that file, and need
-    not be read again to know its sha256. Entries that are not what the manifest says they are (another size,
-    not a regular file, a malformed checksum) are left out, so those files are read; a file damaged on the
-    backup volume since keeps its recorded checksum and ``verify`` finds it in both sets."""
-    try:
-        entries = load_manifest(set_path).get("files") or []
-    except BackupSetError:
-        return {}
-    prefix = os.path.relpath(tree_path, set_path) + os.sep
-    out = {}
-    for entry in entries:
-        rel, digest, size = entry.get("path"), entry.get("sha256"), entry.get("size")
-        if not isinstance(rel, str) or not rel.startswith(prefix) or not isinstance(size, int) \
-                or not isinstance(digest, str) or not is_sha256(digest) or relative_problem(rel):
-            continue
-        try:
-            st = os.lstat(os.path.join(set_path, rel))
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_size == size:
-            out[(st.st_dev, st.st_ino)] = (size, digest)
-    return out
-
-
 def _limit(items, limit=ITEMS_LIMIT):
     return items[:limit]
 
@@ -411,7 +384,8 @@ def backup_tree(src, dest, backup_root=None, component="uploads", full_archive=F
     fsync_tree(tree, skip_linked=bool(prev_path))  # rsync -a without -H: only --link-dest makes a second link
     fsync_dir(dest)
     # a file rsync hard-linked to the previous set's is that file: its sha256 is the one that set recorded
-    info = tree_info(tree, inodes=linked_hashes(prev_set, prev_path) if prev_path else None)
+    known = hashes_by_inode(prev_set, os.path.relpath(prev_path, prev_set)) if prev_path else None
+    info = tree_info(tree, inodes=known)
     regular = [e for e in info["entries"] if e["kind"] == "f"]
     new = [e for e in regular if e["nlink"] < 2]
     copied = {e["path"] for e in info["entries"]}

@@ -765,3 +765,32 @@ def test_mariadb_chain_partial_leaves_out_the_sets_own_broken_incremental(tmp_pa
     with open(os.path.join(inc2, "backup_manifest.json"), "a", encoding="utf-8") as handle:
         handle.write(" ")  # the manifest itself damaged too: not only the MariaDB artefact
     assert not plan_restore(str(root), ids[2], mariadb_chain_partial=True)["ok"]
+
+
+def test_finalize_reads_no_file_a_hard_link_proves_known_and_trusts_no_record_that_does_not_fit(tmp_path, monkeypatch):
+    """A file of a new set that is a hard link to a file of an earlier set (rsync --link-dest) takes that set's
+    recorded sha256; new files, and a linked file whose record does not fit it (another size), are read."""
+    root = str(tmp_path / "b")
+    first = make_set(root, datetime.datetime(2026, 1, 1, 2, tzinfo=datetime.UTC),
+                     files={"u/same.txt": b"same", "u/odd size.txt": b"recorded wrong", "other.zst": b"x"})
+    manifest_path = os.path.join(first, bs.MANIFEST)
+    manifest = json.loads(open(manifest_path).read())
+    next(e for e in manifest["files"] if e["path"] == "u/odd size.txt")["size"] += 1
+    open(manifest_path, "w").write(json.dumps(manifest))
+    known = bs.hashes_by_inode(first, "u")
+    assert len(known) == 1  # other.zst is not below u/, and odd size.txt's record does not fit it
+
+    partial = bs.begin_set(root, "llmops", datetime.datetime(2026, 1, 2, 2, tzinfo=datetime.UTC))
+    os.makedirs(os.path.join(partial, "u"))
+    for name in ("same.txt", "odd size.txt"):
+        os.link(os.path.join(first, "u", name), os.path.join(partial, "u", name))
+    with open(os.path.join(partial, "u", "new.txt"), "wb") as handle:
+        handle.write(b"new")
+    read = []
+    real = bs.hash_file
+    monkeypatch.setattr(bs, "hash_file", lambda path, *a, **k: read.append(os.path.basename(path)) or real(path))
+    entries = bs.hash_set_files(partial, known=known)
+    assert sorted(read) == ["new.txt", "odd size.txt"]
+    assert {e["path"]: e["sha256"] for e in entries} == {
+        rel: real(os.path.join(partial, rel))[0] for rel in ("u/same.txt", "u/odd size.txt", "u/new.txt")}
+    assert bs.hashes_by_inode(str(tmp_path / "no such set")) == {}
