@@ -118,6 +118,19 @@ options:
     type: str
     choices: [auto, failed]
     default: auto
+  results:
+    description:
+      - For O(command=finalize), the backup modules' results by component name (C(backup_wait)'s C(components)),
+        recorded first as O(command=component) would record them, in the same module call - the entry is a
+        result's C(component), or for a result that failed or holds none, V(status=failed) with its C(msg).
+    type: dict
+    default: {}
+  brief:
+    description:
+      - For O(command=finalize), return the manifest without its per-file lists (see RV(manifest)) - an uploads
+        tree lists every file, and a playbook that only reports the run need not carry them.
+    type: bool
+    default: false
   expected_components:
     description:
       - For O(command=finalize), components that must have been recorded for the set to succeed.
@@ -341,7 +354,10 @@ latest:
   type: raw
   sample: true
 manifest:
-  description: The manifest written by finalize (C(backup_manifest.json)).
+  description:
+    - The manifest written by finalize (C(backup_manifest.json)).
+    - With O(brief) its file lists are left out - the top-level C(files) (C(totals) counts them) and each
+      component's C(files), replaced by C(files_count) and C(files_bytes).
   returned: when O(command=finalize)
   type: dict
   sample: {schema_version: 1, id: llmops_20260131_020000, status: success, components: {}, files: []}
@@ -481,6 +497,7 @@ from ansible.module_utils.llmops_backupset import (
     assess_restore,
     auth_key_id,
     begin_set,
+    brief_manifest,
     check_name,
     cleanup_partials,
     finalize_set,
@@ -615,11 +632,10 @@ def _open_partial(module, root):
     return partial, set_id
 
 
-def do_component(module, root):
-    _require(module, 'component', 'data')
-    component = check_name(module.params['component'], 'component name')
-    partial, set_id = _open_partial(module, root)
-    data = dict(module.params['data'])
+def _record(module, partial, component, data):
+    """Check one component's manifest entry and write it into the partial (not in check mode); return it."""
+    component = check_name(component, 'component name')
+    data = dict(data)
     if data.get('status') not in COMPONENT_STATUSES:
         module.fail_json(msg="data.status of component %s must be 'success' or 'failed', got %r"
                              % (component, data.get('status')))
@@ -633,6 +649,22 @@ def do_component(module, root):
     if not module.check_mode:
         write_json(os.path.join(partial, COMPONENTS_DIR, component + '.json'), data)
         heartbeat(partial)
+    return data
+
+
+def _entry_of(name, result):
+    """The manifest entry of a backup module's result (``results`` of finalize)."""
+    if isinstance(result, dict) and isinstance(result.get('component'), dict) and not result.get('failed'):
+        return result['component']
+    msg = result.get('msg') if isinstance(result, dict) else None
+    return {'status': 'failed', 'type': name, 'error': msg or 'no result'}
+
+
+def do_component(module, root):
+    _require(module, 'component', 'data')
+    partial, set_id = _open_partial(module, root)
+    component = module.params['component']
+    data = _record(module, partial, component, module.params['data'])
     module.exit_json(changed=True, set_id=set_id, path=partial, component=component, entry=data)
 
 
@@ -696,6 +728,8 @@ def do_finalize(module, root):
     partial, set_id = _open_partial(module, root)
     if module.params['auth_key']:
         auth_key_id(module.params['auth_key'])  # a bad key fails before the partial is touched (it is kept)
+    for name, result in sorted(module.params['results'].items()):
+        _record(module, partial, name, _entry_of(name, result))
     owner_path = os.path.join(partial, OWNER)
     owner = read_json(owner_path) if os.path.exists(owner_path) else {}
     comp_dir = os.path.join(partial, COMPONENTS_DIR)
@@ -755,7 +789,8 @@ def do_finalize(module, root):
     # json_safe: file names that are not UTF-8 (an uploads tree may hold some) are shown escaped.
     module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=final, status=written['status'],
                                       problems=written['problems'], latest=written['status'] == 'success',
-                                      removed=False, storage_full=None, manifest=written)))
+                                      removed=False, storage_full=None,
+                                      manifest=brief_manifest(written) if module.params['brief'] else written)))
 
 
 def do_verify(module, root):
@@ -864,6 +899,8 @@ def main():
             data=dict(type='dict', default={}),
             status=dict(type='str', choices=['auto', 'failed'], default='auto'),
             expected_components=dict(type='list', elements='str', default=[]),
+            results=dict(type='dict', default={}),
+            brief=dict(type='bool', default=False),
             stale_after=dict(type='int', default=7200),
             error=dict(type='str', default=''),
             force=dict(type='bool', default=False),

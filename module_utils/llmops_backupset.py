@@ -931,6 +931,19 @@ def hash_set_files(path, known=None):
     return entries
 
 
+def brief_manifest(manifest):
+    """``manifest`` without its per-file lists: the top-level ``files`` (``totals`` counts them) and each
+    component's ``files``, replaced by ``files_count`` and ``files_bytes`` - what a report of the run needs."""
+    brief = {k: v for k, v in manifest.items() if k != "files"}
+    brief["components"] = {}
+    for name, comp in (manifest.get("components") or {}).items():
+        comp = dict(comp or {})
+        files = comp.pop("files", None) or []
+        comp.update(files_count=len(files), files_bytes=sum(int(f.get("size") or 0) for f in files))
+        brief["components"][name] = comp
+    return brief
+
+
 def hashes_by_inode(set_path, under=""):
     """``{(st_dev, st_ino): (size, sha256)}`` of the regular files of a finalized set (those below the folder
     ``under`` only, when given), as its manifest records them.

@@ -29,12 +29,19 @@ def storage(root):
             "free_pct": round(100.0 * usage.free / usage.total, 2) if usage.total else 0.0}
 
 
+def component_bytes(entry):
+    """Bytes of a component's files (a brief manifest, ``brief_manifest``, gives the sum as ``files_bytes``)."""
+    if "files_bytes" in entry:
+        return int(entry["files_bytes"] or 0)
+    return sum(int(f.get("size") or 0) for f in entry.get("files") or [])
+
+
 def summary_rows(manifest):
     """One row per component: component, type, size, duration, verified, status, error."""
     rows = []
     for name in sorted(manifest.get("components", {})):
         entry = manifest["components"][name]
-        size = sum(int(f.get("size") or 0) for f in entry.get("files", []))
+        size = component_bytes(entry)
         rows.append({
             "component": name,
             "type": entry.get("backup_type") or entry.get("mode") or "full",
@@ -87,7 +94,7 @@ def update_state(root, manifest=None, verification=None, now=None):
             if entry.get("status") == "success":
                 item["last_success"] = ended
                 item["duration_s"] = entry.get("duration_s")
-                item["bytes"] = sum(int(f.get("size") or 0) for f in entry.get("files", []))
+                item["bytes"] = component_bytes(entry)
         state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
         # The backup volume filled during this run (backup_set finalize removed the partial): until a run
         # gets past finalize again, the storage_full metric says so.

@@ -281,3 +281,36 @@ def test_a_finalize_that_cannot_complete_removes_its_partial(tmp_path):
     assert final["problems"][0].startswith("finalize could not complete (")
     assert "odd.fifo is not a regular file" in final["problems"][0] and "run the backup again" in final["problems"][0]
     assert not os.path.exists(r["begun"]["path"]) and os.listdir(root) == []
+
+
+def test_finalize_records_the_backup_modules_results_in_the_same_call(tmp_path):
+    """backup.yml records every component and finalizes in one module call (`results`): a result's `component`
+    entry, or for a failed result (or one with no entry) a failed component carrying its message."""
+    root = str(tmp_path / "backups")
+    artefact = "{{ begun.path }}/redis/dump.rdb.zst"
+    r = run_playbook(tmp_path, [
+        step("begun", {"command": "begin", "root": root}),
+        {"name": "artefact", "register": "art",
+         "ansible.builtin.shell": f"mkdir -p {{{{ begun.path }}}}/redis && printf rdb > {artefact} && "
+                                  f"sha256sum {artefact}"},
+        step("final", {"command": "finalize", "root": root, "path": "{{ begun.path }}", "brief": True,
+                       "expected_components": ["redis", "postgres"], "results": {
+                           "redis": {"changed": True, "component": {
+                               "type": "redis", "status": "success",
+                               "files": [{"path": artefact, "sha256": "{{ art.stdout.split()[0] }}", "size": 3}]}},
+                           "postgres": {"failed": True, "msg": "pg_dump: connection refused"}}}),
+    ])
+    final = r["final"]
+    comps = bs.load_manifest(final["path"])["components"]
+    assert comps["redis"]["status"] == "success"
+    assert comps["redis"]["files"] == [{"path": "redis/dump.rdb.zst", "sha256": r["art"]["stdout"].split()[0],
+                                        "size": 3}]
+    # brief: the result carries no per-file list, only what a report needs
+    assert "files" not in final["manifest"] and final["manifest"]["totals"]["files"] == 1
+    assert final["manifest"]["components"]["redis"]["files_count"] == 1
+    assert final["manifest"]["components"]["redis"]["files_bytes"] == 3
+    assert "files" not in final["manifest"]["components"]["redis"]
+    comps = final["manifest"]["components"]
+    assert comps["postgres"]["status"] == "failed" and comps["postgres"]["error"] == "pg_dump: connection refused"
+    assert final["status"] == "failed" and not final["latest"]
+    assert any("postgres" in p and "connection refused" in p for p in final["problems"])

@@ -794,3 +794,23 @@ def test_finalize_reads_no_file_a_hard_link_proves_known_and_trusts_no_record_th
     assert {e["path"]: e["sha256"] for e in entries} == {
         rel: real(os.path.join(partial, rel))[0] for rel in ("u/same.txt", "u/odd size.txt", "u/new.txt")}
     assert bs.hashes_by_inode(str(tmp_path / "no such set")) == {}
+
+
+def test_a_brief_manifest_reports_the_same_sizes_without_its_file_lists(tmp_path):
+    from ansible.module_utils import llmops_report as report
+
+    manifest = {"id": "llmops_20260201_020000", "status": "success", "ended": "2026-02-01T02:10:00Z",
+                "files": [{"path": "u/a", "size": 5, "sha256": "0" * 64}] * 3,
+                "totals": {"files": 3, "bytes": 15},
+                "components": {"uploads": {"status": "success", "duration_s": 1.5,
+                                           "files": [{"path": "u/a", "size": 5}, {"path": "u/b", "size": 7}]},
+                               "redis": {"status": "success", "files": []}}}
+    brief = bs.brief_manifest(manifest)
+    assert "files" not in brief and brief["totals"] == manifest["totals"]
+    assert brief["components"]["uploads"]["files_count"] == 2 and "files" not in brief["components"]["uploads"]
+    assert manifest["components"]["uploads"]["files"]  # the manifest itself is left as it was
+    assert report.summary_rows(brief) == report.summary_rows(manifest)
+    assert report.summary_rows(brief)[1]["bytes"] == 12
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    assert report.update_state(tmp_path / "a", brief)["components"] == \
+        report.update_state(tmp_path / "b", manifest)["components"]
