@@ -12,8 +12,8 @@ module: backup_report
 short_description: Summarise a finalized backup set, write Prometheus metrics and decide the alerts
 description:
   - Takes the manifest that C(backup_set) returned at finalize and returns the summary table (component,
-    type, size, duration, verified), the backup storage's total and free space, and the alerts to send
-    (failed set, newest successful set older than O(max_age_hours), storage under O(warn_free_pct) or
+    type, logical size, new bytes, duration, verified), the backup storage's total and free space, and the alerts to
+    send (failed set, newest successful set older than O(max_age_hours), storage under O(warn_free_pct) or
     O(crit_free_pct) free).
   - Keeps the last success of every component in C(<root>/.backup_state.json), so that a component that
     failed tonight still shows when it last succeeded.
@@ -69,12 +69,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 rows:
-  description: One row per component.
+  description:
+    - One row per component.
+    - C(bytes) (C(size)) is the logical size, every file the set holds for the component; C(new_bytes) (C(new)) the
+      bytes the set added to the backup volume (a file hard-linked to an earlier set's is not counted; null for a set
+      finalized by an older version).
   returned: always
   type: list
   elements: dict
-  sample: [{component: mariadb, type: full, size: 1.4 MiB, bytes: 1426499, duration_s: 1.0, verified: true,
-            status: success, error: ""}]
+  sample: [{component: uploads, type: tree, size: 3.8 GiB, bytes: 4080218931, new: 38.1 MiB, new_bytes: 39950336,
+            duration_s: 1.0, verified: true, status: success, error: ""}]
 table:
   description: The summary as fixed-width text lines.
   returned: always

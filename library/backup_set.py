@@ -356,6 +356,8 @@ latest:
 manifest:
   description:
     - The manifest written by finalize (C(backup_manifest.json)).
+    - Each component's C(new_bytes) counts the bytes of its files that this set added to the backup volume; a file
+      hard-linked to an earlier set's (an unchanged upload) shares that set's bytes and is not counted.
     - With O(brief) its file lists are left out - the top-level C(files) (C(totals) counts them) and each
       component's C(files), replaced by C(files_count) and C(files_bytes).
   returned: when O(command=finalize)
@@ -772,10 +774,14 @@ def do_finalize(module, root):
     try:
         # The bookkeeping (.owner.json, .components/) is not hashed and stays until finalize_set's rename, so
         # that a run killed while its files are hashed still names its owner process (the next begin removes it).
-        files = hash_set_files(partial, known=_linked_sets_hashes(root, components))
+        shared = set()
+        files = hash_set_files(partial, known=_linked_sets_hashes(root, components), shared=shared)
         hashes = dict((f['path'], f) for f in files)
         for name, comp in sorted(components.items()):
             _check_files(partial, name, comp, hashes, problems)
+            # the bytes this set added to the volume; a hard link (the uploads tree) shares an earlier set's
+            comp['new_bytes'] = sum(int(f.get('size') or 0) for f in comp.get('files') or []
+                                    if f['path'] not in shared)
         manifest['status'] = 'failed' if problems else 'success'
         manifest['problems'] = problems
         written = write_manifest(partial, manifest, files=files)

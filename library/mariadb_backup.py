@@ -53,6 +53,14 @@ options:
       - The folder holding the backup sets, where the base of an incremental is looked up.
     type: path
     required: true
+  archive_binlogs:
+    description:
+      - With a full or incremental backup, also archive the closed binary logs into C(<backup_root>/binlogs/)
+        (what O(backup_type=binlog) does), once the stream has ended, beside the artefact's check rather than after
+        it. The backup's own binary log position is then archived, so the set can be rolled forward at once.
+      - A failed archive does not fail the backup; it is reported as a warning and in RV(binlog) (C(error)).
+    type: bool
+    default: false
   binlog_keep_days:
     description:
       - With O(backup_type=prune), archived binary logs younger than this are kept (MISSION.md keeps 14 days).
@@ -122,9 +130,10 @@ server:
   sample: {version: 10.11.6-MariaDB, log_bin: true, binlog_format: ROW}
 binlog:
   description:
-    - For O(backup_type=binlog), the archived logs and whether the format is ROW.
+    - For O(backup_type=binlog) and with O(archive_binlogs), the archived logs and whether the format is ROW; with
+      O(archive_binlogs), C(error) instead when the archive failed.
     - For O(backup_type=prune), the logs C(deleted) (would be, in check mode) and C(kept), and C(oldest_needed).
-  returned: when O(backup_type) is V(binlog) or V(prune)
+  returned: when O(backup_type) is V(binlog) or V(prune), or with O(archive_binlogs)
   type: dict
   sample: {row_format: true, archived: [{name: mysql-bin.000012, sha256: "...", size: 1024}]}
 """
@@ -145,6 +154,17 @@ from ansible.module_utils.llmops_mariadb import (
 )
 
 
+def archive(module, target, conn, password):
+    """Archive the closed binary logs into the layout's archive; warn when the format is not ROW."""
+    p = module.params
+    result = archive_binlogs(target, conn, backup_layout(p["backup_root"])["binlogs"], password=password,
+                             zstd_level=p["zstd_level"], timeout=p["timeout"] or None)
+    if not result["row_format"]:
+        module.warn("binlog_format is %s, not ROW: point-in-time restores may not replay exactly"
+                    % result["binlog_format"])
+    return result
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
@@ -153,6 +173,7 @@ def main():
             binlog_keep_days=dict(type="int", default=14),
             dest=dict(type="path"),
             backup_root=dict(type="path", required=True),
+            archive_binlogs=dict(type="bool", default=False),
             full_interval_hours=dict(type="int", default=24),
             image=dict(type="str"),
             parallel=dict(type="int", default=2),
@@ -176,31 +197,40 @@ def main():
             if module.check_mode:
                 module.exit_json(changed=True, backup_type="binlog", server=info,
                                  msg="would flush and archive the closed binary logs into %s" % binlog_dir)
-            result = archive_binlogs(target, conn, binlog_dir, password=password, zstd_level=p["zstd_level"],
-                                     timeout=p["timeout"] or None)
-            if not result["row_format"]:
-                module.warn("binlog_format is %s, not ROW: point-in-time restores may not replay exactly"
-                            % result["binlog_format"])
+            result = archive(module, target, conn, password)
             module.exit_json(changed=bool(result["archived"]), backup_type="binlog", server=info, binlog=result)
 
         base_set, base_entry = find_base(p["backup_root"])
         backup_type = plan_backup_type(p["backup_type"], base_entry, full_interval_hours=p["full_interval_hours"])
         if module.check_mode:
             module.exit_json(changed=True, backup_type=backup_type, server=info, base=base_set,
-                             msg="would take a %s backup into %s" % (backup_type, p["dest"]))
+                             msg="would take a %s backup into %s%s" % (
+                                 backup_type, p["dest"], " and archive the closed binary logs into %s"
+                                 % layout["binlogs"] if p["archive_binlogs"] else ""))
         os.makedirs(p["dest"], mode=0o700, exist_ok=True)
         image = p["image"] or (target.image() if target.container else None)
         if not image:
             module.warn("no image to fingerprint the artefact with: the fingerprint is read from the live server "
                         "and a restore's verification is exact only if nothing wrote during the backup")
         staging = os.path.join(layout["staging"], "mariadb-fingerprint-%d" % os.getpid())
+        binlogs = {}
+
+        def archive_beside():
+            try:
+                binlogs.update(archive(module, target, conn, password))
+            except (LlmopsError, OSError) as exc:
+                binlogs["error"] = str(exc)
+                module.warn("the binary logs were not archived with the backup (%s): the backup itself is complete; "
+                            "the next playbooks/binlog_archive.yml run archives them" % exc)
+
         entry = backup(target, conn, p["dest"], backup_type=backup_type, base_set=base_set, base_entry=base_entry,
                        password=password, parallel=p["parallel"], zstd_level=p["zstd_level"],
                        zstd_threads=p["zstd_threads"], timeout=p["timeout"] or None, backup_root=p["backup_root"],
-                       image=image, staging=staging)
+                       image=image, staging=staging, beside_check=archive_beside if p["archive_binlogs"] else None)
         if info["binlog_format"] != "ROW" or not info["log_bin"]:
             module.warn("binary log off or not in ROW format: point-in-time restore will not be possible")
-        module.exit_json(changed=True, backup_type=backup_type, server=info, component=entry)
+        module.exit_json(changed=True, backup_type=backup_type, server=info, component=entry,
+                         **(dict(binlog=binlogs) if p["archive_binlogs"] else {}))
     except (LlmopsError, OSError) as exc:
         module.fail_json(msg="MariaDB backup failed: %s" % exc)
 

@@ -906,13 +906,15 @@ def set_links(path):
             for rel in _set_files(path, links=True, bookkeeping=True)]
 
 
-def hash_set_files(path, known=None):
+def hash_set_files(path, known=None, shared=None):
     """Hash every regular file of a set except the manifest, SHA256SUMS, the verification records and
     a partial's bookkeeping (``.owner.json``, ``.components/``).
 
     Returns ``[{path, size, sha256}]`` sorted by path; symbolic links are left out (see
     ``set_links``); a special file (fifo, device) raises. ``known`` (``hashes_by_inode`` of an earlier
     set) gives the sha256 of a file that is a hard link to one of that set's files, which is then not read.
+    ``shared`` (a set) receives the path of every file with more than one hard link: its bytes were already
+    on the volume (another set's file), not written by this one (``new_bytes``).
     """
     entries = []
     for rel in _set_files(path, bookkeeping=True):
@@ -923,6 +925,8 @@ def hash_set_files(path, known=None):
         if not stat.S_ISREG(st.st_mode):
             raise BackupSetError("%s is not a regular file; a set holds regular files only" % full)
         linked = (known or {}).get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+        if shared is not None and st.st_nlink > 1:
+            shared.add(rel)
         if linked and linked[0] == st.st_size:
             digest, size = linked[1], st.st_size
         else:

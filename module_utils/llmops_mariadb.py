@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 
 from ansible.module_utils.llmops_backupset import (
@@ -247,8 +248,12 @@ def plan_backup_type(requested, base_entry, now=None, full_interval_hours=24):
 
 def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry=None, password=None,
            parallel=2, zstd_level=3, zstd_threads=0, timeout=None, progress=None, backup_root=None, image=None,
-           staging=None):
+           staging=None, beside_check=None):
     """Stream ``mariadb-backup --backup`` into ``dest_dir/mariadb.mbstream.zst``; return the manifest entry.
+
+    ``beside_check``, a callable that raises nothing (the binary log archive), runs in a thread once the stream
+    has ended - the backup's binary log position is then closed in - beside the artefact's check, and is awaited
+    before this returns.
 
     The fingerprint describes the artefact: with ``image`` (the server's image) the backup (with its
     chain, for an incremental) is prepared in ``staging`` and fingerprinted by a throw-away server
@@ -282,16 +287,15 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         except ExecError:
             pass
     stream_s = round(time.monotonic() - t0, 3)
-    if image:
-        chain = []
-        if backup_type == "incremental":
-            chain = restore_chain(backup_root, os.path.join(backup_root, base_set))
-        chain.append(("this backup", dest, result.sha256))
-        fp = fingerprint_artefact(image, chain, staging or os.path.join(dest_dir, ".fingerprint"), timeout=timeout)
-        fp_source = "artefact"
-    else:
-        fp = fingerprint(target, conn, password)
-        fp_source = "live-server"
+    beside = threading.Thread(target=beside_check, name="llmops-beside-check", daemon=True) if beside_check else None
+    if beside:
+        beside.start()
+    try:
+        fp, fp_source = _fingerprint_of(target, conn, password, dest, result.sha256, backup_type, backup_root,
+                                        base_set, image, staging or os.path.join(dest_dir, ".fingerprint"), timeout)
+    finally:
+        if beside:
+            beside.join()
     entry = {
         "status": "success",
         "type": "mariadb",
@@ -320,6 +324,19 @@ def backup(target, conn, dest_dir, backup_type="full", base_set=None, base_entry
         entry["chain"] = []
         entry["chain_full_started"] = entry["started"]
     return entry
+
+
+def _fingerprint_of(target, conn, password, dest, sha256, backup_type, backup_root, base_set, image, staging,
+                    timeout):
+    """``(fingerprint, source)`` of a backup just streamed to ``dest``: its artefact's (with ``image``), else the
+    live server's."""
+    if not image:
+        return fingerprint(target, conn, password), "live-server"
+    chain = []
+    if backup_type == "incremental":
+        chain = restore_chain(backup_root, os.path.join(backup_root, base_set))
+    chain.append(("this backup", dest, sha256))
+    return fingerprint_artefact(image, chain, staging, timeout=timeout), "artefact"
 
 
 SCRATCH_SOCKET = "/var/lib/mysql/.llmops-scratch.sock"

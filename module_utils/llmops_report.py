@@ -37,16 +37,21 @@ def component_bytes(entry):
 
 
 def summary_rows(manifest):
-    """One row per component: component, type, size, duration, verified, status, error."""
+    """One row per component: component, type, size (logical: every file the set holds for it), new (the bytes
+    the set added to the backup volume; None for a set finalized before it was recorded), duration, verified,
+    status, error."""
     rows = []
     for name in sorted(manifest.get("components", {})):
         entry = manifest["components"][name]
         size = component_bytes(entry)
+        new = entry.get("new_bytes")
         rows.append({
             "component": name,
             "type": entry.get("backup_type") or entry.get("mode") or "full",
             "bytes": size,
             "size": human_bytes(size),
+            "new_bytes": new,
+            "new": human_bytes(new) if isinstance(new, int) else "-",
             "duration_s": entry.get("duration_s"),
             # finalize re-hashed every file against what the component recorded
             "verified": entry.get("status") == "success",
@@ -58,8 +63,8 @@ def summary_rows(manifest):
 
 def table(rows):
     """The summary as fixed-width text lines."""
-    header = ("component", "type", "size", "duration", "verified", "status")
-    lines = [[r["component"], str(r["type"]), r["size"],
+    header = ("component", "type", "size", "new", "duration", "verified", "status")
+    lines = [[r["component"], str(r["type"]), r["size"], r["new"],
               "%.1f s" % r["duration_s"] if isinstance(r["duration_s"], (int, float)) else "-",
               "yes" if r["verified"] else "NO", r["status"]] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -95,6 +100,7 @@ def update_state(root, manifest=None, verification=None, now=None):
                 item["last_success"] = ended
                 item["duration_s"] = entry.get("duration_s")
                 item["bytes"] = component_bytes(entry)
+                item["new_bytes"] = entry.get("new_bytes")
         state["last_set"] = {"id": manifest.get("id"), "status": manifest.get("status"), "ended": ended}
         # The backup volume filled during this run (backup_set finalize removed the partial): until a run
         # gets past finalize again, the storage_full metric says so.
@@ -166,6 +172,9 @@ def metrics(state, disk, now=None):
           [({"component": n}, c.get("duration_s") or 0) for n, c in comps])
     gauge(lines, "llmops_backup_size_bytes", "Size of the component's last successful backup.",
           [({"component": n}, c.get("bytes") or 0) for n, c in comps])
+    gauge(lines, "llmops_backup_new_bytes", "Bytes the component's last successful backup added to the backup volume "
+          "(a file hard-linked to an earlier set's is not counted).",
+          [({"component": n}, c["new_bytes"]) for n, c in comps if isinstance(c.get("new_bytes"), int)])
     last_ok = state.get("last_successful_set") or {}
     gauge(lines, "llmops_backup_set_last_success_timestamp_seconds", "End of the newest successful backup set.",
           [({}, ts(last_ok.get("ended")))])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import threading
 
@@ -49,11 +50,25 @@ def test_a_full_run_backs_up_every_component_into_one_verified_set(lab, tmp_path
     audit = json.loads((root / "audit.log").read_text().splitlines()[-1])
     assert audit["action"] == "backup" and audit["result"] == "success" and audit["set"] == set_dir.name
 
-    # an incremental MariaDB-only run builds on it
-    backup(root, "-e", "components=mariadb")
+    # the first set holds no earlier set's files: every byte it holds is new
+    uploads = doc["components"]["uploads"]
+    assert uploads["new_bytes"] == sum(f["size"] for f in uploads["files"]) > 0
+
+    # an incremental MariaDB run builds on it; the uploads tree hard-links what did not change
+    proc = backup(root, "-e", "components=mariadb,uploads")
     newest = (root / "latest").resolve()
     assert newest != set_dir
-    assert manifest(newest)["components"]["mariadb"]["parent"] == set_dir.name
+    doc = manifest(newest)
+    assert doc["components"]["mariadb"]["parent"] == set_dir.name
+    # the summary reports the bytes the set added beside its logical size, as the volume shows them
+    uploads = doc["components"]["uploads"]
+    logical = sum(f["size"] for f in uploads["files"])
+    single = sum(f["size"] for f in uploads["files"] if os.stat(newest / f["path"]).st_nlink == 1)
+    assert uploads["new_bytes"] == single < logical
+    assert doc["components"]["mariadb"]["new_bytes"] == sum(f["size"] for f in doc["components"]["mariadb"]["files"])
+    assert re.search(r"component +type +size +new +duration +verified +status", proc.stdout)
+    metrics = (root / "metrics" / "llmops_backup.prom").read_text()
+    assert f'llmops_backup_new_bytes{{component="uploads"}} {float(single)}' in metrics
 
 
 class Hook(http.server.BaseHTTPRequestHandler):

@@ -110,6 +110,30 @@ def test_binlogs_are_archived_checksummed_and_readable(lab, own_db, tmp_path):
     assert {a["name"] for a in again["binlog"]["archived"]}.isdisjoint({a["name"] for a in archived})
 
 
+def test_a_backup_archives_the_binary_logs_up_to_its_own_position_or_warns(lab, own_db, tmp_path):
+    """archive_binlogs (backup.yml): the logs are archived once the stream has ended, beside the artefact's check;
+    the backup's own position is in a closed, archived log, so the set can be rolled forward at once. An archive
+    that cannot be written warns and leaves the backup complete."""
+    root = tmp_path / "backups"
+    final = make_set(root, {"mariadb": ("mariadb_backup", {"backup_type": "full", "backup_root": str(root),
+                                                           "archive_binlogs": True})}, "mb")
+    result = final["results"]["mariadb"]
+    position = result["component"]["binlog"]["file"]
+    assert "error" not in result["binlog"] and position in result["binlog"]["closed"]
+    archived = {a["name"] for a in result["binlog"]["archived"]}
+    assert position in archived and (root / "binlogs" / f"{position}.zst").is_file()
+    subprocess.run(["sha256sum", "-c", f"{position}.zst.sha256"], cwd=root / "binlogs", check=True, capture_output=True)
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "binlogs").write_text("a file where the archive folder should be")
+    final = make_set(blocked, {"mariadb": ("mariadb_backup", {"backup_type": "full", "backup_root": str(blocked),
+                                                              "archive_binlogs": True})}, "mb")
+    result = final["results"]["mariadb"]
+    assert final["status"] == "success" and result["component"]["status"] == "success"
+    assert result["binlog"]["error"] and any("binary logs were not archived" in w for w in result["warnings"])
+
+
 def test_check_mode_writes_nothing_and_errors_are_actionable(lab, tmp_path):
     dest = tmp_path / "set" / "mariadb"
     result = run_module("mariadb_backup", {"backup_type": "auto", "dest": str(dest), "backup_root": str(tmp_path)},

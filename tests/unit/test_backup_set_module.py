@@ -314,3 +314,43 @@ def test_finalize_records_the_backup_modules_results_in_the_same_call(tmp_path):
     assert comps["postgres"]["status"] == "failed" and comps["postgres"]["error"] == "pg_dump: connection refused"
     assert final["status"] == "failed" and not final["latest"]
     assert any("postgres" in p and "connection refused" in p for p in final["problems"])
+
+
+def test_finalize_counts_the_bytes_a_set_added_beside_its_logical_size(tmp_path):
+    """new_bytes: a file hard-linked to the earlier set's (an unchanged upload) is part of the logical size, not of
+    the bytes the set added to the volume; the summary shows both."""
+    from module_utils import llmops_report as report
+
+    root = str(tmp_path / "backups")
+
+    def uploads(files, linked_from=None):
+        comp = {"type": "uploads", "status": "success", "files": [{"path": f} for f in files]}
+        if linked_from:
+            comp["linked_from"] = linked_from
+        return {"changed": True, "component": comp}
+
+    r = run_playbook(tmp_path, [
+        step("one", {"command": "begin", "root": root, "name": "first"}),
+        {"name": "old",
+         "ansible.builtin.shell": "mkdir {{ one.path }}/uploads && printf 12345 > {{ one.path }}/uploads/a"},
+        step("one_final", {"command": "finalize", "root": root, "path": "{{ one.path }}", "brief": True,
+                           "results": {"uploads": uploads(["uploads/a"])}}),
+        step("two", {"command": "begin", "root": root, "name": "second"}),
+        {"name": "new", "ansible.builtin.shell": "mkdir {{ two.path }}/uploads && printf 67 > {{ two.path }}/uploads/b"
+                                                " && ln {{ one_final.path }}/uploads/a {{ two.path }}/uploads/a"},
+        step("two_final", {"command": "finalize", "root": root, "path": "{{ two.path }}", "brief": True,
+                           "results": {"uploads": uploads(["uploads/a", "uploads/b"], "{{ one_final.set_id }}")}}),
+    ])
+    first, second = r["one_final"]["manifest"], r["two_final"]["manifest"]
+    assert r["two_final"]["status"] == "success"
+    assert first["components"]["uploads"]["new_bytes"] == 5
+    assert second["components"]["uploads"]["files_bytes"] == 7 and second["components"]["uploads"]["new_bytes"] == 2
+    assert bs.load_manifest(r["two_final"]["path"])["components"]["uploads"]["new_bytes"] == 2
+    (row,) = report.summary_rows(second)
+    assert (row["bytes"], row["new_bytes"]) == (7, 2)
+    header, _, line = report.table([row])
+    assert header.split() == ["component", "type", "size", "new", "duration", "verified", "status"]
+    assert line.split()[2:6] == [report.human_bytes(7).split()[0], report.human_bytes(7).split()[1],
+                                 report.human_bytes(2).split()[0], report.human_bytes(2).split()[1]]
+    # a set finalized before new_bytes was recorded shows no figure rather than a guess
+    assert report.summary_rows({"components": {"redis": {"status": "success", "files_bytes": 3}}})[0]["new"] == "-"
