@@ -44,6 +44,13 @@ options:
   metrics_path:
     description: The C(.prom) file to write; no metrics when omitted.
     type: path
+  audit:
+    description:
+      - A record of the run, appended as one JSON line (with C(time) added when it has none) to the audit log
+        (C(<root>/audit.log), mode 0600) after the state and the metrics.
+      - A line that cannot be written (a full backup volume) does not fail the module, so that the alerts are still
+        sent; RV(audit_error) says why.
+    type: dict
   max_age_hours:
     description: Alert (warning) when the newest successful set is older than this.
     type: float
@@ -89,6 +96,11 @@ storage:
   returned: always
   type: dict
   sample: {total: 1000000, used: 100000, free: 900000, free_pct: 90.0}
+audit_error:
+  description: Why the O(audit) line could not be appended; null when it was (or none was asked for).
+  returned: always
+  type: str
+  sample: "[Errno 28] No space left on device: '/backup/audit.log'"
 alerts:
   description: The alerts to send, each with C(severity) (critical or warning) and C(summary).
   returned: always
@@ -101,9 +113,24 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import read_json, write_file_atomic
+from ansible.module_utils.llmops_backupset import isoformat, read_json, utc, write_file_atomic
 from ansible.module_utils.llmops_layout import layout_path
 from ansible.module_utils.llmops_report import alerts, metrics, storage, summary_rows, table, update_state
+
+
+def append_audit(path, record):
+    """Append ``record`` as one JSON line to the audit log ``path`` (0600); return None, or why it failed."""
+    line = json.dumps(dict({"time": isoformat(utc())}, **record)) + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def main():
@@ -113,6 +140,7 @@ def main():
             manifest=dict(type="dict"),
             verification=dict(type="dict"),
             metrics_path=dict(type="path"),
+            audit=dict(type="dict"),
             max_age_hours=dict(type="float", default=26),
             warn_free_pct=dict(type="float", default=20),
             crit_free_pct=dict(type="float", default=10),
@@ -140,8 +168,12 @@ def main():
                 write_file_atomic(p["metrics_path"], metrics(state, disk).encode("utf-8"), mode=0o644)
     except OSError as exc:
         module.fail_json(msg="cannot write the backup state or metrics: %s" % exc)
+    audit_error = None
+    if p["audit"] and not module.check_mode:
+        audit_error = append_audit(layout_path(p["root"], "audit_log"), p["audit"])
     rows = summary_rows(manifest) if manifest else []
     module.exit_json(changed=not module.check_mode, rows=rows, table=table(rows) if manifest else [], storage=disk,
+                     audit_error=audit_error,
                      alerts=alerts(manifest, state, disk, p["max_age_hours"], p["warn_free_pct"], p["crit_free_pct"],
                                    verification=verification),
                      state=json.loads(json.dumps(state)))

@@ -81,7 +81,8 @@ options:
     choices: [begin, component, finalize, verify, verified, list, retention, cleanup]
   root:
     description:
-      - The folder that holds the backup sets. O(command=begin) creates it with mode 0700 when missing.
+      - The folder that holds the backup sets. O(command=begin) creates it with mode 0700 when missing, and sets an
+        existing one back to 0700.
     type: path
     required: true
   name:

@@ -219,9 +219,11 @@ def read_json(path):
 
 
 def _ensure_root(root):
+    """Create the backup root (mode 0700), or bring an existing one back to 0700; return its absolute path."""
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         os.makedirs(root, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(root).st_mode) != 0o700:
         os.chmod(root, 0o700)
     return root
 
