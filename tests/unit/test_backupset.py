@@ -44,7 +44,7 @@ def test_begin_layout_and_modes(tmp_path):
         bs.begin_set(root, "llmops", T0)
     with pytest.raises(bs.BackupSetError):
         bs.begin_set(root, "../evil", T0)
-    os.chmod(root, 0o750)  # an existing root readable by its group is set back to 0700
+    os.chmod(root, 0o750)  # noqa: S103 - an existing root readable by its group is set back to 0700
     bs.begin_set(root, "other", T0)
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
 
