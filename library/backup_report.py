@@ -113,24 +113,17 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmops_backupset import isoformat, read_json, utc, write_file_atomic
+from ansible.module_utils.llmops_backupset import read_json, write_file_atomic
 from ansible.module_utils.llmops_layout import layout_path
-from ansible.module_utils.llmops_report import alerts, metrics, storage, summary_rows, table, update_state
-
-
-def append_audit(path, record):
-    """Append ``record`` as one JSON line to the audit log ``path`` (0600); return None, or why it failed."""
-    line = json.dumps(dict({"time": isoformat(utc())}, **record)) + "\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        return str(exc)
-    return None
+from ansible.module_utils.llmops_report import (
+    alerts,
+    append_audit,
+    metrics,
+    storage,
+    summary_rows,
+    table,
+    update_state,
+)
 
 
 def main():

@@ -8,6 +8,7 @@ that fails tonight still shows when it last succeeded).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from ansible.module_utils.llmops_backupset import (
@@ -232,3 +233,18 @@ def alerts(manifest, state, disk, max_age_hours=26, warn_free_pct=20, crit_free_
         found.append({"severity": "warning", "summary": "backup storage has %.1f %% free (under %s %%): %s of %s" % (
             disk["free_pct"], warn_free_pct, human_bytes(disk["free"]), human_bytes(disk["total"]))})
     return found
+
+
+def append_audit(path, record):
+    """Append ``record`` as one JSON line to the audit log ``path`` (0600); return None, or why it failed."""
+    line = json.dumps(dict({"time": isoformat(utc())}, **record)) + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return str(exc)
+    return None

@@ -58,3 +58,20 @@ def test_a_failed_restore_test_is_a_critical_alert_naming_the_set(tmp_path):
     passed = restore_test("llmops_20261201_020000", "2026-12-01T02:05:00Z", "passed")
     assert not [a for a in alerts(None, state, DISK, now=NOW, verification=passed)
                 if a["summary"].startswith("restore test")]
+
+
+def test_the_audit_line_is_appended_as_json_and_a_failure_is_returned_not_raised(tmp_path):
+    import json
+    import os
+    import stat
+
+    from ansible.module_utils.llmops_report import append_audit
+
+    log = tmp_path / "audit.log"
+    assert append_audit(str(log), {"action": "backup", "set": "llmops_x", "who": "ré$(id)"}) is None
+    assert append_audit(str(log), {"action": "backup", "set": "llmops_y", "time": "2026-01-01T00:00:00Z"}) is None
+    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    assert first["set"] == "llmops_x" and first["who"] == "ré$(id)" and first["time"].endswith("Z")
+    assert second["time"] == "2026-01-01T00:00:00Z"
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
+    assert "No such file or directory" in append_audit(str(tmp_path / "missing" / "audit.log"), {"action": "backup"})
