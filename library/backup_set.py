@@ -124,6 +124,7 @@ options:
       - For O(command=finalize), the backup modules' results by component name (C(backup_wait)'s C(components)),
         recorded first as O(command=component) would record them, in the same module call - the entry is a
         result's C(component), or for a result that failed or holds none, V(status=failed) with its C(msg).
+      - The result's C(invocation) names the components given here rather than repeating their results.
     type: dict
     default: {}
   brief:
@@ -702,6 +703,15 @@ def _linked_sets_hashes(root, components):
     return known
 
 
+def _invocation(module):
+    """The module arguments echoed in the result, with C(results) named, not repeated: every component's file list
+    (an uploads tree lists each file) would cross back to the controller a second time."""
+    args = dict(module.params)
+    if args.get('results'):
+        args['results'] = sorted(args['results'])
+    return {'module_args': args}
+
+
 def _abandon(module, root, partial, set_id, manifest, problems, cause):
     """Finalize could not make a checked set: remove the partial and report a failed run (never a set)."""
     written = tree_bytes(partial)
@@ -724,7 +734,8 @@ def _abandon(module, root, partial, set_id, manifest, problems, cause):
     if full:
         manifest['storage_full'] = full
     module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=partial, status='failed', problems=problems,
-                                      latest=False, removed=True, storage_full=full, manifest=manifest)))
+                                      latest=False, removed=True, storage_full=full, manifest=manifest,
+                                      invocation=_invocation(module))))
 
 
 def do_finalize(module, root):
@@ -768,7 +779,7 @@ def do_finalize(module, root):
     if module.check_mode:
         module.exit_json(changed=True, set_id=set_id, path=os.path.join(root, set_id),
                          status='failed' if problems else 'success', problems=problems, latest=not problems,
-                         removed=False, storage_full=None, manifest=manifest)
+                         removed=False, storage_full=None, manifest=manifest, invocation=_invocation(module))
     if full:
         # The disk filled during the run: what it wrote cannot be trusted and holds the space the next run needs.
         _abandon(module, root, partial, set_id, manifest, problems, full[0])
@@ -797,7 +808,8 @@ def do_finalize(module, root):
     module.exit_json(**json_safe(dict(changed=True, set_id=set_id, path=final, status=written['status'],
                                       problems=written['problems'], latest=written['status'] == 'success',
                                       removed=False, storage_full=None,
-                                      manifest=brief_manifest(written) if module.params['brief'] else written)))
+                                      manifest=brief_manifest(written) if module.params['brief'] else written,
+                                      invocation=_invocation(module))))
 
 
 def do_verify(module, root):

@@ -870,10 +870,6 @@ def json_safe(obj):
     return obj
 
 
-def _walk_error(exc):
-    raise exc
-
-
 def _is_bookkeeping(rel):
     """Whether ``rel`` is a partial's bookkeeping (``.owner.json``, ``.components/...`` at its top), which
     finalize removes just before the rename: never part of a set."""
@@ -890,15 +886,18 @@ def _set_files(path, links=False, bookkeeping=False):
     A folder that cannot be read raises ``OSError`` (a silently skipped folder would leave files
     unlisted).
     """
+    path = os.fspath(path)
     files = []
-    for dirpath, dirnames, filenames in os.walk(path, onerror=_walk_error):
-        dirnames.sort()
-        for filename in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            full = os.path.join(dirpath, filename)
-            rel = os.path.relpath(full, path)
-            if rel in UNLISTED or os.path.islink(full) != links or (bookkeeping and _is_bookkeeping(rel)):
-                continue
-            files.append(rel)
+    folders = [""]
+    while folders:  # os.scandir: a folder's entries say whether they are links or folders, with no stat each
+        folder = folders.pop()
+        with os.scandir(os.path.join(path, folder) if folder else path) as entries:
+            for entry in entries:
+                rel = os.path.join(folder, entry.name) if folder else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(rel)
+                elif not (rel in UNLISTED or entry.is_symlink() != links or (bookkeeping and _is_bookkeeping(rel))):
+                    files.append(rel)
     return sorted(files)
 
 
@@ -1155,11 +1154,14 @@ def sums_problems(path, manifest):
         problems.append("file %r: cannot be read (%s); %s" % (MANIFEST, exc, redo))
     present = set(_set_files(path, bookkeeping=True))
     for rel in sorted(set(sums) | set(expected) | present, key=_sort_key):
-        try:
-            full = confined_path(path, rel)
-        except BackupSetError as exc:
-            problems.append("file %r: %s" % (rel, exc))
-            continue
+        if rel in present:
+            full = os.path.join(path, rel)  # found by the walk, which follows no link: inside the set
+        else:
+            try:
+                full = confined_path(path, rel)
+            except BackupSetError as exc:
+                problems.append("file %r: %s" % (rel, exc))
+                continue
         if rel == "-":
             problems.append("file '-': sha256sum -c reads standard input for this name; write the artefact under "
                             "a component folder and run the backup again")
