@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ansible.module_utils
+import pg8000.native
+import pymysql
 import pytest
 import yaml
+from redis import Redis
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests import the shared code the way modules do: `from ansible.module_utils.llmops_x import ...`
@@ -106,6 +109,19 @@ class Lab:
     def redis(self, *args: str) -> str:
         auth = {"REDISCLI_AUTH": self.secret("redis_password")}
         return self.exec("redis", "redis-cli", *args, env=auth).stdout.decode()
+
+    # Connections over the published ports, for the application's writes during a backup: a `docker exec` per
+    # write costs a tenth of a CPU second, which on two cores slows down the very backup under test.
+    def mariadb_connection(self) -> pymysql.Connection:
+        return pymysql.connect(host="127.0.0.1", port=self.ports["mariadb"], user="root", charset="utf8mb4",
+                               password=self.secret("mariadb_root_password"), autocommit=True)
+
+    def postgres_connection(self, database: str) -> pg8000.native.Connection:
+        return pg8000.native.Connection("postgres", password=self.secret("postgres_password"), host="127.0.0.1",
+                                        port=self.ports["postgres"], database=database)
+
+    def redis_connection(self, db: int) -> Redis:
+        return Redis(host="127.0.0.1", port=self.ports["redis"], password=self.secret("redis_password"), db=db)
 
 
 LAB_CONTAINERS = {

@@ -12,12 +12,12 @@ commit statement time is before the target (the binary log's one-second resoluti
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import secrets
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ansible.module_utils.llmops_pipeline import AGE_HEADER
 from ansible.module_utils.llmops_qdrant import QdrantClient
 
 from tests.conftest import LAB_STATE, run_playbook
+from tests.writer import Writer
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 # Every name a store allows holds what breaks naive scripts: Korean, quotes, a backtick, a backslash, `;`,
@@ -44,56 +45,18 @@ VALUE = "값 😀 'q\" `b` \\ ; $(touch /tmp/pwned-{tag})\t\n"
 INTERVAL = 0.15
 
 
-def escape(value: str) -> str:
-    """The body of a backslash-escaped SQL string (MariaDB's '...', PostgreSQL's E'...')."""
-    return value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\t", "\\t")
-
-
 def md_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
 def md_string(value: str) -> str:
-    return f"'{escape(value)}'"
+    """A MariaDB string literal: backslash-escaped, so a newline or tab stays one line of SQL."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\t", "\\t")
+    return f"'{escaped}'"
 
 
 def pg_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def pg_string(value: str) -> str:
-    return f"E'{escape(value)}'"
-
-
-class Writer(threading.Thread):
-    """Calls ``write(n)`` for n = 0, 1, 2... until stopped; keeps ``(n, acknowledged_at, extra)`` per write."""
-
-    def __init__(self, name, write):
-        super().__init__(name=name, daemon=True)
-        self.write = write
-        self.done: list[tuple[int, float, object]] = []
-        self.errors: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self):
-        n = 0
-        while not self.halt.is_set():
-            try:
-                extra = self.write(n)
-                self.done.append((n, time.time(), extra))
-                n += 1
-            except Exception as exc:  # noqa: BLE001 - a failed write is recorded, never counted as done
-                self.errors.append(repr(exc))
-                if len(self.errors) > 20:
-                    return
-            self.halt.wait(INTERVAL)
-
-    def before(self, when: float) -> set[int]:
-        return {n for n, acked, _ in self.done if acked < when}
-
-    def stop(self):
-        self.halt.set()
-        self.join(30)
 
 
 @pytest.fixture
@@ -123,23 +86,27 @@ def run_mariadb(lab, sql: str) -> list[str]:
     return out.decode().splitlines()
 
 
-def writers(lab, stores) -> dict[str, Writer]:
+@pytest.fixture
+def live(lab, stores):
+    """A writer per store, each on its own connection, as the application's; stopped and closed afterwards."""
     db, table = md_ident(MARIADB_DB), md_ident(MARIADB_TABLE)
+    mariadb_conn = lab.mariadb_connection()
+    postgres_conn = lab.postgres_connection(PG_DB)
+    redis_conn = lab.redis_connection(REDIS_DB)
 
     def mariadb(n):
-        value = md_string(VALUE.format(tag=TAG) + str(n))
-        rows = run_mariadb(lab, f"INSERT INTO {db}.{table} (n, {md_ident(MARIADB_COLUMN)}) VALUES ({n}, {value}); "
-                                f"SELECT ts FROM {db}.{table} WHERE n = {n};")  # noqa: S608
-        return datetime.datetime.fromisoformat(rows[-1]).replace(tzinfo=datetime.UTC)
+        with mariadb_conn.cursor() as cursor:  # the SQL text itself carries the hostile value (no client formatting)
+            cursor.execute(f"INSERT INTO {db}.{table} (n, {md_ident(MARIADB_COLUMN)}) "  # noqa: S608
+                           f"VALUES ({n}, {md_string(VALUE.format(tag=TAG) + str(n))})")
+            cursor.execute(f"SELECT ts FROM {db}.{table} WHERE n = {n}")  # noqa: S608
+            return cursor.fetchone()[0].replace(tzinfo=datetime.UTC)
 
     def postgres(n):
-        lab.psql(f"INSERT INTO {pg_ident(PG_TABLE)} (n, v) VALUES ({n}, {pg_string(VALUE.format(tag=TAG) + str(n))})",
-                 database=PG_DB)
+        postgres_conn.run(f"INSERT INTO {pg_ident(PG_TABLE)} (n, v) VALUES (:n, :v)",  # noqa: S608
+                          n=n, v=VALUE.format(tag=TAG) + str(n))
 
     def redis(n):
-        # arguments reach redis-cli as argv elements: no shell, no quoting
-        reply = lab.redis("-n", str(REDIS_DB), "SET", f"{REDIS_PREFIX}{n}", VALUE.format(tag=TAG) + str(n))
-        assert reply.strip() == "OK", reply
+        assert redis_conn.set(f"{REDIS_PREFIX}{n}", VALUE.format(tag=TAG) + str(n)) is True
 
     def qdrant(n):
         stores["qdrant"].upsert_points(QDRANT_COLLECTION, [{
@@ -150,8 +117,14 @@ def writers(lab, stores) -> dict[str, Writer]:
         tmp.write_text(VALUE.format(tag=TAG) + str(n))
         os.rename(tmp, stores["uploads"] / f"문서 {n} $(x).txt")
 
-    return {name: Writer(name, fn) for name, fn in
-            {"mariadb": mariadb, "postgres": postgres, "redis": redis, "qdrant": qdrant, "uploads": uploads}.items()}
+    writers = {name: Writer(fn, INTERVAL, name) for name, fn in
+               {"mariadb": mariadb, "postgres": postgres, "redis": redis, "qdrant": qdrant, "uploads": uploads}.items()}
+    yield writers
+    for writer in writers.values():
+        writer.stop()
+    for conn in (mariadb_conn, postgres_conn, redis_conn):
+        with contextlib.suppress(Exception):  # the restores ended some of these sessions
+            conn.close()
 
 
 def restored(lab, stores) -> dict[str, list[int]]:
@@ -204,13 +177,12 @@ def started_epoch(entry: dict) -> float:
     return datetime.datetime.fromisoformat(entry["started"].replace("Z", "+00:00")).timestamp()
 
 
-def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, stores, tmp_path):
+def test_backups_under_live_writes_restore_exactly_with_hostile_names(lab, stores, live, tmp_path):
     root = tmp_path / "backups"
     # production's encryption at rest on: every artefact (streams, incrementals, binary logs, snapshots, uploads) an
     # age file, which the restore tests, the drill and the restores decrypt
     opts = ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={root}/metrics",
             "-e", f"@{lab.encryption_vars(tmp_path)}"]
-    live = writers(lab, stores)
     for writer in live.values():
         writer.start()
     try:

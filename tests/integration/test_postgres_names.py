@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from ansible.module_utils.llmops_postgres import PostgresError, parse_setval, sp
 from ansible.module_utils.llmops_postgres_restore import component_artefacts, safety_name, tolerant_globals
 
 from tests.conftest import make_set, reauthenticate, run_module, run_playbook
+from tests.writer import Writer
 
 pytestmark = pytest.mark.lab
 PG = "llmops-appdb-postgres-1"
@@ -370,43 +370,20 @@ def test_a_failing_database_is_named_with_its_cause(names, tmp_path, monkeypatch
     nothing_executed([], pwned_before)
 
 
-class Writer(threading.Thread):
-    """Inserts a row every 50 ms in its own session, recording each id with the server's time after its commit."""
+def writer(conn, table) -> Writer:
+    """Inserts a row every 50 ms on its own connection (autocommit: committed when it returned); ``done`` keeps
+    each row's id with the server's time after its commit."""
 
-    def __init__(self, db: str, table: str):
-        super().__init__(daemon=True)
-        self.proc = subprocess.Popen(
-            ["docker", "exec", "-i", "-u", "postgres", "-e", "PGDATABASE", "-e", "PGCLIENTENCODING", PG, "psql", "-X",
-             "-q", "-At", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={**os.environ, "PGDATABASE": db, "PGCLIENTENCODING": "UTF8"})
-        self.sql = (f"INSERT INTO {qi(table)} (payload) VALUES ({ql(ALL_HOSTILE)}) RETURNING id;\n"
-                    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"');\n")
-        self.committed: list[tuple[int, str]] = []
-        self.halt = threading.Event()
-        self.error = None
+    def write(_n):
+        (row_id,), = conn.run(f"INSERT INTO {qi(table)} (payload) VALUES (:payload) RETURNING id", payload=ALL_HOSTILE)
+        (at,), = conn.run("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        return row_id, at
 
-    def run(self):
-        try:
-            while not self.halt.is_set():
-                self.proc.stdin.write(self.sql.encode())
-                self.proc.stdin.flush()
-                row_id, at = self.proc.stdout.readline(), self.proc.stdout.readline()
-                if not at:
-                    raise RuntimeError(self.proc.stderr.read().decode(errors="replace"))
-                self.committed.append((int(row_id), at.decode().strip()))  # autocommit: committed when it returned
-                self.halt.wait(0.05)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=30)
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+    return Writer(write)
 
 
 @pytest.mark.slow
-def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(names, tmp_path):
+def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(lab, names, tmp_path):
     pwned_before = pwned_state()
     db = f"{names.token} 동시 \"'\n;$(touch {PWNED})"
     table = "쓰기 로그\n'\""
@@ -416,8 +393,9 @@ def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(n
          # big enough for pg_dump to take a while, so the writer commits between the snapshot and its end
          "CREATE TABLE \"큰 표\" (id serial, v text);"
          "INSERT INTO \"큰 표\" (v) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 150000) g;", db)
-    writer = Writer(db, table)
-    writer.start()
+    conn = lab.postgres_connection(db)
+    writes = writer(conn, table)
+    writes.start()
     try:
         time.sleep(0.5)
         # the directory format: pg_dump --jobs workers share the exported snapshot
@@ -425,13 +403,15 @@ def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(n
             "databases": [db], "globals": False, "format": "directory", "jobs": 2})})
         time.sleep(0.5)
     finally:
-        writer.stop()
-    assert writer.error is None, writer.error
+        writes.stop()
+        conn.close()
+    assert not writes.errors, writes.errors[:3]
+    committed = [extra for _, _, extra in writes.done]
     entry = final["manifest"]["components"]["postgres"]
     snapshot_at = entry["database_details"][db]["snapshot_at"]
-    committed_before = [i for i, at in writer.committed if at < snapshot_at]
-    committed_after = [i for i, at in writer.committed if at > snapshot_at]
-    assert committed_before and committed_after, (snapshot_at, writer.committed[:3], writer.committed[-3:])
+    committed_before = [i for i, at in committed if at < snapshot_at]
+    committed_after = [i for i, at in committed if at > snapshot_at]
+    assert committed_before and committed_after, (snapshot_at, committed[:3], committed[-3:])
 
     staging = tmp_path / "staging"
     common = {"set_path": final["path"], "staging": str(staging), "databases": [db], "safety_suffix": "__hn_pre"}
@@ -444,7 +424,7 @@ def test_concurrent_writer_every_row_committed_before_the_snapshot_is_restored(n
 
     ids = set(pj(f"SELECT coalesce(json_agg(id), '[]') FROM {qi(table)}", db))
     assert set(committed_before) <= ids
-    written = [i for i, _ in writer.committed]
+    written = [i for i, _ in committed]
     assert ids - set(range(1, 11)) <= set(written)  # nothing but seeds and the writer's committed rows
     kept = sorted(ids - set(range(1, 11)))
     assert kept == written[:len(kept)]  # one writer: the snapshot holds a prefix of its commits

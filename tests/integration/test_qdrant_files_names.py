@@ -23,7 +23,6 @@ import os
 import random
 import secrets
 import stat
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +34,7 @@ from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
 from ansible.module_utils.llmops_qdrant_backup import canonical_vector, snapshot_fingerprint
 
 from tests.conftest import make_set, run_module
+from tests.writer import Writer
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -323,37 +323,6 @@ def test_hostile_names_back_up_and_restore_exactly(lab, qdrant, qdrant_url, tmp_
 # ------------------------------------------------------------------------------------------ concurrent writers
 
 
-class Writer(threading.Thread):
-    """Calls ``step(n)`` every 50 ms until stopped; ``acked`` lists ``(n, monotonic time of the acknowledgement)``."""
-
-    def __init__(self, step):
-        super().__init__(daemon=True)
-        self.step = step
-        self.acked: list[tuple[int, float]] = []
-        self.errors: list[BaseException] = []
-        self.halt = threading.Event()
-
-    def run(self):
-        n = 0
-        while not self.halt.is_set():
-            n += 1
-            try:
-                self.step(n)
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
-                self.errors.append(exc)
-                return
-            self.acked.append((n, time.monotonic()))
-            self.halt.wait(0.05)
-
-    def acked_before(self, moment: float) -> set[int]:
-        return {n for n, at in self.acked if at < moment}
-
-    def stop(self):
-        self.halt.set()
-        self.join(30)
-        assert not self.errors, self.errors
-
-
 def test_qdrant_writer_during_backup(lab, qdrant, qdrant_url, tmp_path):
     tok = secrets.token_hex(4)
     name = f"t_qn_{tok} writer"
@@ -368,15 +337,16 @@ def test_qdrant_writer_during_backup(lab, qdrant, qdrant_url, tmp_path):
                 "payload": {"writer": n, "text": NAMES[n % len(NAMES)]}}]))
     writer.start()
     time.sleep(0.5)
-    backup_point = time.monotonic()
+    backup_point = time.time()
     root = tmp_path / "backups"
     try:
         set_path = set_folder(root, {"qdrant": ("qdrant_backup", {"url": qdrant_url, "api_key": "{{ qdrant_api_key }}",
                                                                 "collections": [name]})})
     finally:
         writer.stop()
-    acked = writer.acked_before(backup_point)
-    assert len(writer.acked) > len(acked) > 0  # the writer kept writing during the backup
+    assert not writer.errors, writer.errors[:3]
+    acked = writer.before(backup_point)
+    assert len(writer.done) > len(acked) > 0  # the writer kept writing during the backup
     item = check_inside(set_path)["components"]["qdrant"]["collections"][name]
     snapshot = set_path / "qdrant" / item["file"]
     recorded = load_manifest(set_path)["components"]["qdrant"]["fingerprint"][name]
@@ -391,10 +361,10 @@ def test_qdrant_writer_during_backup(lab, qdrant, qdrant_url, tmp_path):
     if item["fingerprint_source"] != "unverifiable":
         assert verified["unverified"] == []
     ids = {p["id"] for p in qdrant.scroll_all(name, with_payload=False, with_vector=False)}
-    written = sorted(i - 1000 for i in ids if i > 1000)
+    written = sorted(i - 1000 for i in ids if i >= 1000)
     assert set(range(1, 501)) <= ids
     assert {1000 + n for n in acked} <= ids  # acknowledged before the backup started: kept
-    assert written == list(range(1, len(written) + 1))  # a point in time: no holes in the writer's sequence
+    assert written == list(range(len(written)))  # a point in time: no holes in the writer's sequence
     assert len(written) == recorded.get("points_count", len(ids)) - 500
 
 
@@ -417,15 +387,16 @@ def test_uploads_writer_during_backup(tmp_path):
     writer = Writer(step)
     writer.start()
     time.sleep(0.5)
-    backup_point = time.monotonic()
+    backup_point = time.time()
     root = tmp_path / "backups"
     try:
         set_path = set_folder(root, {"uploads": ("files_backup", {"mode": "tree", "src": str(uploads),
                                                                 "backup_root": str(root)})})
     finally:
         writer.stop()
-    acked = writer.acked_before(backup_point)
-    assert len(writer.acked) > len(acked) > 0
+    assert not writer.errors, writer.errors[:3]
+    acked = writer.before(backup_point)
+    assert len(writer.done) > len(acked) > 0
     comp = check_inside(set_path)["components"]["uploads"]
     set_tree = set_path / comp["tree_dir"]
     assert comp["fingerprint"]["tree_sha256"] == tree_hash(set_tree)  # the copy's, not the moving source's

@@ -8,7 +8,7 @@ through ``playbooks/restore.yml`` brings back every key's type, value and expiry
 every 20 ms while the backup runs: the artefact holds every write acknowledged before the save point and none
 acknowledged after the save finished, and the restore's verification passes.
 
-Data goes in as RESP on ``redis-cli --pipe``'s stdin (the writer speaks RESP on a socket) and is read back by a
+Data goes in as RESP on ``redis-cli --pipe``'s stdin (the writer uses its own client connection) and is read back by a
 Lua script that returns hex only, so no byte is ever quoted, parsed from redis-cli's quoting, or seen by a shell.
 The Redis restore replaces the whole lab server with a set taken moments before (as test_restore_postgres_redis
 does); this test only touches its own ``hn:<random>:`` keys in databases 11-15 and removes them at the end.
@@ -20,9 +20,7 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -37,6 +35,7 @@ from ansible.module_utils.llmops_redis import (
 
 from tests.conftest import make_set, redis_safety_copies, run_module, run_playbook
 from tests.integration.test_redis_backup import bare_server, throwaway_server
+from tests.writer import Writer
 
 pytestmark = pytest.mark.lab
 DBS = (11, 12, 13, 14, 15)
@@ -360,46 +359,20 @@ def test_hostile_names_survive_backup_and_restore(lab, hostile, redis_copies, tm
     assert pwned_anywhere(lab) == pwned_before
 
 
-class Writer(threading.Thread):
-    """Writes every 20 ms on its own connection (RESP over the lab's published port): ``SET w:<i> i``, ``INCR n``,
-    ``HSET h f<i> i``; records each acknowledgement's time (our clock, as the module's save point)."""
+def writer(conn, prefix) -> Writer:
+    """Every 20 ms on its own connection: ``SET w:<n> n``, ``INCR n``, ``HSET h f<n> n``. ``done`` keeps, per round,
+    the time HSET was acknowledged and ``(time SET was acknowledged, INCR's reply, time INCR was acknowledged)``
+    (our clock, as the module's save point)."""
 
-    def __init__(self, lab, db, prefix):
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", lab.ports["redis"]), timeout=10)
-        self.reader = self.sock.makefile("rb")
-        self.prefix = prefix
-        self.acks = []  # (i, time SET acked, INCR reply, time INCR acked, time HSET acked)
-        self.error = None
-        self.stop = threading.Event()
-        self.call(b"AUTH", lab.secret("redis_password"))
-        self.call(b"SELECT", db)
+    def write(n):
+        conn.set(prefix + b"w:\x00%d" % n, n)
+        t_set = time.time()
+        counter = conn.incr(prefix + b"n")
+        t_incr = time.time()
+        conn.hset(prefix + b"h", b"f\n%d" % n, n)
+        return t_set, counter, t_incr
 
-    def call(self, *args):
-        self.sock.sendall(resp(*args))
-        line = self.reader.readline()
-        if line[:1] == b"-":
-            raise AssertionError(line.decode(errors="replace"))
-        if line[:1] == b"$":
-            return self.reader.read(int(line[1:]) + 2)[:-2]
-        return int(line[1:]) if line[:1] == b":" else line[1:].strip()
-
-    def run(self):
-        i = 0
-        try:
-            while not self.stop.is_set():
-                i += 1
-                self.call(b"SET", self.prefix + b"w:\x00%d" % i, i)
-                t_set = time.time()
-                n = self.call(b"INCR", self.prefix + b"n")
-                t_incr = time.time()
-                self.call(b"HSET", self.prefix + b"h", b"f\n%d" % i, i)
-                self.acks.append((i, t_set, n, t_incr, time.time()))
-                time.sleep(0.02)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-        finally:
-            self.sock.close()
+    return Writer(write, 0.02)
 
 
 def assert_holds_writes(keys, prefix, writer, save_point, finished):
@@ -407,7 +380,7 @@ def assert_holds_writes(keys, prefix, writer, save_point, finished):
     ``finished`` (seconds)."""
     h = dict(keys[prefix + b"h"][1])
     counter = int(keys[prefix + b"n"][1])
-    for i, t_set, n, t_incr, t_hset in writer.acks:
+    for i, t_hset, (t_set, n, t_incr) in writer.done:
         if t_set < save_point:
             assert keys[prefix + b"w:\x00%d" % i][1] == b"%d" % i, i
         elif t_set > finished:
@@ -425,32 +398,33 @@ def assert_holds_writes(keys, prefix, writer, save_point, finished):
 def test_concurrent_writes_the_backup_is_its_artefact(lab, own_prefix, redis_copies, tmp_path):
     prefix, db = own_prefix, 12
     root = tmp_path / "backups"
-    writer = Writer(lab, db, prefix)
-    writer.start()
+    conn = lab.redis_connection(db)
+    writes = writer(conn, prefix)
+    writes.start()
     try:
         time.sleep(1)
         set_path, comp = redis_set(root)
         time.sleep(0.5)
     finally:
-        writer.stop.set()
-        writer.join(10)
-    assert writer.error is None, writer.error
+        writes.stop()
+        conn.close()
+    assert not writes.errors, writes.errors[:3]
     save_point = comp["fingerprint_detail"]["reference_ms"] / 1000
     finished = comp["bgsave"]["finished_ms"] / 1000
     assert comp["bgsave"]["requested_ms"] / 1000 == save_point
-    before = sum(1 for ack in writer.acks if ack[4] < save_point)
-    after = sum(1 for ack in writer.acks if ack[1] > finished)
+    before = sum(1 for _, t_hset, _ in writes.done if t_hset < save_point)
+    after = sum(1 for _, _, (t_set, _, _) in writes.done if t_set > finished)
     assert before > 10 and after > 10, (before, after)  # the backup did run while writes went on
-    print(f"writes: {len(writer.acks)} rounds, {before} acknowledged before the save point, {after} after the save")
+    print(f"writes: {len(writes.done)} rounds, {before} acknowledged before the save point, {after} after the save")
 
     with fresh_load(set_path / "redis" / "dump.rdb.zst", comp, tmp_path) as name:
         snapshot = read_back(lab, db, prefix, container=name)
-    assert_holds_writes(snapshot, prefix, writer, save_point, finished)
+    assert_holds_writes(snapshot, prefix, writes, save_point, finished)
 
     restore(root)  # its verification passed
     restored = read_back(lab, db, prefix)
     assert {k: v[:2] for k, v in restored.items()} == {k: v[:2] for k, v in snapshot.items()}
-    assert_holds_writes(restored, prefix, writer, save_point, finished)
+    assert_holds_writes(restored, prefix, writes, save_point, finished)
     assert len(redis_safety_copies(lab)) == len(redis_copies) + 1
 
 

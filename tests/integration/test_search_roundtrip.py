@@ -14,13 +14,13 @@ import hashlib
 import json
 import secrets
 import subprocess
-import threading
 import time
 
 import pytest
 from ansible.module_utils.llmops_search import SearchClient, fingerprint_docs
 
 from tests.conftest import run_playbook
+from tests.writer import Writer
 
 pytestmark = pytest.mark.lab
 
@@ -76,39 +76,14 @@ def search(lab):
             client.delete_snapshot("llmops_safety", snap["snapshot"])
 
 
-class Writer(threading.Thread):
-    """Adds document n = 0, 1, 2... to ``index`` until stopped; keeps when each write was acknowledged."""
-
-    def __init__(self, client: SearchClient, index: str):
-        super().__init__(daemon=True)
-        self.client, self.index = client, index
-        self.acked: list[tuple[int, float]] = []
-        self.errors: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self):
-        n = 0
-        while not self.halt.is_set():
-            try:
-                self.client.put_doc(self.index, f"w-{n:05d}", {"n": n, "text": f"쓰기 {n}"})
-                self.acked.append((n, time.time()))
-                n += 1
-            except Exception as exc:  # noqa: BLE001 - a failed write is recorded, never counted as done
-                self.errors.append(repr(exc))
-            self.halt.wait(0.05)
-
-    def stop(self):
-        self.halt.set()
-        self.join(30)
-
-
 def test_backup_then_a_deleted_index_comes_back_with_the_same_documents(lab, search, tmp_path):
     client, names, docs = search["client"], search["names"], search["docs"]
     root = tmp_path / "backups"
     opts = ["-e", f"backup_root={root}", "-e", f"backup_metrics_dir={root}/metrics"]
     seed_before = {n: fingerprint_docs(docs_of(client, n).items()) for n in ("docs-ko", "docs-en")}
 
-    writer = Writer(client_for(lab), names["live"])
+    client_w, live = client_for(lab), names["live"]
+    writer = Writer(lambda n: client_w.put_doc(live, f"w-{n:05d}", {"n": n, "text": f"쓰기 {n}"}))
     writer.start()
     try:
         time.sleep(0.5)
@@ -118,8 +93,8 @@ def test_backup_then_a_deleted_index_comes_back_with_the_same_documents(lab, sea
     finally:
         writer.stop()
     assert not writer.errors, writer.errors[:3]
-    acked_before = {n for n, t in writer.acked if t < started}
-    assert acked_before and len(writer.acked) > len(acked_before)  # it kept writing during the backup
+    acked_before = writer.before(started)
+    assert acked_before and len(writer.done) > len(acked_before)  # it kept writing during the backup
 
     # the set: the search artefact, listed with its sha256 in SHA256SUMS, and a fingerprint per index
     set_dir = (root / "latest").resolve()
