@@ -15,14 +15,13 @@ import json
 import os
 import stat
 import subprocess
-import threading
-import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from ansible.module_utils.llmops_layout import backup_layout
 
+from tests.cmdlines import CmdlineSampler
 from tests.conftest import run_playbook
 
 pytestmark = pytest.mark.lab
@@ -34,28 +33,6 @@ def forms(secret: str) -> set[bytes]:
     raw = secret.encode()
     return {raw, base64.b64encode(raw), urllib.parse.quote(secret, safe="").encode(),
             json.dumps(secret)[1:-1].encode()}
-
-
-class CmdlineSampler(threading.Thread):
-    """Every distinct command line of every process, sampled every 20 ms until stopped."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.seen: set[bytes] = set()
-        self.samples = 0
-        self.halt = threading.Event()
-
-    def run(self):
-        while not self.halt.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                            self.seen.add(handle.read())
-                    except OSError:
-                        pass
-            self.samples += 1
-            time.sleep(0.02)
 
 
 def files_under(root: Path):
@@ -100,8 +77,7 @@ def runs(lab, tmp_path_factory):
                                   "-e", f"backup_metrics_dir={metrics}", check=False),
         }
     finally:
-        sampler.halt.set()
-        sampler.join(timeout=10)
+        sampler.stop()
     for name, proc in outputs.items():
         assert proc.returncode == 0, f"{name}: {proc.stdout[-3000:]}"
     secrets = {name: forms(lab.secret(name)) for name in SECRETS}

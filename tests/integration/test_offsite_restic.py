@@ -10,12 +10,12 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 from ansible.module_utils import llmops_backupset as bs
 
+from tests.cmdlines import CmdlineSampler
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
@@ -104,29 +104,6 @@ def restic(repo, tmp_path, *args, cwd=None):
     return subprocess.run(["restic", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-class CmdlineSampler(threading.Thread):
-    """Reads every /proc/*/cmdline while a run goes on (the processes of containers too: they share this host's
-    /proc) and remembers the ones holding a secret (one, or a list)."""
-
-    def __init__(self, secret):
-        super().__init__(daemon=True)
-        self.secrets = [s.encode() for s in ([secret] if isinstance(secret, str) else secret)]
-        self.hits, self.samples, self.stop = [], 0, threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        data = open(f"/proc/{pid}/cmdline", "rb").read()
-                    except OSError:
-                        continue
-                    if any(secret in data for secret in self.secrets):
-                        self.hits.append(data)
-            self.samples += 1
-            time.sleep(0.02)
-
-
 def sync(root, repo, monkeypatch, **extra):
     monkeypatch.setenv("LLMOPS_TEST_OFFSITE_PW", PASSWORD)
     args = {"root": str(root), "repository": repo, "password": "{{ lookup('env', 'LLMOPS_TEST_OFFSITE_PW') }}",
@@ -144,8 +121,7 @@ def test_sync_to_append_only_server_restores_and_cannot_be_deleted(backups, appe
     t0 = time.monotonic()
     first = sync(root, append_only, monkeypatch)
     elapsed = time.monotonic() - t0
-    sampler.stop.set()
-    sampler.join()
+    sampler.stop()
     assert not first.get("failed"), first
     assert first["changed"] and sorted(first["sets_sent"]) == sorted(os.path.basename(s) for s in sets)
     assert first["extras_sent"] == ["binlogs"] and first["bytes_added"] > 300_000

@@ -29,8 +29,9 @@ import pytest
 import yaml
 from ansible.module_utils.llmops_offsite import sftp_command
 
+from tests.cmdlines import CmdlineSampler
 from tests.conftest import REPO, make_set, run_playbook
-from tests.integration.test_offsite_restic import CmdlineSampler, tree_hashes
+from tests.integration.test_offsite_restic import tree_hashes
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -140,8 +141,7 @@ def test_sync_restore_and_dedup_over_sftp(store, tmp_path):
     started = time.monotonic()
     first = offsite(tmp_path, root, store, "-vvv")
     elapsed = time.monotonic() - started
-    sampler.stop.set()
-    sampler.join()
+    sampler.stop()
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-2000:]
     assert PASSWORD not in first.stdout + first.stderr, "the repository password is in the -vvv output"
     assert sampler.samples > 3 and sampler.hits == [], sampler.hits[:3]

@@ -36,9 +36,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cmdlines import CmdlineSampler
 from tests.conftest import LAB_STATE, REPO, Lab, ansible_env, run_playbook
 from tests.integration.newhost import new_host
-from tests.integration.test_offsite_restic import CmdlineSampler
 from tests.integration.test_offsite_sftp import PASSWORD, REMOTE, offsite, sshd_store
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -193,8 +193,7 @@ def test_rebuild_on_a_bare_host_from_the_offsite_copy(lab, hostile_table, tmp_pa
             rebuilt = subprocess.run(["make", "dr-rebuild", *dr_args, "CONFIRM=yes"], cwd=REPO, env=env,
                                      capture_output=True, text=True, timeout=1800)
         finally:
-            sampler.stop.set()
-            sampler.join()
+            sampler.stop()
         wall = round(time.monotonic() - t0, 1)
         output = rebuilt.stdout + rebuilt.stderr
         assert rebuilt.returncode == 0, output[-8000:]
