@@ -150,24 +150,19 @@ def test_sync_to_append_only_server_restores_and_cannot_be_deleted(backups, appe
     second = sync(root, append_only, monkeypatch)
     assert not second.get("failed") and second["sets_sent"] == [] and not second["changed"], second
 
-    # the server's own credentials cannot delete: forget fails, the snapshot stays
-    victim = by_set[os.path.basename(sets[1])]["id"]
-    forget = restic(append_only, tmp_path, "forget", victim)
-    assert forget.returncode != 0 and "403" in forget.stderr
-    restic(append_only, tmp_path, "prune")
-    after = json.loads(restic(append_only, tmp_path, "snapshots", "--json").stdout)
-    assert victim in [s["id"] for s in after]
-    assert restic(append_only, tmp_path, "check").returncode == 0
-
-    # the module's prune with the server's credentials fails as well
+    # the server's own credentials cannot delete: the module's prune (told to keep nothing) is refused with the
+    # server's 403, and every snapshot stays, in a repository that still checks. One refused delete is enough here:
+    # restic 0.14 retries a 403 for about 45 s.
+    before = json.loads(restic(append_only, tmp_path, "snapshots", "--json").stdout)
     monkeypatch.setenv("LLMOPS_TEST_OFFSITE_PW", PASSWORD)
     refused = run_module("offsite_sync", {"operation": "prune", "root": str(root), "repository": append_only,
                                           "password": "{{ lookup('env', 'LLMOPS_TEST_OFFSITE_PW') }}",
                                           "policy": {"daily_days": 0, "weekly": 0, "monthly": 0,
                                                      "incremental_days": 0}})
     assert refused.get("failed") and "403" in refused["msg"] and PASSWORD not in json.dumps(refused), refused
-    still = [t for s in json.loads(restic(append_only, tmp_path, "snapshots", "--json").stdout) for t in s["tags"]]
-    assert f"set={os.path.basename(old)}" in still
+    after = json.loads(restic(append_only, tmp_path, "snapshots", "--json").stdout)
+    assert len(before) > len(sets) and sorted(snap["id"] for snap in after) == sorted(snap["id"] for snap in before)
+    assert restic(append_only, tmp_path, "check").returncode == 0
 
 
 def test_prune_and_check_on_a_trusted_repository(backups, tmp_path, monkeypatch):
