@@ -63,8 +63,8 @@ def pg_ident(name: str) -> str:
 def stores(lab):
     """The writer's own objects in every store (created empty, dropped afterwards)."""
     db, table, column = md_ident(MARIADB_DB), md_ident(MARIADB_TABLE), md_ident(MARIADB_COLUMN)
-    run_mariadb(lab, f"CREATE DATABASE {db} CHARACTER SET utf8mb4; CREATE TABLE {db}.{table} "
-                     f"(n INT PRIMARY KEY, ts DATETIME(6) NOT NULL DEFAULT NOW(6), {column} TEXT) ENGINE=InnoDB;")
+    lab.mariadb(f"CREATE DATABASE {db} CHARACTER SET utf8mb4; CREATE TABLE {db}.{table} "
+                f"(n INT PRIMARY KEY, ts DATETIME(6) NOT NULL DEFAULT NOW(6), {column} TEXT) ENGINE=InnoDB;")
     lab.psql(f"CREATE DATABASE {pg_ident(PG_DB)} ENCODING 'UTF8' TEMPLATE template0")
     lab.psql(f"CREATE TABLE {pg_ident(PG_TABLE)} (n int PRIMARY KEY, v text)", database=PG_DB)
     client = QdrantClient(f"http://127.0.0.1:{lab.ports['qdrant']}", api_key=lab.secret("qdrant_api_key"), timeout=60)
@@ -72,18 +72,13 @@ def stores(lab):
     uploads = LAB_STATE / "data" / "appdb" / "uploads" / UPLOAD_DIR
     uploads.mkdir(parents=True)
     yield {"qdrant": client, "uploads": uploads}
-    run_mariadb(lab, f"DROP DATABASE IF EXISTS {db};")
+    lab.mariadb(f"DROP DATABASE IF EXISTS {db};")
     lab.psql(f"DROP DATABASE IF EXISTS {pg_ident(PG_DB)} WITH (FORCE)")
     if client.collection_exists(QDRANT_COLLECTION):
         client.delete_collection(QDRANT_COLLECTION)
     lab.redis("-n", str(REDIS_DB), "FLUSHDB")
     for path in (LAB_STATE / "data" / "appdb" / "uploads").glob(f"load {TAG}*"):
         shutil.rmtree(path)
-
-
-def run_mariadb(lab, sql: str) -> list[str]:
-    out = lab.exec("mariadb", "mariadb", "--default-character-set=utf8mb4", "-N", "-B", stdin=sql.encode()).stdout
-    return out.decode().splitlines()
 
 
 @pytest.fixture
@@ -130,10 +125,9 @@ def live(lab, stores):
 def restored(lab, stores) -> dict[str, list[int]]:
     """What each store holds now, as the writer's sequence numbers (values checked on the way)."""
     table = f"{md_ident(MARIADB_DB)}.{md_ident(MARIADB_TABLE)}"
-    rows = run_mariadb(lab, f"SELECT n, HEX({md_ident(MARIADB_COLUMN)}) FROM {table} ORDER BY n;")  # noqa: S608
+    rows = lab.mariadb(f"SELECT n, HEX({md_ident(MARIADB_COLUMN)}) FROM {table} ORDER BY n;")  # noqa: S608
     found = {"mariadb": []}
-    for line in rows:
-        n, value = line.split("\t")
+    for n, value in rows:
         assert bytes.fromhex(value).decode() == VALUE.format(tag=TAG) + n
         found["mariadb"].append(int(n))
     found["postgres"] = []
