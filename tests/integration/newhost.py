@@ -4,8 +4,9 @@ The image (compose/images/newhost, built by ``scripts/images.sh newhost``) is a 
 leaves it (systemd as init, python3, sudo) plus Debian's docker.io; it holds no data and no images. It runs with
 the capabilities that work on this machine (``../shared/notes/lab-facts.md``): ``--privileged`` is refused here
 (CAP_SYS_RESOURCE is outside the bounding set), so every capability but that one, no seccomp or AppArmor profile,
-and the host's cgroup tree. The engine inside uses vfs storage, no iptables and no default bridge (the image's
-/etc/docker/daemon.json); its data lives in an anonymous volume, removed with the container.
+and the host's cgroup tree. The engine inside has no iptables and no default bridge (the image's
+/etc/docker/daemon.json); its data lives in an anonymous volume, removed with the container, on which the engine
+chooses overlay2 (vfs where overlay cannot mount).
 
 Production pulls its images from a registry; none is reachable here, so :meth:`NewHost.load_images` streams the
 lab's images in from ``docker save`` (the stand-in for a pull). Secrets go into the host on stdin
