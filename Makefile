@@ -26,10 +26,11 @@ demo: lab-seed
 
 ## test: every quality gate, then the molecule scenarios and the whole test suite against the running lab side by
 ## side (they share nothing: molecule's containers have their own names, ports and data); fails when either fails
+## (every test's time: .state/pytest-junit.xml)
 test: lab-seed lint sanity
 	scripts/images.sh molecule-host
 	scripts/molecule.sh > .state/molecule.log 2>&1 & molecule=$$!; \
-	  pytest_rc=0; python -m pytest || pytest_rc=$$?; \
+	  pytest_rc=0; python -m pytest --junitxml=.state/pytest-junit.xml || pytest_rc=$$?; \
 	  molecule_rc=0; wait $$molecule || molecule_rc=$$?; \
 	  cat .state/molecule.log; \
 	  echo "test: pytest exit $$pytest_rc, molecule exit $$molecule_rc"; \
