@@ -28,9 +28,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # The project venv, on Debian's python3 (installed above): rebuilt when requirements.txt or that interpreter changes.
-# Debian's build is optimised (PGO, LTO); a Python built from source without them (pyenv's, first on PATH on some
-# machines) ran each Ansible task's module about a third slower here (30 tasks: 13.2 s against 9.9 s), and every
-# playbook is made of such tasks.
+# Debian's interpreter is linked statically with its libpython; pyenv's (first on PATH on some machines) loads a
+# shared libpython built without --enable-optimizations, and ran each Ansible task's module about a third slower
+# here (30 tasks: 13.2 s against 9.9 s). Every playbook is made of such tasks.
 PYTHON=/usr/bin/python3
 req_hash=$( { cat requirements.txt; "$PYTHON" -VV; } | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]; then
