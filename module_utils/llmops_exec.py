@@ -11,10 +11,12 @@ Stdlib only and free of Ansible imports; modules import it as
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.llmops_common import LlmopsError, connection_params
 from ansible.module_utils.llmops_pipeline import STDERR_TAIL_BYTES, redact_text
@@ -258,3 +260,54 @@ class ScratchServer(ExecTarget):
     def __exit__(self, *exc_info):
         self.stop()
         return False
+
+
+def health_probe_argv(test):
+    """The argv that runs a container's own health check (``docker inspect``'s ``Config.Healthcheck.Test``) with
+    ``docker exec``, or ``None`` when the container has none (no test, or ``NONE``)."""
+    if not test or test[0] == "NONE":
+        return None
+    if test[0] == "CMD":
+        return [str(a) for a in test[1:]]
+    if test[0] == "CMD-SHELL" and len(test) == 2:
+        return ["/bin/sh", "-c", str(test[1])]
+    raise ExecError("unknown health check test %r" % (test,))
+
+
+def await_healthy(containers, timeout=300, interval=0.25, docker="docker"):
+    """Run each container's own health check every ``interval`` s until it passes, all containers at once, and
+    return ``{name: seconds until it passed}`` (0 for one Docker already reports healthy; for one without a health
+    check, the time until it runs).
+
+    Docker runs a health check on its own schedule (``interval``: 10 to 30 s here), so a server that answers after
+    2 s is reported healthy after 10. This awaits the answer itself, with the very probe Docker would run. A
+    container that stops meanwhile, or does not pass within ``timeout`` s, raises ``ExecError`` naming every such
+    container with its last log lines. Docker's own health status is not changed: it may still read ``starting``.
+    """
+    started = time.monotonic()
+
+    def one(name):
+        target = ExecTarget(name, docker=docker)
+        info = json.loads(target._docker_text(["inspect", "--format", "{{json .}}", name]))
+        state = info.get("State") or {}
+        if (state.get("Health") or {}).get("Status") == "healthy":
+            return 0.0
+        probe = health_probe_argv((info.get("Config") or {}).get("Healthcheck", {}).get("Test"))
+        if probe is None:
+            if not target.running():
+                raise ExecError("container %s is %s: %s" % (name, state.get("Status"), target.logs()))
+        else:
+            target.wait_ready(probe, timeout=timeout, interval=interval)
+        return round(time.monotonic() - started, 2)
+
+    seconds, problems = {}, []
+    with ThreadPoolExecutor(max_workers=max(1, len(containers))) as pool:
+        futures = {name: pool.submit(one, name) for name in containers}
+        for name, future in futures.items():
+            try:
+                seconds[name] = future.result()
+            except ExecError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ExecError("; ".join(problems))
+    return seconds
