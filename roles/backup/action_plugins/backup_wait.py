@@ -9,6 +9,8 @@ time, so the run takes about as long as the slowest one.
 
 from __future__ import annotations
 
+import re
+import shlex
 import time
 
 from ansible.plugins.action import ActionBase
@@ -35,21 +37,42 @@ def _cause(status):
     return "the module ended without saying why (rc %s); run the component alone with -vvv" % status.get("rc")
 
 
+# async_wrapper's results file until the module has ended (ansible-core 2.19 writes booleans, older ones 1 and 0)
+_PLACEHOLDER = re.compile(r'^\{"started": (true|1), "finished": (false|0)\b')
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("jobs", "paths", "interval", "timeout"))
 
-    def _status(self, jid, async_dir, task_vars, mode="status"):
+    def _status(self, jid, async_dir, task_vars):
         return self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
-                                    module_args={"jid": jid, "mode": mode, "_async_dir": async_dir})
+                                    module_args={"jid": jid, "_async_dir": async_dir})
 
-    def _sizes(self, paths, task_vars):
+    def _shell(self, before, files, after=""):
+        """Run ``before <files, quoted> after`` in one shell on the host: no module run."""
+        return self._low_level_execute_command("%s %s%s" % (before, " ".join(shlex.quote(f) for f in files), after),
+                                               sudoable=True)
+
+    def _still_running(self, pending, async_dir):
+        """The pending jobs whose results file still holds async_wrapper's placeholder, read with one shell command
+        for all of them. A module run (async_status) costs about 0.3 CPU-seconds; run for every job every half
+        second, it took a quarter of a two-CPU host from the backups it waited for. async_status is run once per
+        job, when it has ended (a job whose file cannot be read counts as ended: async_status then says why; when
+        the shell command fails, every job is asked)."""
+        files = ["%s/%s" % (async_dir, jid) for jid in pending.values()]
+        res = self._shell("for f in", files, "; do head -c 48 \"$f\" 2>/dev/null | tr -d '\\n'; echo; done")
+        heads = res.get("stdout", "").split("\n")
+        if res.get("rc") != 0 or len(heads) < len(files):
+            return set()  # the check itself failed: ask async_status about every job, as it always can
+        return {name for name, head in zip(pending, heads) if _PLACEHOLDER.match(head)}
+
+    def _sizes(self, paths):
         """Bytes under each component's folder (temp files of running pipelines included)."""
         existing = {name: path for name, path in paths.items() if path}
         if not existing:
             return {}
-        res = self._execute_module(module_name="ansible.legacy.command", task_vars=task_vars,
-                                   module_args={"argv": ["du", "-s", "-b", *existing.values()]})
+        res = self._shell("du -s -b --", existing.values())
         by_path = {}
         for line in res.get("stdout", "").splitlines():
             size, _, path = line.partition("\t")
@@ -78,10 +101,14 @@ class ActionModule(ActionBase):
         last_report = start
         poll = min(0.5, interval)  # notice a finished component quickly; report progress every interval
         while pending:
+            running = self._still_running(pending, async_dir)
+            ended = []
             for name, jid in list(pending.items()):
+                if name in running:
+                    continue
                 status = self._status(jid, async_dir, task_vars)
                 if status.get("finished") or status.get("failed") and not status.get("started"):
-                    self._status(jid, async_dir, task_vars, mode="cleanup")
+                    ended.append("%s/%s" % (async_dir, jid))
                     status.pop("invocation", None)
                     if status.get("failed"):
                         status["msg"] = _cause(status)
@@ -89,6 +116,8 @@ class ActionModule(ActionBase):
                     del pending[name]
                     display.display("  backup: %s %s after %ds" % (
                         name, "FAILED" if status.get("failed") else "done", time.monotonic() - start))
+            if ended:  # what async_status mode=cleanup does, for all of them at once
+                self._shell("rm -f --", ended)
             if not pending:
                 break
             elapsed = time.monotonic() - start
@@ -98,7 +127,7 @@ class ActionModule(ActionBase):
                 return result
             if time.monotonic() - last_report >= interval:
                 last_report = time.monotonic()
-                sizes = self._sizes({n: paths.get(n) for n in pending}, task_vars)
+                sizes = self._sizes({n: paths.get(n) for n in pending})
                 display.display("  backup: %ds, running: %s" % (elapsed, ", ".join(
                     "%s %s written" % (n, _human(sizes.get(n, 0))) for n in sorted(pending))))
             time.sleep(poll)
