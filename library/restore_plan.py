@@ -88,10 +88,18 @@ options:
       - V(check) - report a backup or restore in progress (a warning), take nothing.
       - V(take) - a real restore - record this run as the restore in progress after the plan passed, or fail when
         a backup or another restore is in progress (see the description).
-      - V(release) - remove this run's record and do nothing else (the other options are ignored).
+      - V(release) - remove this run's record and do nothing else (the other options are ignored, except
+        O(audit)).
     type: str
     choices: [check, take, release]
     default: check
+  audit:
+    description:
+      - With O(lock=release), the run's record, appended as one JSON line (with C(time) added when it has none) to
+        the audit log (C(<backup_root>/audit.log), mode 0600) before this run's restore record is removed, by the
+        same writer as the backups' line (C(backup_report)). A line that cannot be written does not keep the record;
+        RV(audit_error) says why, and the caller fails the run.
+    type: dict
   run_id:
     description:
       - A token unique to this playbook run (the restore role makes one), kept in the record of O(lock=take).
@@ -129,10 +137,11 @@ EXAMPLES = r"""
     lock: take
   register: plan
 
-- name: Release the record when the restore has ended (in an always section)
+- name: Release the record when the restore has ended (in an always section), appending the audit line
   restore_plan:
     backup_root: /backup
     lock: release
+    audit: {who: ops, action: restore, set: llmops_20260131_020000, result: success}
 """
 
 RETURN = r"""
@@ -158,6 +167,11 @@ lock:
   description: What O(lock) did - the record taken or released, or why nothing was done.
   returned: always
   type: str
+audit_error:
+  description: Why the O(audit) line could not be appended; null when it was (or none was asked for).
+  returned: when O(lock=release)
+  type: str
+  sample: "[Errno 28] No space left on device: '/backup/audit.log'"
   sample: "took /backup/.restore-owner.json"
 """
 
@@ -170,6 +184,8 @@ from ansible.module_utils.llmops_backupset import (
     take_restore_lock,
 )
 from ansible.module_utils.llmops_common import LlmopsError
+from ansible.module_utils.llmops_layout import layout_path
+from ansible.module_utils.llmops_report import append_audit
 from ansible.module_utils.llmops_restore import plan_restore
 
 
@@ -196,18 +212,22 @@ def main():
             lock=dict(type="str", choices=["check", "take", "release"], default="check"),
             purpose=dict(type="str", choices=["restore", "drill"], default="restore"),
             run_id=dict(type="str"),
+            audit=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     if p["lock"] == "release":
         if module.check_mode:
-            module.exit_json(changed=False, lock="check mode: nothing released")
+            module.exit_json(changed=False, lock="check mode: nothing released", audit_error=None)
+        audit_error = append_audit(layout_path(p["backup_root"], "audit_log"), p["audit"]) if p["audit"] else None
         try:
             done = release_restore_lock(p["backup_root"], run_id=p["run_id"])
         except OSError as exc:
-            module.fail_json(msg="cannot remove the restore record: %s; delete it once no restore runs" % exc)
-        module.exit_json(changed=done.startswith("removed"), lock=done)
+            module.fail_json(msg="cannot remove the restore record: %s; delete it once no restore runs" % exc,
+                             audit_error=audit_error)
+        module.exit_json(changed=done.startswith("removed") or p["audit"] is not None and audit_error is None,
+                         lock=done, audit_error=audit_error)
     try:
         plan = plan_restore(p["backup_root"], p["backup_id"], p["components"], p["target_time"],
                             p["staging_root"], auth_key=p["auth_key"],

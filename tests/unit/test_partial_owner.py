@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import time
 import pytest
 
 from module_utils import llmops_backupset as bs
+from tests.conftest import run_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -410,3 +412,27 @@ def test_retention_keeps_the_sets_a_live_restore_reads(tmp_path):
                                                                    "policy": {"daily_days": 0, "weekly": 0,
                                                                               "monthly": 0}})])
     assert gone["gone"]["deleted"] == [old[0]] and not os.path.exists(os.path.join(root, old[0]))
+
+
+def test_the_release_appends_the_audit_line_and_releases_even_when_the_line_cannot_be_written(tmp_path):
+    """The restore role's audit line is written by the release of its record, with the backups' writer."""
+    root = tmp_path / "backups"
+    audit = {"who": "ops", "action": "restore", "set": "s", "components": ["uploads"], "result": "success"}
+    bs.take_restore_lock(str(root), ["s"], ["uploads"], run_id="run-a")
+    result = run_module("restore_plan", {"backup_root": str(root), "lock": "release", "run_id": "run-a",
+                                         "audit": audit})
+    assert not result.get("failed") and result["audit_error"] is None, result
+    assert result["lock"].startswith("removed") and not os.path.lexists(bs.restore_owner_path(str(root)))
+    log = root / "audit.log"
+    line = json.loads(log.read_text())
+    assert {k: line[k] for k in audit} == audit and line["time"].endswith("Z")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+    # a log that cannot be written: the record is released all the same, and the caller is told why
+    log.unlink()
+    log.mkdir()
+    bs.take_restore_lock(str(root), ["s"], ["uploads"], run_id="run-b")
+    result = run_module("restore_plan", {"backup_root": str(root), "lock": "release", "run_id": "run-b",
+                                         "audit": audit})
+    assert "Is a directory" in result["audit_error"], result
+    assert result["lock"].startswith("removed") and not os.path.lexists(bs.restore_owner_path(str(root)))
