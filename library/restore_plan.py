@@ -167,12 +167,12 @@ lock:
   description: What O(lock) did - the record taken or released, or why nothing was done.
   returned: always
   type: str
+  sample: "took /backup/.restore-owner.json"
 audit_error:
   description: Why the O(audit) line could not be appended; null when it was (or none was asked for).
   returned: when O(lock=release)
   type: str
   sample: "[Errno 28] No space left on device: '/backup/audit.log'"
-  sample: "took /backup/.restore-owner.json"
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -65,7 +65,7 @@ class ActionModule(ActionBase):
         heads = res.get("stdout", "").split("\n")
         if res.get("rc") != 0 or len(heads) < len(files):
             return set()  # the check itself failed: ask async_status about every job, as it always can
-        return {name for name, head in zip(pending, heads) if _PLACEHOLDER.match(head)}
+        return {name for name, head in zip(pending, heads[:len(files)], strict=True) if _PLACEHOLDER.match(head)}
 
     def _sizes(self, paths):
         """Bytes under each component's folder (temp files of running pipelines included)."""
