@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
+from ansible.module_utils.llmops_backupset import restore_owner_path
 from ansible.module_utils.llmops_files import tree_hash
 from ansible.module_utils.llmops_qdrant import QdrantClient, QdrantError
 
@@ -195,3 +198,20 @@ def test_model_version_rollback_and_a_failed_check_changes_nothing(copies, tmp_p
     assert proc.returncode != 0 and "fails its check" in proc.stdout
     assert snapshot_files(models) == before
     assert os.readlink(models / "llm" / "current") == "v1"
+
+
+def test_an_audit_line_that_cannot_be_written_fails_the_restore_after_releasing_its_record(copies, tmp_path):
+    root = tmp_path / "backups"
+    uploads = Path(copies["app_uploads_path"])
+    final = files_set(root, copies)
+    (uploads / "stray.txt").write_text("not in the backup")
+    (root / "audit.log").mkdir()  # a line cannot be appended to it
+    proc = restore(root, "uploads", copies)
+    assert proc.returncode != 0
+    assert "the audit line of this restore could not be written" in proc.stdout and "Is a directory" in proc.stdout
+    # the message holds the line to append by hand; the data was restored and the restore record released
+    line = json.loads(re.search(r"by hand: (\{.*?\})\"?\s*$", proc.stdout, re.M).group(1))
+    assert line["action"] == "restore" and line["result"] == "success"
+    assert line["set"] == final["set_id"] and line["components"] == ["uploads"]
+    assert not (uploads / "stray.txt").exists()
+    assert not os.path.lexists(restore_owner_path(root)), "the restore record was kept"
