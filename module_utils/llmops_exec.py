@@ -294,7 +294,7 @@ def await_healthy(containers, timeout=300, interval=0.25, docker="docker"):
             return 0.0
         probe = health_probe_argv((info.get("Config") or {}).get("Healthcheck", {}).get("Test"))
         if probe is None:
-            if not target.running():
+            if not state.get("Running"):  # read by the inspect above
                 raise ExecError("container %s is %s: %s" % (name, state.get("Status"), target.logs()))
         else:
             target.wait_ready(probe, timeout=timeout, interval=interval)
